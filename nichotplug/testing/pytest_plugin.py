@@ -1,0 +1,1 @@
+"""Pytest fixtures for the in-process API server (being built; see ARCHITECTURE.md)."""
