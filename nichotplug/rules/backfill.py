@@ -71,9 +71,7 @@ class VmLike(Protocol):
     @property
     def annotations(self) -> Mapping[str, str]: ...
     @property
-    def run_strategy(self) -> str | None: ...
-    @property
-    def running(self) -> bool | None: ...
+    def run_strategy(self) -> str: ...   # spec.runStrategy, or "Halted" derived from running: false
     @property
     def interfaces(self) -> Sequence[InterfaceLike]: ...
 
@@ -141,7 +139,7 @@ def _facts_from_view(vm: VmLike) -> VmFacts:
         resource_version=vm.resource_version or "",
         annotation=annotation if isinstance(annotation, str) else None,
         has_annotations=bool(annotations),
-        halted=vm.run_strategy == "Halted" or vm.running is False,
+        halted=vm.run_strategy == "Halted",
         interfaces=tuple((iface.name or "", iface.mac or None) for iface in vm.interfaces),
     )
 

@@ -246,3 +246,26 @@ def test_a_vm_without_resource_version_is_never_written() -> None:
 def test_malformed_vms_plan_nothing_and_do_not_crash(garbage: dict[str, Any]) -> None:
     assert plan_backfill(garbage).ops == ()
     assert annotation_patch(garbage, {"default": MAC_A}) is None
+
+
+# --- the same planning from rules.views.VmView ----------------------------------------------------
+
+@pytest.mark.parametrize(("run_strategy", "running", "halted"), [
+    ("Halted", None, True), (None, False, True), ("Manual", None, False), (None, None, False),
+    ("Always", None, False),
+])
+def test_views_are_halted_exactly_like_dicts(run_strategy: str | None, running: bool | None, halted: bool) -> None:
+    from nichotplug.rules.views import VmView
+
+    assert is_halted(VmView.from_dict(vm(run_strategy=run_strategy, running=running))) is halted
+
+
+def test_a_view_plans_the_same_ops_as_its_dict() -> None:
+    from nichotplug.rules.views import VmView
+
+    obj = vm(iface("default"), iface("nic2", MAC_A), iface("nic3"),
+             annotation=f'{{"default":"{MAC_A}","nic2":"{MAC_B}"}}')
+    assert plan_backfill(VmView.from_dict(obj)) == plan_backfill(obj)
+    running = vm(iface("default"), run_strategy="Always")
+    observed = {"default": MAC_A}
+    assert annotation_patch(VmView.from_dict(running), observed) == annotation_patch(running, observed)
