@@ -1,0 +1,188 @@
+"""API discovery documents of the in-process API server, in their plain ``application/json`` forms.
+
+kubectl first asks ``/api`` and ``/apis`` for aggregated discovery (``apidiscovery.k8s.io/v2``)
+and falls back to these documents when the server answers plain JSON, so serving them is enough
+(see ``fixtures/kubectl/get_api*.json``, recorded from kube-apiserver v1.36). Every function
+reads the same :class:`ResourceInfo` records the router serves, so a CRD shows up here the
+moment it is created.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import platform
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from nichotplug.testing.resources import ALL_VERBS, BUILTIN_RESOURCES, ResourceInfo
+
+# Verbs of a subresource such as "virtualmachines/status", as kube-apiserver lists them.
+SUBRESOURCE_VERBS = ("get", "patch", "update")
+
+# kube-apiserver lists a custom resource's verbs in this (unsorted) order; built-ins are sorted.
+CUSTOM_RESOURCE_VERB_ORDER = ("delete", "deletecollection", "get", "list", "patch", "create", "update", "watch")
+
+# The Kubernetes release this server imitates (the fixtures were recorded from v1.36.2).
+SERVED_MAJOR = "1"
+SERVED_MINOR = "36"
+
+_VERSION_PATTERN = re.compile(r"^v(\d+)(?:(alpha|beta)(\d+))?$")
+
+
+def version() -> dict[str, Any]:
+    """``GET /version``: the same keys as kube-apiserver's answer, naming this server."""
+    return {
+        "major": SERVED_MAJOR,
+        "minor": SERVED_MINOR,
+        "emulationMajor": SERVED_MAJOR,
+        "emulationMinor": SERVED_MINOR,
+        "minCompatibilityMajor": SERVED_MAJOR,
+        "minCompatibilityMinor": str(int(SERVED_MINOR) - 1),
+        "gitVersion": f"v{SERVED_MAJOR}.{SERVED_MINOR}.0+nichotplug.testing",
+        "gitCommit": "0" * 40,
+        "gitTreeState": "clean",
+        "buildDate": "1970-01-01T00:00:00Z",
+        "goVersion": f"python{platform.python_version()}",
+        "compiler": "cpython",
+        "platform": f"{platform.system().lower()}/{_machine_arch()}",
+    }
+
+
+def _machine_arch() -> str:
+    machine = platform.machine().lower()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+def core_versions(*, server_address: str | None = None) -> dict[str, Any]:
+    """``GET /api``: the APIVersions of the core group (only ``v1``).
+
+    ``server_address`` (``host:port``) adds the ``serverAddressByClientCIDRs`` entry the real
+    server sends; clients do not need it.
+    """
+    document: dict[str, Any] = {"kind": "APIVersions", "versions": ["v1"]}
+    if server_address:
+        document["serverAddressByClientCIDRs"] = [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}]
+    return document
+
+
+def version_priority(version_name: str) -> tuple[int, int, int, str]:
+    """Sort key putting versions in Kubernetes' priority order (v2 > v1 > v1beta2 > v1alpha1 > other).
+
+    Smaller keys come first, so ``sorted(versions, key=version_priority)`` lists the most
+    preferred version first, as discovery does.
+    """
+    match = _VERSION_PATTERN.match(version_name)
+    if match is None:
+        return (3, 0, 0, version_name)  # not Kubernetes-like: last, alphabetically
+    major = int(match.group(1))
+    stability = {None: 0, "beta": 1, "alpha": 2}[match.group(2)]
+    minor = int(match.group(3) or 0)
+    return (stability, -major, -minor, "")
+
+
+def _groups_in_order(resources: Iterable[ResourceInfo]) -> list[str]:
+    """Named groups (not the core group) in the order their first resource appears."""
+    seen: dict[str, None] = {}
+    for info in resources:
+        if info.group:
+            seen.setdefault(info.group, None)
+    return list(seen)
+
+
+def _group_document(resources: Sequence[ResourceInfo], group_name: str) -> dict[str, Any] | None:
+    members = [info for info in resources if info.group == group_name]
+    if not group_name or not members:
+        return None
+    version_names = sorted({info.version for info in members}, key=version_priority)
+    storage_versions = [info.version for info in members if info.storage]
+    preferred = storage_versions[0] if storage_versions else version_names[0]
+    return {
+        "name": group_name,
+        "versions": [{"groupVersion": f"{group_name}/{name}", "version": name} for name in version_names],
+        "preferredVersion": {"groupVersion": f"{group_name}/{preferred}", "version": preferred},
+    }
+
+
+def group_list(resources: Sequence[ResourceInfo]) -> dict[str, Any]:
+    """``GET /apis``: every named group; preferredVersion is the storage version."""
+    groups = [_group_document(resources, name) for name in _groups_in_order(resources)]
+    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [doc for doc in groups if doc is not None]}
+
+
+def group(resources: Sequence[ResourceInfo], group: str) -> dict[str, Any] | None:
+    """``GET /apis/<group>``: the APIGroup, or None when no resource is served in that group."""
+    document = _group_document(resources, group)
+    if document is None:
+        return None
+    return {"kind": "APIGroup", "apiVersion": "v1", **document}
+
+
+def storage_version_hash(group: str, version: str, kind: str) -> str:
+    """kube-apiserver's ``storageVersionHash``: base64 of the first 8 bytes of sha256("group/version/kind")."""
+    digest = hashlib.sha256(f"{group}/{version}/{kind}".encode()).digest()
+    return base64.b64encode(digest[:8]).decode()
+
+
+def _storage_version_of(resources: Sequence[ResourceInfo], info: ResourceInfo) -> str:
+    for candidate in resources:
+        if candidate.group == info.group and candidate.plural == info.plural and candidate.storage:
+            return candidate.version
+    return info.version
+
+
+def _is_builtin(info: ResourceInfo) -> bool:
+    return info in BUILTIN_RESOURCES
+
+
+def _listed_verbs(info: ResourceInfo) -> list[str]:
+    if not _is_builtin(info) and set(info.verbs) == set(ALL_VERBS):
+        return list(CUSTOM_RESOURCE_VERB_ORDER)
+    return sorted(info.verbs)
+
+
+def _resource_entries(resources: Sequence[ResourceInfo], info: ResourceInfo) -> list[dict[str, Any]]:
+    entry: dict[str, Any] = {
+        "name": info.plural,
+        "singularName": info.singular,
+        "namespaced": info.namespaced,
+        "kind": info.kind,
+        "verbs": _listed_verbs(info),
+    }
+    if info.short_names:
+        entry["shortNames"] = list(info.short_names)
+    if info.categories:
+        entry["categories"] = list(info.categories)
+    entry["storageVersionHash"] = storage_version_hash(
+        info.group, _storage_version_of(resources, info), info.kind
+    )
+    entries = [entry]
+    for subresource in sorted(info.subresources):
+        entries.append({
+            "name": f"{info.plural}/{subresource}",
+            "singularName": "",
+            "namespaced": info.namespaced,
+            "kind": info.kind,
+            "verbs": list(SUBRESOURCE_VERBS),
+        })
+    return entries
+
+
+def resource_list(resources: Sequence[ResourceInfo], group: str, version: str) -> dict[str, Any] | None:
+    """``GET /api/v1`` or ``GET /apis/<group>/<version>``: the APIResourceList, or None if not served.
+
+    Entries are sorted by name, each main resource followed by its subresources
+    (``virtualmachines``, ``virtualmachines/status``), as the real server lists them.
+    """
+    members = sorted(
+        (info for info in resources if info.group == group and info.version == version),
+        key=lambda info: info.plural,
+    )
+    if not members:
+        return None
+    entries = [entry for info in members for entry in _resource_entries(resources, info)]
+    if not group:
+        # The core group's list carries no apiVersion (fixtures/kubectl/get_api_v1.json).
+        return {"kind": "APIResourceList", "groupVersion": version, "resources": entries}
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{group}/{version}", "resources": entries}
