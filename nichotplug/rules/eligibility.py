@@ -1,0 +1,164 @@
+"""May this VM have NICs hot-plugged or hot-unplugged now, and may this interface be unplugged?
+
+``eligibility_findings`` checks SPEC "VM eligibility" in its order (guest cluster, running and
+stable, live-migratable, MACs in the spec) and reports every failed condition as a ``Finding``:
+a metric slug plus a message naming the VM and saying what to do. ``unplug_finding`` does the same
+for one interface. The ``*_problems`` / ``*_problem`` functions are the message-only forms the
+ARCHITECTURE contract names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nichotplug.rules.cluster import ClusterState
+from nichotplug.rules.nad import nad_verdict
+from nichotplug.rules.views import GUEST_CLUSTER_CREATOR, GUEST_CLUSTER_LABEL, InterfaceView, VmiView, VmView
+
+__all__ = [
+    "ELIGIBILITY_REASONS",
+    "HOSTNAME_LABEL",
+    "UNPLUG_REASONS",
+    "Finding",
+    "active_interface_count",
+    "eligibility_findings",
+    "eligibility_problems",
+    "hotunpluggable_interfaces",
+    "unplug_finding",
+    "unplug_problem",
+]
+
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+HOTPLUG_MODELS = ("", "virtio")
+
+ELIGIBILITY_REASONS = ("vm-guest-cluster", "vm-not-running", "vm-migrating", "vm-not-migratable", "vm-missing-macs")
+UNPLUG_REASONS = (
+    "unplug-unknown-interface", "unplug-already-absent", "unplug-last-interface", "unplug-not-bridge",
+    "unplug-not-virtio", "unplug-not-multus", "unplug-network-not-hotpluggable",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A failed condition: ``reason`` is a metric slug, ``message`` is for the person."""
+
+    reason: str
+    message: str
+
+
+def _running_findings(vm: VmView, vmi: VmiView | None) -> list[Finding]:
+    ref = vm.ref
+    found: list[Finding] = []
+    if vmi is None:
+        found.append(Finding("vm-not-running", f"VM {ref} is not running (it has no VirtualMachineInstance); "
+                                               "start it and wait until it is Running"))
+    else:
+        if vmi.deleting:
+            found.append(Finding("vm-not-running", f"VM {ref} is stopping (its VirtualMachineInstance is being "
+                                                   "deleted)"))
+        if vmi.phase != "Running":
+            found.append(Finding("vm-not-running", f"VM {ref} is not running: its VirtualMachineInstance is in "
+                                                   f"phase {vmi.phase or 'unknown'}; wait until it is Running"))
+        if not vmi.ready:
+            found.append(Finding("vm-not-running", f"VM {ref} is not ready (VirtualMachineInstance condition Ready "
+                                                   "is not True); wait until it is ready"))
+        if vmi.migration_in_flight:
+            found.append(Finding("vm-migrating", f"VM {ref} is being live-migrated; wait until the migration "
+                                                 "completes"))
+    if vm.printable_status != "Running":
+        found.append(Finding("vm-not-running", f"VM {ref} status is {vm.printable_status or 'unknown'}, not "
+                                               "Running"))
+    return found
+
+
+def _migratable_findings(vm: VmView, vmi: VmiView | None) -> list[Finding]:
+    ref = vm.ref
+    found: list[Finding] = []
+    if vmi is not None and vmi.live_migratable is False:
+        why = vmi.live_migratable_reason or "no reason given"
+        found.append(Finding("vm-not-migratable", f"VM {ref} cannot be live-migrated ({why}); hot-plug applies "
+                                                  "the change through a live migration"))
+    if HOSTNAME_LABEL in vm.node_selector:
+        found.append(Finding("vm-not-migratable", f"VM {ref} is pinned to node {vm.node_selector[HOSTNAME_LABEL]} "
+                                                  f"by nodeSelector {HOSTNAME_LABEL}, so it cannot be live-migrated; "
+                                                  "remove that selector first"))
+    if vm.has_host_devices:
+        found.append(Finding("vm-not-migratable", f"VM {ref} has host devices or GPUs, so it cannot be "
+                                                  "live-migrated; hot-plug needs live migration"))
+    return found
+
+
+def eligibility_findings(vm: VmView, vmi: VmiView | None) -> tuple[Finding, ...]:
+    """Every failed eligibility condition, in SPEC order; empty means the VM is eligible."""
+    found: list[Finding] = []
+    if vm.labels.get(GUEST_CLUSTER_LABEL) == GUEST_CLUSTER_CREATOR:
+        found.append(Finding("vm-guest-cluster", f"VM {vm.ref} belongs to a guest cluster (label "
+                                                 f"{GUEST_CLUSTER_LABEL}={GUEST_CLUSTER_CREATOR}); its NICs are "
+                                                 "managed by that cluster's machine driver, not by hot-plug"))
+    found += _running_findings(vm, vmi)
+    found += _migratable_findings(vm, vmi)
+    without_mac = [iface.name for iface in vm.interfaces if not iface.mac]
+    if without_mac:
+        found.append(Finding("vm-missing-macs", f"VM {vm.ref} interface(s) {', '.join(without_mac)} have no "
+                                                "macAddress in the spec; stop the VM once so its observed MACs are "
+                                                "written into the spec, then start it again"))
+    return tuple(found)
+
+
+def eligibility_problems(vm: VmView, vmi: VmiView | None) -> tuple[str, ...]:
+    """The messages of ``eligibility_findings``."""
+    return tuple(finding.message for finding in eligibility_findings(vm, vmi))
+
+
+def active_interface_count(vm: VmView) -> int:
+    """Interfaces that are not being unplugged (``state`` is not ``absent``)."""
+    return sum(1 for iface in vm.interfaces if iface.state != "absent")
+
+
+def _interface_shape_finding(vm: VmView, iface: InterfaceView) -> Finding | None:
+    where = f"interface {iface.name} of VM {vm.ref}"
+    if iface.binding != "bridge":
+        return Finding("unplug-not-bridge", f"{where} uses {iface.binding or 'no'} binding; only bridge "
+                                            "interfaces can be hot-unplugged")
+    if iface.model not in HOTPLUG_MODELS:
+        return Finding("unplug-not-virtio", f"{where} has model {iface.model}; only virtio interfaces can be "
+                                            "hot-unplugged")
+    return None
+
+
+def unplug_finding(vm: VmView, interface_name: str, cluster: ClusterState) -> Finding | None:
+    """Why the (still present) interface cannot be hot-unplugged from ``vm``; None if it can."""
+    where = f"interface {interface_name} of VM {vm.ref}"
+    iface = vm.interface(interface_name)
+    if iface is None:
+        return Finding("unplug-unknown-interface", f"VM {vm.ref} has no interface named {interface_name}")
+    if iface.state == "absent":
+        return Finding("unplug-already-absent", f"{where} is already being unplugged (state: absent)")
+    if active_interface_count(vm) <= 1:
+        return Finding("unplug-last-interface", f"{where} is the VM's only interface; a VM keeps at least one")
+    shape = _interface_shape_finding(vm, iface)
+    if shape is not None:
+        return shape
+    network = vm.network(interface_name)
+    if network is None or network.nad is None:
+        on = "has no entry in spec.template.spec.networks" if network is None else "is not on a multus network"
+        return Finding("unplug-not-multus", f"{where} {on}; only interfaces on bridge networks can be hot-unplugged")
+    verdict = nad_verdict(cluster.get_nad(*network.nad))
+    if not verdict.hotpluggable:
+        return Finding("unplug-network-not-hotpluggable", f"{where} is on network {network.nad_namespace}/"
+                                                          f"{network.nad_name}, which is not hot-pluggable: "
+                                                          f"{verdict.reason}")
+    return None
+
+
+def unplug_problem(vm: VmView, interface_name: str, cluster: ClusterState) -> str | None:
+    """The message of ``unplug_finding``."""
+    finding = unplug_finding(vm, interface_name, cluster)
+    return finding.message if finding is not None else None
+
+
+def hotunpluggable_interfaces(vm: VmView, cluster: ClusterState) -> list[str]:
+    """Names of the interfaces the UI may offer to unplug (none unless the VM has more than one)."""
+    if active_interface_count(vm) <= 1:
+        return []
+    return [iface.name for iface in vm.interfaces if unplug_finding(vm, iface.name, cluster) is None]

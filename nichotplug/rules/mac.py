@@ -1,0 +1,84 @@
+"""MAC addresses: normalisation, unicast validation and collision-free generation.
+
+KubeVirt accepts a 48-bit MAC written as six two-digit hex groups separated by all colons or all
+dashes. We compare MACs only in one normal form (lowercase, colon separated) so that
+``AA-BB-...`` and ``aa:bb:...`` are recognised as the same address (Harvester compares the raw
+strings, which lets a differently spelled duplicate through).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable
+
+__all__ = [
+    "InvalidMac",
+    "MacGenerationError",
+    "check_unicast_mac",
+    "generate_mac",
+    "normalize_mac",
+]
+
+# Six hex pairs with one consistent separator; the backreference forbids mixing ':' and '-'.
+_MAC_FORMS = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}")
+
+_ALL_ZERO = "00:00:00:00:00:00"
+
+# Far more than a healthy random source ever needs: with 46 free bits, even a cluster with a
+# million MACs in use redraws about once per 70 million generations.
+_MAX_DRAWS = 64
+
+
+class InvalidMac(ValueError):
+    """A MAC address that KubeVirt would not accept, or that may not be used for a NIC."""
+
+
+class MacGenerationError(RuntimeError):
+    """No free MAC after many draws: the random source is broken (it keeps repeating itself)."""
+
+
+def normalize_mac(text: str) -> str:
+    """Return ``text`` as a lowercase, colon-separated MAC, or raise InvalidMac."""
+    if not isinstance(text, str) or len(text) != 17 or _MAC_FORMS.fullmatch(text) is None:
+        raise InvalidMac(
+            f"{text!r} is not a MAC address: write six two-digit hex groups separated by ':' or '-', "
+            "e.g. 02:00:00:ab:cd:ef"
+        )
+    return text.lower().replace("-", ":")
+
+
+def check_unicast_mac(text: str) -> str:
+    """Normalise ``text`` and require an address a NIC may own: not multicast, not all zero."""
+    mac = normalize_mac(text)
+    if mac == _ALL_ZERO:
+        raise InvalidMac(f"{text} is the all-zero MAC address, which no interface may use")
+    if int(mac[:2], 16) & 0x01:
+        raise InvalidMac(
+            f"{text} is a multicast MAC address (lowest bit of the first byte set); "
+            "an interface needs a unicast address, e.g. one starting with 02"
+        )
+    return mac
+
+
+def _never_taken(_mac: str) -> bool:
+    return False
+
+
+def generate_mac(
+    is_taken: Callable[[str], bool] = _never_taken,
+    random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+) -> str:
+    """Draw a random locally administered unicast MAC, drawing again while ``is_taken(mac)``.
+
+    Raises MacGenerationError only when ``random_bytes`` keeps producing taken addresses.
+    """
+    for _ in range(_MAX_DRAWS):
+        raw = bytearray(random_bytes(6)[:6])
+        if len(raw) != 6:
+            raise MacGenerationError(f"the random source returned {len(raw)} bytes, 6 are needed")
+        raw[0] = (raw[0] | 0x02) & 0xFE  # locally administered, unicast
+        mac = ":".join(f"{byte:02x}" for byte in raw)
+        if not is_taken(mac):
+            return mac
+    raise MacGenerationError(f"no free MAC address after {_MAX_DRAWS} random draws; the random source repeats itself")

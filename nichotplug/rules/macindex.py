@@ -1,0 +1,119 @@
+"""MacIndex: which VM interfaces use a MAC, answered with one dict lookup at any cluster size.
+
+Keyed by normalised MAC only. The scope (cluster network) of an owner is not stored: it is read at
+query time from the owner's NAD, so relabelling a NAD can never leave a stale index.
+
+Per VM, the index holds its valid spec MACs and, for interfaces without a spec MAC, the MAC the
+observed-MAC annotation records for them (KubeVirt keeps giving the guest that MAC until the spec
+says otherwise). Interfaces set ``state: absent`` still count: they keep their MAC until unplugged.
+
+Memory matters (the webhook keeps an index of every VM in the cluster): a MAC with one owner, the
+usual case, stores the bare ``MacOwner``; only shared MACs store a frozenset.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
+
+from nichotplug.rules.mac import InvalidMac, normalize_mac
+from nichotplug.rules.views import VmView
+
+__all__ = ["MacIndex", "MacOwner", "vm_mac_claims"]
+
+
+class MacOwner(NamedTuple):
+    """One interface using a MAC. ``nad`` is the (namespace, name) of its NAD; None = pod network."""
+
+    namespace: str
+    vm: str
+    interface: str
+    nad: tuple[str, str] | None
+
+
+def vm_mac_claims(vm: VmView) -> Iterator[tuple[str, MacOwner]]:
+    """(normalised MAC, owner) for every MAC the VM uses; unreadable spec MACs are skipped."""
+    namespace = sys.intern(vm.namespace)
+    name = sys.intern(vm.name)
+    for interface in vm.interfaces:
+        mac = interface.mac
+        if mac:
+            try:
+                mac = normalize_mac(mac)
+            except InvalidMac:
+                continue  # validation refuses it on the next write; nothing can collide with it
+        else:
+            mac = vm.observed_macs.get(interface.name, "")
+            if not mac:
+                continue
+        network = vm.network(interface.name)
+        nad = network.nad if network is not None else None
+        if nad is not None:
+            nad = (sys.intern(nad[0]), sys.intern(nad[1]))
+        yield mac, MacOwner(namespace, name, interface.name, nad)
+
+
+class MacIndex:
+    """MAC -> owners over every VM given to ``update_vm``; ``len()`` is the number of distinct MACs."""
+
+    __slots__ = ("_by_mac", "_by_vm")
+
+    def __init__(self) -> None:
+        self._by_mac: dict[str, MacOwner | frozenset[MacOwner]] = {}
+        self._by_vm: dict[tuple[str, str], tuple[tuple[str, MacOwner], ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_mac)
+
+    def update_vm(self, vm: VmView | Mapping[str, Any]) -> None:
+        """Index (or re-index) a VM from its view or its dict; raises InvalidObject for a garbage dict."""
+        view = vm if isinstance(vm, VmView) else VmView.from_dict(vm)
+        claims = tuple(vm_mac_claims(view))
+        key = (view.namespace, view.name)
+        if self._by_vm.get(key) == claims:
+            return  # most watch events (status, annotations) do not change the MACs
+        self.remove_vm(*key)
+        if not claims:
+            return
+        self._by_vm[key] = claims
+        for mac, owner in claims:
+            self._add(mac, owner)
+
+    def remove_vm(self, namespace: str, name: str) -> None:
+        for mac, owner in self._by_vm.pop((namespace, name), ()):
+            self._discard(mac, owner)
+
+    def owners(self, mac: str) -> frozenset[MacOwner]:
+        """Every interface using ``mac`` (normalised form expected)."""
+        entry = self._by_mac.get(mac)
+        if entry is None:
+            return frozenset()
+        if isinstance(entry, MacOwner):
+            return frozenset((entry,))
+        return entry
+
+    def _add(self, mac: str, owner: MacOwner) -> None:
+        entry = self._by_mac.get(mac)
+        if entry is None:
+            self._by_mac[mac] = owner
+        elif isinstance(entry, MacOwner):
+            self._by_mac[mac] = frozenset((entry, owner))
+        else:
+            self._by_mac[mac] = entry | {owner}
+
+    def _discard(self, mac: str, owner: MacOwner) -> None:
+        entry = self._by_mac.get(mac)
+        if entry is None:
+            return
+        if isinstance(entry, MacOwner):
+            if entry == owner:
+                del self._by_mac[mac]
+            return
+        rest = entry - {owner}
+        if len(rest) == 1:
+            (self._by_mac[mac],) = rest
+        elif rest:
+            self._by_mac[mac] = rest
+        else:
+            del self._by_mac[mac]
