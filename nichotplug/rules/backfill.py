@@ -82,7 +82,9 @@ class VmFacts:
 
     resource_version: str
     annotation: str | None          # raw observed-MAC annotation text, None when absent
-    has_annotations: bool           # whether metadata.annotations has any key (decides the patch path)
+    # Whether metadata.annotations exists (decides the patch path); None = unknown, as for a cached
+    # view that keeps only the annotations nichotplug reads.
+    has_annotations: bool | None
     halted: bool
     interfaces: tuple[tuple[str, str | None], ...]  # (name, spec MAC or None), index = spec index
 
@@ -138,7 +140,7 @@ def _facts_from_view(vm: VmLike) -> VmFacts:
     return VmFacts(
         resource_version=vm.resource_version or "",
         annotation=annotation if isinstance(annotation, str) else None,
-        has_annotations=bool(annotations),
+        has_annotations=True if annotation is not None else None,
         halted=vm.run_strategy == "Halted",
         interfaces=tuple((iface.name or "", iface.mac or None) for iface in vm.interfaces),
     )
@@ -230,6 +232,9 @@ def annotation_patch(
 
     Recorded names absent from ``observed`` are kept while the VM spec still has that interface; an
     annotation that does not parse is replaced. ``observed`` empty never writes (nothing learnt).
+    When it is unknown whether the VM has any annotations (a slim view without ours), the op adds
+    our key under an ``/metadata/annotations`` assumed to exist: if it does not, the API server
+    refuses the patch (422) and nothing is lost; plan from the full object then.
     """
     facts = vm_facts(vm)
     if not observed or not facts.resource_version:
@@ -248,7 +253,7 @@ def annotation_patch(
     if not wanted or (current is not None and facts.annotation is not None and wanted == current):
         return None
     text = encode_observed_macs(wanted)
-    if facts.has_annotations:
+    if facts.has_annotations is not False:
         write: JsonPatchOp = {"op": "add", "path": _ANNOTATION_POINTER, "value": text}
     else:
         write = {"op": "add", "path": "/metadata/annotations", "value": {MAC_ANNOTATION: text}}

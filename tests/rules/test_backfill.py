@@ -266,6 +266,19 @@ def test_a_view_plans_the_same_ops_as_its_dict() -> None:
     obj = vm(iface("default"), iface("nic2", MAC_A), iface("nic3"),
              annotation=f'{{"default":"{MAC_A}","nic2":"{MAC_B}"}}')
     assert plan_backfill(VmView.from_dict(obj)) == plan_backfill(obj)
-    running = vm(iface("default"), run_strategy="Always")
+    running = vm(iface("default"), annotation=f'{{"default":"{MAC_B}"}}', run_strategy="Always")
     observed = {"default": MAC_A}
     assert annotation_patch(VmView.from_dict(running), observed) == annotation_patch(running, observed)
+
+
+def test_a_view_without_our_annotation_never_replaces_the_whole_annotation_map() -> None:
+    from nichotplug.rules.views import VmView
+
+    # A cached view keeps only the annotations nichotplug reads, so it cannot tell whether others
+    # exist: the op must add our key, never replace /metadata/annotations.
+    obj = vm(iface("default"), run_strategy="Always")
+    obj["metadata"]["annotations"] = {"team": "a"}
+    view = VmView.from_dict({**obj, "metadata": {**obj["metadata"], "annotations": {}}})
+    ops = annotation_patch(view, {"default": MAC_A})
+    assert ops is not None
+    assert apply(obj, ops)["metadata"]["annotations"]["team"] == "a"
