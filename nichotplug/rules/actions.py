@@ -1,0 +1,371 @@
+"""Planning of the hot-plug actions (addNic, removeNic, findHotunpluggableNics): pure, no I/O.
+
+The action API and the ``kubectl nichotplug`` plugin both fetch the VM, its VMI and the NADs it
+needs, then ask this module what to write. The answer is either the JSON Patch to send (always
+starting with a ``test`` on ``metadata.resourceVersion``, so a concurrent edit fails the write
+instead of being overwritten) or an :class:`ActionRefusal` carrying the HTTP status, a stable
+machine-readable code and a message a person can act on.
+
+Status codes (SPEC "Action API"): 422 the request body is wrong (the caller must fix the request);
+404 the VM, the NAD or the named interface does not exist; 409 the request is well formed but the
+state of the cluster refuses it (name already used, MAC already used, VM not eligible, NAD not
+hot-pluggable, interface not hot-unpluggable, last interface, concurrent change). A NAD that is not
+hot-pluggable is a 409, not a 422: the body is valid, the network is what the user must change.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+from nichotplug.rules.cluster import ClusterState, owner_scope
+from nichotplug.rules.eligibility import eligibility_problems, hotunpluggable_interfaces, unplug_problem
+from nichotplug.rules.mac import InvalidMac, check_unicast_mac, generate_mac
+from nichotplug.rules.nad import nad_verdict
+from nichotplug.rules.views import InvalidObject, VmiView, VmView
+
+JsonPatchOp = dict[str, Any]
+
+ADD_NIC: Final = "addNic"
+REMOVE_NIC: Final = "removeNic"
+FIND_HOTUNPLUGGABLE_NICS: Final = "findHotunpluggableNics"
+ACTIONS: Final = (ADD_NIC, REMOVE_NIC, FIND_HOTUNPLUGGABLE_NICS)
+
+# Machine-readable refusal codes (the ``code`` of the error body), one per distinct thing to fix.
+INVALID_BODY: Final = "InvalidBodyContent"  # 422: not JSON, or not a JSON object
+MISSING_REQUIRED: Final = "MissingRequired"  # 422: a required field is absent or empty
+INVALID_FORMAT: Final = "InvalidFormat"  # 422: a field is present but malformed
+INVALID_ACTION: Final = "InvalidAction"  # 400: unknown ?action=
+NOT_FOUND: Final = "NotFound"  # 404: VM, NAD or interface missing
+NAME_IN_USE: Final = "InterfaceNameInUse"  # 409
+MAC_IN_USE: Final = "MacAddressInUse"  # 409
+NOT_ELIGIBLE: Final = "VmNotEligible"  # 409
+NETWORK_NOT_HOTPLUGGABLE: Final = "NetworkNotHotpluggable"  # 409
+NOT_HOTUNPLUGGABLE: Final = "InterfaceNotHotunpluggable"  # 409
+CONCURRENT_CHANGE: Final = "ConcurrentChange"  # 409: the VM changed between our read and our write
+
+_INTERFACES_PATH: Final = ("spec", "template", "spec", "domain", "devices", "interfaces")
+_NETWORKS_PATH: Final = ("spec", "template", "spec", "networks")
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRefusal:
+    """Why an action is refused: HTTP ``status``, stable ``code`` and a message a person can act on."""
+
+    status: int
+    code: str
+    message: str
+
+
+def is_dns1123_label(text: str) -> bool:
+    """True for a valid DNS-1123 label (what KubeVirt requires of interface and network names)."""
+    return len(text) <= 63 and _DNS1123_LABEL.fullmatch(text) is not None
+
+
+def _is_dns1123_subdomain(text: str) -> bool:
+    return len(text) <= 253 and _DNS1123_SUBDOMAIN.fullmatch(text) is not None
+
+
+def _dig(obj: Mapping[str, Any], path: Sequence[str]) -> Any:
+    node: Any = obj
+    for key in path:
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(key)
+    return node
+
+
+def _raw_list(vm: Mapping[str, Any], path: Sequence[str]) -> list[Any]:
+    found = _dig(vm, path)
+    return list(found) if isinstance(found, list) else []
+
+
+def _names(items: list[Any]) -> set[str]:
+    return {item["name"] for item in items if isinstance(item, Mapping) and isinstance(item.get("name"), str)}
+
+
+def used_names(vm: Mapping[str, Any]) -> set[str]:
+    """Every name used by an interface or a network of the VM (a new interface may use none of them)."""
+    return _names(_raw_list(vm, _INTERFACES_PATH)) | _names(_raw_list(vm, _NETWORKS_PATH))
+
+
+def next_interface_name(vm: Mapping[str, Any]) -> str:
+    """The first ``nic-<n>`` (n >= 1) that no interface or network of the VM uses."""
+    taken = used_names(vm)
+    number = 1
+    while f"nic-{number}" in taken:
+        number += 1
+    return f"nic-{number}"
+
+
+def _test_resource_version(vm: VmView) -> JsonPatchOp:
+    return {"op": "test", "path": "/metadata/resourceVersion", "value": vm.resource_version}
+
+
+def _append_ops(obj: Mapping[str, Any], path: Sequence[str], value: Any) -> JsonPatchOp:
+    """One ``add`` op appending ``value`` to the list at ``path``, creating missing parents.
+
+    JSON Patch ``add`` cannot create intermediate objects, so the op targets the deepest existing
+    ancestor and carries the missing structure as its value.
+    """
+    node: Any = obj
+    for depth, key in enumerate(path):
+        child = node.get(key) if isinstance(node, Mapping) else None
+        if child is None:
+            nested: Any = [value]
+            for missing_key in reversed(path[depth + 1:]):
+                nested = {missing_key: nested}
+            return {"op": "add", "path": "/" + "/".join(path[: depth + 1]), "value": nested}
+        node = child
+    return {"op": "add", "path": "/" + "/".join(path) + "/-", "value": value}
+
+
+def _vm_label(vm: VmView) -> str:
+    return f"VM {vm.namespace}/{vm.name}"
+
+
+def _views(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None) -> tuple[VmView, VmiView | None] | ActionRefusal:
+    try:
+        vm_view = VmView.from_dict(vm)
+        vmi_view = VmiView.from_dict(vmi) if vmi is not None else None
+    except InvalidObject as error:
+        return ActionRefusal(409, NOT_ELIGIBLE, f"cannot read the VM or its VMI: {error}")
+    return vm_view, vmi_view
+
+
+def _eligibility_refusal(vm: VmView, vmi: VmiView | None) -> ActionRefusal | None:
+    problems = eligibility_problems(vm, vmi)
+    if not problems:
+        return None
+    return ActionRefusal(409, NOT_ELIGIBLE, "; ".join(problems))
+
+
+def _required_string(body: Mapping[str, Any], field: str) -> str | ActionRefusal:
+    value = body.get(field)
+    if value is None or value == "":
+        return ActionRefusal(422, MISSING_REQUIRED, f"field {field!r} is required")
+    if not isinstance(value, str):
+        return ActionRefusal(422, INVALID_FORMAT, f"field {field!r} must be a string, not {type(value).__name__}")
+    return value
+
+
+def _interface_name(body: Mapping[str, Any]) -> str | ActionRefusal:
+    name = _required_string(body, "interfaceName")
+    if isinstance(name, str) and not is_dns1123_label(name):
+        return ActionRefusal(
+            422, INVALID_FORMAT,
+            f"interfaceName {name!r} is not a valid name: use at most 63 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit",
+        )
+    return name
+
+
+def parse_network_name(text: str, vm_namespace: str) -> tuple[str, str] | ActionRefusal:
+    """``ns/name`` or ``name`` (the VM's namespace, as KubeVirt and Multus read it) -> (namespace, name)."""
+    namespace, slash, name = text.rpartition("/")
+    if not slash:
+        namespace = vm_namespace
+    if not is_dns1123_label(namespace) or not _is_dns1123_subdomain(name) or "/" in namespace:
+        return ActionRefusal(
+            422, INVALID_FORMAT,
+            f"networkName {text!r} is not valid: expected NAMESPACE/NAME or NAME of a NetworkAttachmentDefinition",
+        )
+    return namespace, name
+
+
+def _requested_mac(body: Mapping[str, Any]) -> str | ActionRefusal | None:
+    """The normalised MAC the caller asked for, None to generate one, or a refusal."""
+    value = body.get("macAddress")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        return ActionRefusal(422, INVALID_FORMAT, f"field 'macAddress' must be a string, not {type(value).__name__}")
+    try:
+        return check_unicast_mac(value)
+    except InvalidMac as error:
+        return ActionRefusal(422, INVALID_FORMAT, f"macAddress {value!r}: {error}")
+
+
+@dataclass(frozen=True, slots=True)
+class AddNicRequest:
+    """A validated addNic body: the NAD is already resolved to (namespace, name)."""
+
+    interface_name: str
+    nad_namespace: str
+    nad_name: str
+    mac: str | None  # None: generate one
+
+
+def parse_add_nic(
+    body: Mapping[str, Any], vm_namespace: str, *, name_optional: bool = False,
+) -> AddNicRequest | ActionRefusal:
+    """Validate an addNic body (unknown fields are ignored); every problem here is a 422.
+
+    With ``name_optional`` (the plugin), a missing ``interfaceName`` gives ``interface_name == ""``:
+    the planner then picks a free ``nic-<n>``.
+    """
+    if name_optional and body.get("interfaceName") in (None, ""):
+        interface_name: str | ActionRefusal = ""
+    else:
+        interface_name = _interface_name(body)
+    if isinstance(interface_name, ActionRefusal):
+        return interface_name
+    network_text = _required_string(body, "networkName")
+    if isinstance(network_text, ActionRefusal):
+        return network_text
+    network = parse_network_name(network_text, vm_namespace)
+    if isinstance(network, ActionRefusal):
+        return network
+    mac = _requested_mac(body)
+    if isinstance(mac, ActionRefusal):
+        return mac
+    return AddNicRequest(interface_name, network[0], network[1], mac)
+
+
+def _nad_refusal(request: AddNicRequest, cluster: ClusterState) -> ActionRefusal | None:
+    nad = cluster.get_nad(request.nad_namespace, request.nad_name)
+    where = f"{request.nad_namespace}/{request.nad_name}"
+    if nad is None:
+        return ActionRefusal(404, NOT_FOUND, f"network {where} not found: no NetworkAttachmentDefinition by that name")
+    verdict = nad_verdict(nad)
+    if not verdict.hotpluggable:
+        return ActionRefusal(
+            409, NETWORK_NOT_HOTPLUGGABLE, f"network {where} cannot be hot-plugged: {verdict.reason}",
+        )
+    return None
+
+
+def _mac_refusal(mac: str, request: AddNicRequest, vm: VmView, cluster: ClusterState) -> ActionRefusal | None:
+    """409 when ``mac`` is used by this VM (any network) or by another VM on the same cluster network."""
+    scope = owner_scope((request.nad_namespace, request.nad_name), cluster)
+    for owner in sorted(cluster.owners_of_mac(mac)):
+        same_vm = (owner.namespace, owner.vm) == (vm.namespace, vm.name)
+        if same_vm or owner_scope(owner.nad, cluster) == scope:
+            where = f"interface {owner.interface} of this VM" if same_vm else (
+                f"{owner.namespace}/{owner.vm} interface {owner.interface} on cluster network {scope or '(none)'}")
+            return ActionRefusal(409, MAC_IN_USE, f"MAC {mac} is already used by {where}; pick another or leave "
+                                                  "macAddress empty to generate one")
+    return None
+
+
+def _choose_mac(
+    request: AddNicRequest, vm: VmView, cluster: ClusterState, random_bytes: Callable[[int], bytes],
+) -> str | ActionRefusal:
+    if request.mac is not None:
+        refusal = _mac_refusal(request.mac, request, vm, cluster)
+        return refusal if refusal is not None else request.mac
+    # A generated MAC avoids every known MAC, whatever its scope: the cost is nil and it stays
+    # unique if the NAD is later relabelled to another cluster network.
+    return generate_mac(is_taken=lambda mac: bool(cluster.owners_of_mac(mac)), random_bytes=random_bytes)
+
+
+def plan_add_nic(
+    vm: Mapping[str, Any],
+    vmi: Mapping[str, Any] | None,
+    body: Mapping[str, Any],
+    cluster: ClusterState,
+    *,
+    name_optional: bool = False,
+    random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+) -> list[JsonPatchOp] | ActionRefusal:
+    """The JSON Patch that hot-plugs the interface ``body`` asks for, or why it is refused.
+
+    Checks, in order: the body (422), the VM's eligibility (409, every reason), the name (409), the
+    NAD (404 missing, 409 not hot-pluggable), the MAC (409 if used in the same scope).
+    ``name_optional``: a missing ``interfaceName`` gets the first free ``nic-<n>``.
+    """
+    views = _views(vm, vmi)
+    if isinstance(views, ActionRefusal):
+        return views
+    vm_view, vmi_view = views
+    request = parse_add_nic(body, vm_view.namespace, name_optional=name_optional)
+    if isinstance(request, ActionRefusal):
+        return request
+    if not request.interface_name:
+        request = replace(request, interface_name=next_interface_name(vm))
+    refusal = _eligibility_refusal(vm_view, vmi_view)
+    if refusal is None and request.interface_name in used_names(vm):
+        refusal = ActionRefusal(
+            409, NAME_IN_USE,
+            f"{_vm_label(vm_view)} already has an interface or network named {request.interface_name!r}",
+        )
+    if refusal is None:
+        refusal = _nad_refusal(request, cluster)
+    if refusal is not None:
+        return refusal
+    mac = _choose_mac(request, vm_view, cluster, random_bytes)
+    if isinstance(mac, ActionRefusal):
+        return mac
+    interface = {"name": request.interface_name, "model": "virtio", "bridge": {}, "macAddress": mac}
+    network = {"name": request.interface_name, "multus": {"networkName": f"{request.nad_namespace}/{request.nad_name}"}}
+    return [
+        _test_resource_version(vm_view),
+        _append_ops(vm, _INTERFACES_PATH, interface),
+        _append_ops(vm, _NETWORKS_PATH, network),
+    ]
+
+
+def _interface_index(vm: Mapping[str, Any], name: str) -> int | None:
+    for index, item in enumerate(_raw_list(vm, _INTERFACES_PATH)):
+        if isinstance(item, Mapping) and item.get("name") == name:
+            return index
+    return None
+
+
+def interface_unplug_problem(vm: VmView, name: str, cluster: ClusterState) -> str | None:
+    """Why the named interface cannot be hot-unplugged (VM eligibility aside), or None if it can.
+
+    Unknown, already absent, the last interface, not bridge/virtio, not on a hot-pluggable NAD.
+    """
+    return unplug_problem(vm, name, cluster)
+
+
+def plan_remove_nic(
+    vm: Mapping[str, Any],
+    vmi: Mapping[str, Any] | None,
+    body: Mapping[str, Any],
+    cluster: ClusterState,
+) -> list[JsonPatchOp] | ActionRefusal:
+    """The JSON Patch that sets the named interface ``state: absent``, or why it is refused.
+
+    Checks, in order: the body (422), the VM's eligibility (409), the interface exists (404), it is
+    not the VM's last interface and it is hot-unpluggable (409).
+    """
+    views = _views(vm, vmi)
+    if isinstance(views, ActionRefusal):
+        return views
+    vm_view, vmi_view = views
+    name = _interface_name(body)
+    if isinstance(name, ActionRefusal):
+        return name
+    refusal = _eligibility_refusal(vm_view, vmi_view)
+    if refusal is not None:
+        return refusal
+    index = _interface_index(vm, name)
+    if index is None:
+        return ActionRefusal(404, NOT_FOUND, f"{_vm_label(vm_view)} has no interface named {name!r}")
+    problem = interface_unplug_problem(vm_view, name, cluster)
+    if problem is not None:
+        return ActionRefusal(409, NOT_HOTUNPLUGGABLE, problem)
+    state_path = "/" + "/".join((*_INTERFACES_PATH, str(index), "state"))
+    has_state = "state" in _raw_list(vm, _INTERFACES_PATH)[index]
+    return [
+        _test_resource_version(vm_view),
+        {"op": "replace" if has_state else "add", "path": state_path, "value": "absent"},
+    ]
+
+
+def find_hotunpluggable(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None, cluster: ClusterState) -> list[str]:
+    """Names of the interfaces the UI may offer to unplug: [] when the VM is not eligible."""
+    views = _views(vm, vmi)
+    if isinstance(views, ActionRefusal):
+        return []
+    vm_view, vmi_view = views
+    if eligibility_problems(vm_view, vmi_view):
+        return []
+    return list(hotunpluggable_interfaces(vm_view, cluster))
