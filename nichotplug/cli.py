@@ -42,6 +42,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                        help="MutatingWebhookConfiguration whose caBundle is managed")
     serve.add_argument("--validating-webhook", default="nichotplug",
                        help="ValidatingWebhookConfiguration whose caBundle is managed")
+    serve.add_argument("--cert-validity", default="365d",
+                       help="self-managed serving certificate validity, e.g. 365d, 12h; rotated when a third "
+                            "remains (default: %(default)s)")
+    serve.add_argument("--cert-check-interval", default="30s",
+                       help="how often self-managed certificates re-read their Secret (default: %(default)s)")
+    serve.add_argument("--cert-extra-name", action="append", default=[],
+                       help="extra DNS name or IP address for the self-managed certificate (repeatable)")
     serve.add_argument("--log-level", default="INFO", help="logging level (default: %(default)s)")
 
 

@@ -1,0 +1,252 @@
+"""What nichotplug registers with Kubernetes, declared once.
+
+The webhook names, paths and rules here are the single source of truth: the
+HTTP layer serves these paths, the Helm chart's webhook configurations and RBAC
+are checked against these declarations by tests/chart, and
+:func:`webhook_configurations` builds the two configuration objects for the
+self-managed certificate mode, the install tests and the demo.
+
+``REQUIRED_RBAC`` lists, per API group and resource, exactly the verbs the
+service's own account uses (the action API acts with the caller's token, so
+its reads and writes are not here). Permissions marked ``by_name`` are granted
+only for the one object the service owns (its Lease, its TLS Secret, its two
+webhook configurations); ``create`` can never be limited by name in
+Kubernetes RBAC, so it is a separate entry.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Literal
+
+MUTATION_PATH = "/v1/webhook/mutation"
+VALIDATION_PATH = "/v1/webhook/validation"
+
+FailurePolicy = Literal["Fail", "Ignore"]
+Operation = Literal["CREATE", "UPDATE", "DELETE", "CONNECT"]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleDeclaration:
+    """One entry of a webhook's ``rules``: which writes the API server sends us."""
+
+    api_groups: tuple[str, ...]
+    api_versions: tuple[str, ...]
+    resources: tuple[str, ...]
+    operations: tuple[Operation, ...]
+    scope: Literal["Namespaced", "Cluster", "*"] = "Namespaced"
+
+    def as_kubernetes(self) -> dict[str, Any]:
+        return {
+            "apiGroups": list(self.api_groups),
+            "apiVersions": list(self.api_versions),
+            "resources": list(self.resources),
+            "operations": list(self.operations),
+            "scope": self.scope,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDeclaration:
+    """One admission webhook: its registered name, the path we serve it on and its rules."""
+
+    name: str  # what `kubectl` prints in "admission webhook "<name>" denied the request"
+    kind: Literal["mutating", "validating"]
+    path: str
+    rules: tuple[RuleDeclaration, ...]
+    default_failure_policy: FailurePolicy
+
+    def as_webhook_rules(self) -> list[dict[str, Any]]:
+        """The Kubernetes ``rules`` list for this webhook."""
+        return [rule.as_kubernetes() for rule in self.rules]
+
+
+# Only the VirtualMachine itself: the status subresource and VMIs carry nothing we decide on.
+_VM_WRITES = RuleDeclaration(
+    api_groups=("kubevirt.io",),
+    api_versions=("v1",),
+    resources=("virtualmachines",),
+    operations=("CREATE", "UPDATE"),
+)
+
+# Mutation only fills in missing MACs, so an outage must not block VM edits (Ignore);
+# validation is what keeps MACs unique and hot-plug safe, so it fails closed (Fail).
+MUTATING_WEBHOOK = WebhookDeclaration(
+    name="mutate-vm.nichotplug.harvesterhci.io",
+    kind="mutating",
+    path=MUTATION_PATH,
+    rules=(_VM_WRITES,),
+    default_failure_policy="Ignore",
+)
+VALIDATING_WEBHOOK = WebhookDeclaration(
+    name="validate-vm.nichotplug.harvesterhci.io",
+    kind="validating",
+    path=VALIDATION_PATH,
+    rules=(_VM_WRITES,),
+    default_failure_policy="Fail",
+)
+WEBHOOKS: tuple[WebhookDeclaration, ...] = (MUTATING_WEBHOOK, VALIDATING_WEBHOOK)
+
+
+class Scope(Enum):
+    """Where a permission is granted: cluster-wide (ClusterRole) or in the release namespace only (Role)."""
+
+    CLUSTER = "cluster"
+    OWN_NAMESPACE = "own-namespace"
+
+
+class Needed(Enum):
+    """When the service needs a permission."""
+
+    ALWAYS = "always"
+    SELF_MANAGED_CERTS = "self-managed-certs"  # only with `serve --self-managed-certs`
+
+
+@dataclass(frozen=True, slots=True)
+class Permission:
+    """Verbs the service's own account uses on one resource, and why."""
+
+    api_group: str
+    resource: str
+    verbs: frozenset[str]
+    scope: Scope
+    why: str
+    by_name: bool = False  # granted only for the named object the service owns
+    needed: Needed = Needed.ALWAYS
+
+
+def _verbs(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+REQUIRED_RBAC: tuple[Permission, ...] = (
+    Permission("kubevirt.io", "virtualmachines", _verbs("get", "list", "watch"), Scope.CLUSTER,
+               "the cache of VMs behind the MAC index and the rules"),
+    Permission("kubevirt.io", "virtualmachines", _verbs("patch"), Scope.CLUSTER,
+               "the controller writes the observed-MAC annotation and backfills MACs"),
+    Permission("kubevirt.io", "virtualmachineinstances", _verbs("get", "list", "watch"), Scope.CLUSTER,
+               "VMI state for eligibility and observed MACs"),
+    Permission("kubevirt.io", "virtualmachineinstancemigrations", _verbs("create"), Scope.CLUSTER,
+               "live migration that applies a hot-plug change"),
+    Permission("k8s.cni.cncf.io", "network-attachment-definitions", _verbs("get", "list", "watch"),
+               Scope.CLUSTER, "whether a network is hot-pluggable and its cluster network"),
+    Permission("", "events", _verbs("create", "patch"), Scope.CLUSTER,
+               "Events on VMs (patch bumps the count of a repeated Event)"),
+    Permission("coordination.k8s.io", "leases", _verbs("create"), Scope.OWN_NAMESPACE,
+               "the leader-election Lease, created by the first replica"),
+    Permission("coordination.k8s.io", "leases", _verbs("get", "update"), Scope.OWN_NAMESPACE,
+               "leader election renews the Lease", by_name=True),
+    Permission("", "secrets", _verbs("create"), Scope.OWN_NAMESPACE,
+               "the first replica creates the TLS Secret", needed=Needed.SELF_MANAGED_CERTS),
+    Permission("", "secrets", _verbs("get", "update"), Scope.OWN_NAMESPACE,
+               "every replica reads the TLS Secret; rotation updates it", by_name=True,
+               needed=Needed.SELF_MANAGED_CERTS),
+    Permission("admissionregistration.k8s.io", "mutatingwebhookconfigurations", _verbs("get", "patch"),
+               Scope.CLUSTER, "keep the caBundle equal to our CA", by_name=True,
+               needed=Needed.SELF_MANAGED_CERTS),
+    Permission("admissionregistration.k8s.io", "validatingwebhookconfigurations", _verbs("get", "patch"),
+               Scope.CLUSTER, "keep the caBundle equal to our CA", by_name=True,
+               needed=Needed.SELF_MANAGED_CERTS),
+)
+
+
+def required_permissions(*, self_managed_certs: bool) -> tuple[Permission, ...]:
+    """The permissions a deployment in the given certificate mode needs."""
+    return tuple(
+        perm for perm in REQUIRED_RBAC if perm.needed is Needed.ALWAYS or self_managed_certs
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRef:
+    """The in-cluster Service the API server calls the webhooks through."""
+
+    namespace: str
+    name: str
+    port: int = 443
+
+
+def _client_config(path: str, service: ServiceRef | None, url: str | None, ca_bundle: bytes) -> dict[str, Any]:
+    config: dict[str, Any]
+    if service is not None:
+        config = {"service": {"namespace": service.namespace, "name": service.name,
+                              "path": path, "port": service.port}}
+    else:
+        assert url is not None  # checked by the caller
+        config = {"url": url.rstrip("/") + path}
+    if ca_bundle:
+        config["caBundle"] = base64.b64encode(ca_bundle).decode("ascii")
+    return config
+
+
+def _webhook_entry(
+    webhook: WebhookDeclaration,
+    client_config: dict[str, Any],
+    failure_policy: FailurePolicy,
+    excluded_namespaces: Sequence[str],
+    timeout_seconds: int,
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": webhook.name,
+        "admissionReviewVersions": ["v1"],
+        "sideEffects": "None",
+        "matchPolicy": "Equivalent",
+        "timeoutSeconds": timeout_seconds,
+        "failurePolicy": failure_policy,
+        "clientConfig": client_config,
+        "rules": webhook.as_webhook_rules(),
+        "namespaceSelector": {"matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": list(excluded_namespaces)},
+        ]},
+    }
+    if webhook.kind == "mutating":
+        entry["reinvocationPolicy"] = "Never"
+    return entry
+
+
+def webhook_configurations(
+    name: str,
+    *,
+    ca_bundle: bytes = b"",
+    service: ServiceRef | None = None,
+    url: str | None = None,
+    excluded_namespaces: Sequence[str] = ("kube-system",),
+    failure_policies: Mapping[str, FailurePolicy] | None = None,
+    timeout_seconds: int = 5,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The MutatingWebhookConfiguration and ValidatingWebhookConfiguration, both called ``name``.
+
+    Give exactly one of ``service`` (in-cluster) or ``url`` (the base URL of a
+    server outside the cluster, e.g. ``https://127.0.0.1:9443``; the webhook
+    paths are appended). ``ca_bundle`` is the PEM the API server trusts for
+    that endpoint. ``failure_policies`` maps "mutating"/"validating" to a
+    policy, overriding each declaration's default.
+    """
+    if (service is None) == (url is None):
+        raise ValueError("give exactly one of service= or url= for the webhooks' clientConfig")
+    if url is not None and not url.startswith("https://"):
+        raise ValueError(f"webhook URL must use https, got {url!r}")
+    if not 1 <= timeout_seconds <= 30:
+        raise ValueError(f"timeout_seconds must be between 1 and 30, got {timeout_seconds}")
+    policies = dict(failure_policies or {})
+    unknown = set(policies) - {"mutating", "validating"}
+    if unknown:
+        raise ValueError(f"failure_policies keys must be 'mutating' or 'validating', got {sorted(unknown)}")
+    objects = []
+    for webhook, kind in ((MUTATING_WEBHOOK, "MutatingWebhookConfiguration"),
+                          (VALIDATING_WEBHOOK, "ValidatingWebhookConfiguration")):
+        policy = policies.get(webhook.kind, webhook.default_failure_policy)
+        if policy not in ("Fail", "Ignore"):
+            raise ValueError(f"failure policy must be 'Fail' or 'Ignore', got {policy!r}")
+        entry = _webhook_entry(webhook, _client_config(webhook.path, service, url, ca_bundle),
+                               policy, excluded_namespaces, timeout_seconds)
+        objects.append({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": kind,
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "nichotplug"}},
+            "webhooks": [entry],
+        })
+    return objects[0], objects[1]
