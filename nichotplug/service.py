@@ -1,0 +1,217 @@
+"""``nichotplug serve``: the admission webhooks, the action API and the controller in one process.
+
+Assembly only: every piece is built elsewhere and plugged in here, one small
+function per seam (actions, controller, self-managed certificates), so a piece
+that is absent or disabled leaves the others running. SIGTERM and SIGINT
+drain: ``/readyz`` turns 503, the listeners stop accepting, requests in flight
+finish (up to ``DRAIN_SECONDS``), then everything is closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from aiohttp import web
+
+from nichotplug.rules.cluster import ClusterState
+from nichotplug.webhook.codec import MAX_BODY_BYTES
+from nichotplug.webhook.http import Readiness, add_health_routes, add_webhook_routes
+from nichotplug.webhook.metrics import metrics_app
+from nichotplug.webhook.tls import CertReloader
+
+log = logging.getLogger(__name__)
+
+# The API server gives a webhook 10 s by default; in-flight requests never need longer to finish.
+DRAIN_SECONDS = 15.0
+
+# Something started by a seam that must be stopped on shutdown.
+Stopper = Callable[[], Awaitable[None]]
+
+
+def build_webhook_app(
+    cluster: ClusterState,
+    *,
+    synced: asyncio.Event | None = None,
+    tls: CertReloader | None = None,
+    readiness: Readiness | None = None,
+) -> web.Application:
+    """The TLS app: both webhooks, ``/healthz`` and ``/readyz``.
+
+    Ready when ``synced`` is set (the cluster view has listed everything) and
+    ``tls`` has a certificate in service; a check that is not given is not
+    required. Extra checks go into ``readiness`` (``serve`` adds "not draining").
+    """
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    readiness = readiness or Readiness()
+    if synced is not None:
+        readiness.add("cluster view not synced yet", synced.is_set)
+    if tls is not None:
+        readiness.add("no serving certificate loaded", lambda: tls.loaded)
+    add_webhook_routes(app, cluster)
+    add_health_routes(app, readiness)
+    return app
+
+
+# ---------------------------------------------------------------- seams (one function per optional piece)
+
+
+def _optional_module(name: str) -> Any | None:
+    """The module if that piece of nichotplug exists in this build, else None."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name is not None and name.startswith(error.name):
+            return None
+        raise
+
+
+def setup_action_routes(app: web.Application, api_client: Any, args: argparse.Namespace, cluster: Any) -> bool:
+    """Mount the action API (``nichotplug.actions.http.setup_actions``) on the TLS app, if present."""
+    module = _optional_module("nichotplug.actions.http")
+    if module is None or not hasattr(module, "setup_actions"):
+        log.warning("action API not available in this build: only the webhooks are served")
+        return False
+    module.setup_actions(app, api_client=api_client, cluster=cluster, migrate=not args.no_migrate)
+    return True
+
+
+async def start_controller(api_client: Any, cluster: Any, args: argparse.Namespace) -> Stopper | None:
+    """Start the MAC controller (``nichotplug.controller``) unless ``--no-controller``; returns its stopper."""
+    if args.no_controller:
+        return None
+    module = _optional_module("nichotplug.controller.run")
+    if module is None or not hasattr(module, "start_controller"):
+        log.warning("MAC controller not available in this build: observed MACs are not recorded")
+        return None
+    stopper: Stopper = await module.start_controller(api_client=api_client, cluster=cluster, args=args)
+    return stopper
+
+
+async def start_self_managed_certs(api_client: Any, args: argparse.Namespace) -> Stopper | None:
+    """Create/rotate the serving certificate in a Secret (``nichotplug.kube.certificates``) if asked."""
+    if not args.self_managed_certs:
+        return None
+    module = _optional_module("nichotplug.kube.certificates")
+    if module is None or not hasattr(module, "start_certificate_manager"):
+        raise SystemExit("--self-managed-certs is not available in this build")
+    stopper: Stopper = await module.start_certificate_manager(api_client=api_client, args=args)
+    return stopper
+
+
+# ---------------------------------------------------------------- serve
+
+
+def _check_args(args: argparse.Namespace) -> str | None:
+    if not (args.tls_cert_file and args.tls_key_file):
+        # With --self-managed-certs these are where the certificate manager keeps the pair it rotates.
+        return "give --tls-cert-file and --tls-key-file: admission webhooks are served over TLS only"
+    for name in ("port", "metrics_port"):
+        port = getattr(args, name)
+        if not 0 <= port <= 65535 or (name == "port" and port == 0):
+            return f"--{name.replace('_', '-')} {port} is not a usable port"
+    return None
+
+
+async def _start_site(runner: web.AppRunner, host: str, port: int, **kwargs: Any) -> None:
+    await runner.setup()
+    await web.TCPSite(runner, host, port, **kwargs).start()
+
+
+async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    """Run until ``stop`` is set, then drain and close everything that was started."""
+    from nichotplug.kube.cache import ClusterView
+    from nichotplug.kube.client import load_api_client
+
+    cleanups: list[Stopper] = []
+    try:
+        api_client = await load_api_client(args.kubeconfig, args.context)
+        cleanups.append(api_client.close)
+        cert_stopper = await start_self_managed_certs(api_client, args)
+        if cert_stopper is not None:
+            cleanups.append(cert_stopper)
+        tls = CertReloader(args.tls_cert_file, args.tls_key_file)
+        await tls.start(require_loaded=not args.self_managed_certs)
+        cleanups.append(tls.stop)
+        view = ClusterView(api_client)
+        await view.start()
+        cleanups.append(view.stop)
+
+        draining = False
+        readiness = Readiness()
+        readiness.add("shutting down", lambda: not draining)
+        app = build_webhook_app(view, synced=view.synced, tls=tls, readiness=readiness)
+        setup_action_routes(app, api_client, args, view)
+        controller_stopper = await start_controller(api_client, view, args)
+        if controller_stopper is not None:
+            cleanups.append(controller_stopper)
+
+        # Runners are cleaned up first (last in), so requests drain while the view still answers them.
+        if args.metrics_port:
+            metrics_runner = web.AppRunner(metrics_app(), access_log=None)
+            await _start_site(metrics_runner, args.host, args.metrics_port)
+            cleanups.append(metrics_runner.cleanup)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=DRAIN_SECONDS)
+        await _start_site(runner, args.host, args.port, ssl_context=tls.context)
+        cleanups.append(runner.cleanup)
+        log.info("serving webhooks on https://%s:%d, metrics on :%d", args.host, args.port, args.metrics_port)
+
+        await stop.wait()
+        draining = True
+        log.info("stopping: draining requests in flight (up to %.0f s)", DRAIN_SECONDS)
+    finally:
+        for cleanup in reversed(cleanups):
+            try:
+                await cleanup()
+            except Exception:
+                log.exception("error while shutting down")
+
+
+def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop when installed (it answers webhooks noticeably faster), else asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
+def run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main(stop)`` on the fastest loop available, setting ``stop`` on SIGTERM or SIGINT."""
+
+    async def wrapper() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await main(stop)
+
+    with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
+        runner.run(wrapper())
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Entry point of ``nichotplug serve`` (see nichotplug.cli for the arguments)."""
+    logging.basicConfig(
+        level=str(args.log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    problem = _check_args(args)
+    if problem:
+        print(f"nichotplug serve: {problem}", file=sys.stderr)
+        return 2
+    try:
+        run_until_signal(lambda stop: serve(args, stop))
+    except Exception as error:  # a startup failure: one clear line, not a traceback
+        log.debug("serve failed", exc_info=True)
+        print(f"nichotplug serve: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+__all__ = ["build_webhook_app", "run_serve", "serve", "setup_action_routes", "start_controller"]

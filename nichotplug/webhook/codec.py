@@ -1,0 +1,152 @@
+"""Decode an AdmissionReview body, encode the answer.
+
+Two kinds of failure exist for a webhook (as in controller-runtime and kopf):
+the *call itself* is bad (not JSON, wrong kind, no uid...), answered here with
+an HTTP 4xx carrying a ``metav1.Status`` the API server can show; and the
+*user's operation* is refused, which is a normal review with
+``allowed: false`` (built by :mod:`nichotplug.webhook.engine`). This module
+only knows the first kind.
+
+orjson does the parsing and the encoding: on the validating path it is most of
+the cost of a request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, cast
+
+import orjson
+
+from nichotplug.webhook.review import (
+    API_VERSION,
+    KIND,
+    OPERATIONS,
+    AdmissionRequest,
+    AdmissionResponse,
+)
+
+# The API server never sends more than ~3 MiB (etcd's object limit plus the old
+# object); 8 MiB leaves room while keeping a hostile body from filling memory.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+JSON_CONTENT_TYPE = "application/json"
+
+# metav1.StatusReason for the HTTP codes this service answers with.
+_STATUS_REASONS = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    409: "Conflict",
+    413: "RequestEntityTooLarge",
+    415: "UnsupportedMediaType",
+    422: "Invalid",
+    429: "TooManyRequests",
+    500: "InternalError",
+}
+
+
+class BadReview(Exception):
+    """The webhook call itself is unusable; answered with ``http_status`` and ``message``.
+
+    ``reason`` is a short slug for the bad-request metric.
+    """
+
+    def __init__(self, http_status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.reason = reason
+        self.message = message
+
+
+def status_reason(code: int) -> str | None:
+    """The metav1.StatusReason for an HTTP code, if it has a well-known one."""
+    return _STATUS_REASONS.get(code)
+
+
+def decode_review(body: bytes) -> AdmissionRequest:
+    """The checked ``request`` of an AdmissionReview body; raises :class:`BadReview`."""
+    if not body:
+        raise BadReview(400, "empty-body", "empty request body: expected an AdmissionReview")
+    try:
+        review = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise BadReview(400, "malformed-json", f"request body is not valid JSON: {error}") from None
+    if not isinstance(review, dict):
+        raise BadReview(400, "not-a-review", f"expected an AdmissionReview object, got JSON {_json_type(review)}")
+    if review.get("apiVersion") != API_VERSION or review.get("kind") != KIND:
+        raise BadReview(
+            400,
+            "not-a-review",
+            f"expected apiVersion {API_VERSION!r} and kind {KIND!r}, "
+            f"got {review.get('apiVersion')!r} and {review.get('kind')!r}",
+        )
+    request = review.get("request")
+    if not isinstance(request, dict):
+        raise BadReview(400, "missing-field", "the AdmissionReview has no request object")
+    _check_request(request)
+    return cast(AdmissionRequest, request)
+
+
+def _check_request(request: dict[str, Any]) -> None:
+    """Check every field of the request that the webhook reads, so later code can trust the types."""
+    uid = request.get("uid")
+    if not isinstance(uid, str) or not uid:
+        raise BadReview(400, "missing-field", "request.uid is missing or not a non-empty string")
+    operation = request.get("operation")
+    if operation not in OPERATIONS:
+        raise BadReview(
+            400, "bad-field", f"request.operation {operation!r} is not one of {', '.join(OPERATIONS)}"
+        )
+    _require_strings(request, "kind", ("group", "version", "kind"))
+    _require_strings(request, "resource", ("group", "version", "resource"))
+    for key in ("subResource", "name", "namespace"):
+        if key in request and not isinstance(request[key], str):
+            raise BadReview(400, "bad-field", f"request.{key} must be a string")
+    user_info = request.get("userInfo", {})
+    if not isinstance(user_info, dict) or not isinstance(user_info.get("username", ""), str):
+        raise BadReview(400, "bad-field", "request.userInfo must be an object with a string username")
+    for key in ("object", "oldObject"):
+        if request.get(key) is not None and not isinstance(request[key], dict):
+            raise BadReview(400, "bad-field", f"request.{key} must be an object or null")
+    if not isinstance(request.get("dryRun", False), bool):
+        raise BadReview(400, "bad-field", "request.dryRun must be a boolean")
+
+
+def _require_strings(request: Mapping[str, Any], field: str, keys: tuple[str, ...]) -> None:
+    value = request.get(field)
+    if not isinstance(value, dict) or not all(isinstance(value.get(key), str) for key in keys):
+        raise BadReview(400, "missing-field", f"request.{field} must be an object with string {', '.join(keys)}")
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    return "number"
+
+
+def encode_review(response: AdmissionResponse) -> bytes:
+    """The full AdmissionReview body answering a request."""
+    return orjson.dumps({"apiVersion": API_VERSION, "kind": KIND, "response": response})
+
+
+def encode_error(error: BadReview) -> bytes:
+    """A metav1.Status body: the API server's client decodes it and shows our message."""
+    status: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Status",
+        "metadata": {},
+        "status": "Failure",
+        "message": error.message,
+        "code": error.http_status,
+    }
+    reason = status_reason(error.http_status)
+    if reason:
+        status["reason"] = reason
+    return orjson.dumps(status)

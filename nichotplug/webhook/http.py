@@ -1,0 +1,162 @@
+"""The aiohttp shell around the engine: routes, HTTP-level checks, metrics and the request log.
+
+``POST /v1/webhook/mutation`` and ``POST /v1/webhook/validation`` answer every
+usable call with HTTP 200 and a full AdmissionReview; an unusable call (wrong
+content type, body too large, not an AdmissionReview) gets a 4xx with a
+``metav1.Status`` naming the problem. ``GET /healthz`` is the liveness probe,
+``GET /readyz`` the readiness probe (see :class:`Readiness`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from nichotplug.rules.cluster import ClusterState
+from nichotplug.webhook import metrics
+from nichotplug.webhook.codec import (
+    JSON_CONTENT_TYPE,
+    MAX_BODY_BYTES,
+    BadReview,
+    decode_review,
+    encode_error,
+    encode_review,
+)
+from nichotplug.webhook.engine import Verdict, review
+from nichotplug.webhook.review import AdmissionRequest, WebhookName
+
+log = logging.getLogger(__name__)
+
+MUTATION_PATH = "/v1/webhook/mutation"
+VALIDATION_PATH = "/v1/webhook/validation"
+WEBHOOK_PATHS: dict[WebhookName, str] = {"mutation": MUTATION_PATH, "validation": VALIDATION_PATH}
+
+_KNOWN_REASONS = metrics.known_reasons()
+
+
+class WebhookHandler:
+    """One webhook endpoint (mutation or validation) bound to the cluster view it consults."""
+
+    def __init__(self, webhook: WebhookName, cluster: ClusterState) -> None:
+        self.webhook: WebhookName = webhook
+        self.cluster = cluster
+        # Bound metric children: the label lookup is paid once, not per request.
+        self._in_flight = metrics.IN_FLIGHT.labels(webhook)
+        self._latency = metrics.LATENCY.labels(webhook)
+        self._ok = metrics.REQUESTS.labels(webhook, "200")
+
+    async def handle(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        self._in_flight.inc()
+        try:
+            try:
+                admission = decode_review(await _read_body(request))
+            except BadReview as error:
+                return self._bad_request(request, error)
+            verdict = review(self.webhook, admission, self.cluster)
+            body = encode_review(verdict.response)
+            self._count(admission, verdict)
+            self._ok.inc()
+            return web.Response(body=body, content_type=JSON_CONTENT_TYPE)
+        finally:
+            self._in_flight.dec()
+            self._latency.observe(time.perf_counter() - started)
+
+    def _bad_request(self, request: web.Request, error: BadReview) -> web.Response:
+        metrics.BAD_REQUESTS.labels(self.webhook, error.reason).inc()
+        metrics.REQUESTS.labels(self.webhook, str(error.http_status)).inc()
+        log.warning(
+            "%s webhook: unusable call from %s answered %d: %s",
+            self.webhook, request.remote, error.http_status, error.message,
+        )
+        return web.Response(status=error.http_status, body=encode_error(error), content_type=JSON_CONTENT_TYPE)
+
+    def _count(self, admission: AdmissionRequest, verdict: Verdict) -> None:
+        reason = verdict.reason if verdict.reason in _KNOWN_REASONS else metrics.REASON_OTHER
+        metrics.DECISIONS.labels(self.webhook, admission["operation"], verdict.result, reason).inc()
+        # Allowed-unchanged is the hot path: logged at DEBUG so a busy cluster's log is not all webhook.
+        level = logging.DEBUG if verdict.result == metrics.RESULT_ALLOWED else logging.INFO
+        if log.isEnabledFor(level):
+            _log_verdict(level, self.webhook, admission, verdict)
+
+
+def _log_verdict(level: int, webhook: WebhookName, admission: AdmissionRequest, verdict: Verdict) -> None:
+    response = verdict.response
+    status = response.get("status")
+    detail = f": {status['code']} {status['message']}" if status else ""
+    log.log(
+        level,
+        "%s %s %s %s/%s by %s (uid %s): %s (%s)%s",
+        webhook, admission["operation"], admission["kind"]["kind"], admission.get("namespace", ""),
+        admission.get("name", ""), admission.get("userInfo", {}).get("username", ""), admission["uid"],
+        verdict.result, verdict.reason, detail,
+        extra={
+            "webhook": webhook,
+            "object": admission["kind"]["kind"],
+            "namespace": admission.get("namespace", ""),
+            "name": admission.get("name", ""),
+            "user": admission.get("userInfo", {}).get("username", ""),
+            "uid": admission["uid"],
+        },
+    )
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The body, after the checks that need no reading: content type, then size."""
+    if request.content_type != JSON_CONTENT_TYPE:
+        raise BadReview(
+            415, "content-type", f"Content-Type must be {JSON_CONTENT_TYPE}, got {request.content_type or 'none'!r}"
+        )
+    too_large = BadReview(
+        413, "too-large", f"request body larger than {MAX_BODY_BYTES} bytes; an AdmissionReview is never that big"
+    )
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise too_large
+    try:
+        # The app's client_max_size is MAX_BODY_BYTES, so a chunked body without a length stops here too.
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large from None
+
+
+class Readiness:
+    """Named readiness checks; ``/readyz`` is 200 only while every one of them holds."""
+
+    def __init__(self) -> None:
+        self._checks: dict[str, Callable[[], bool]] = {}
+
+    def add(self, name: str, check: Callable[[], bool]) -> None:
+        self._checks[name] = check
+
+    def failing(self) -> list[str]:
+        return [name for name, check in self._checks.items() if not check()]
+
+
+async def _healthz(_: web.Request) -> web.Response:
+    # Answering at all proves the event loop runs, which is all liveness should claim.
+    return web.Response(text="ok")
+
+
+def _readyz_handler(readiness: Readiness) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def readyz(_: web.Request) -> web.Response:
+        failing = readiness.failing()
+        if failing:
+            return web.Response(status=503, text="not ready: " + "; ".join(failing))
+        return web.Response(text="ok")
+
+    return readyz
+
+
+def add_webhook_routes(app: web.Application, cluster: ClusterState) -> None:
+    """Mount both admission endpoints on ``app``."""
+    for webhook, path in WEBHOOK_PATHS.items():
+        app.router.add_post(path, WebhookHandler(webhook, cluster).handle)
+
+
+def add_health_routes(app: web.Application, readiness: Readiness) -> None:
+    """Mount ``/healthz`` and ``/readyz``."""
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz_handler(readiness))

@@ -1,0 +1,74 @@
+"""Shared by the webhook tests: what the API server requires of an answer, the fixture folder, test doubles."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Collection, Coroutine
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from nichotplug.rules.cluster import MacOwner
+from nichotplug.rules.views import NadView, VmiView
+
+FIXTURES = Path("/work/shared/fixtures/admission")
+
+ServeFn = Callable[[web.Application], Coroutine[Any, Any, TestServer]]
+
+RESPONSE_KEYS = {"uid", "allowed", "status", "patch", "patchType", "warnings"}
+
+
+def check_review(answer: Any, *, uid: str, webhook: str) -> dict[str, Any]:
+    """Assert ``answer`` is an AdmissionReview the API server accepts for ``uid``; return its response."""
+    assert answer["apiVersion"] == "admission.k8s.io/v1"
+    assert answer["kind"] == "AdmissionReview"
+    response = answer["response"]
+    assert set(response) <= RESPONSE_KEYS, f"unexpected fields {set(response) - RESPONSE_KEYS}"
+    assert response["uid"] == uid
+    assert isinstance(response["allowed"], bool)
+    if response["allowed"]:
+        assert "status" not in response
+    else:
+        status = response["status"]
+        assert isinstance(status["code"], int)
+        assert 400 <= status["code"] < 600
+        # kubectl drops a webhook's message on 422 ("<vm>" was not valid): never answer it.
+        assert status["code"] != 422
+        assert isinstance(status["message"], str)
+        assert status["message"]
+    for warning in response.get("warnings", []):
+        assert isinstance(warning, str)
+        assert warning
+    if "patch" in response or "patchType" in response:
+        assert webhook == "mutation", "a validating webhook must not send a patch"
+        assert response["allowed"] is True
+        assert response["patchType"] == "JSONPatch"
+        ops = decode_patch(response["patch"])
+        assert ops, "an empty patch is omitted, never sent"
+    return dict(response)
+
+
+def decode_patch(patch: str) -> list[dict[str, Any]]:
+    ops = json.loads(base64.b64decode(patch, validate=True))
+    assert isinstance(ops, list)
+    for op in ops:
+        assert op["op"] in {"add", "remove", "replace", "move", "copy", "test"}
+        assert isinstance(op["path"], str)
+        assert op["path"].startswith("/")
+    return ops
+
+
+class ExplodingCluster:
+    """A ClusterState whose every answer is a crash: stands in for a bug anywhere under the rules."""
+
+    def get_vmi(self, namespace: str, name: str) -> VmiView | None:
+        raise RuntimeError("cluster view exploded")
+
+    def get_nad(self, namespace: str, name: str) -> NadView | None:
+        raise RuntimeError("cluster view exploded")
+
+    def owners_of_mac(self, mac: str) -> Collection[MacOwner]:
+        raise RuntimeError("cluster view exploded")
