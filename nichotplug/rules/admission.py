@@ -1,0 +1,352 @@
+"""The whole logic of both admission webhooks for VirtualMachine CREATE and UPDATE.
+
+The webhook adapter decodes the AdmissionReview into an ``AdmissionInput``, calls ``mutate_vm`` or
+``validate_vm`` with the cluster view, and encodes the returned ``Decision``. Neither function
+raises, whatever the input; other operations (DELETE, CONNECT) are allowed untouched.
+
+When does a VM *run*? When the cluster has a VMI of that namespace/name, or when the old object's
+spec asks it to run (run strategy Always, RerunOnFailure or Once, or ``running: true``). Otherwise
+the edit is *cold*: only the MAC rules apply, and mutation treats it like a CREATE.
+
+Mutation (SPEC "Mutating webhook"): on CREATE and cold UPDATE, every interface without a
+``macAddress`` gets the MAC the observed-MAC annotation records for it, else a generated one; on an
+UPDATE of a running VM only interfaces new in this update get one (a MAC written into the template
+of a running VM whose VMI lacks it would make KubeVirt demand a restart). On any UPDATE, an
+interface whose MAC the request drops (``kubectl apply`` of a manifest written without MACs) gets
+its previous MAC back, so the guest keeps its address. Generated MACs are drawn
+again while any VM uses them or another interface of the same request does. Patches are JSON Patch
+``add`` ops as data. An object the views cannot read is left untouched: the API server's schema
+check, which runs after mutation, rejects it with a precise message, and validation denies it if
+it gets that far.
+
+Validation (SPEC "Validating webhook"), first failure wins:
+
+1. the object must be readable (403);
+2. every spec MAC must be a valid unicast MAC (403);
+3. two interfaces of the VM may not share a MAC (409);
+4. a MAC may be used once per cluster network: every other VM's spec MACs and annotation MACs
+   count (409, naming both VMs, the interfaces, the MAC and the scope);
+5. an UPDATE of a running VM that adds interfaces or sets ``state: absent`` must follow the hot-plug
+   rules: the VM is eligible, each added interface is virtio + bridge on a hot-pluggable NAD, each
+   unplugged interface is hot-unpluggable (403 each, naming the VM, the interface and what to do).
+
+Rules 3 and 4 judge only the interfaces this request adds or whose MAC or network it changes: a
+collision that predates the webhook must not block unrelated writes of the VM (our own
+controller's annotation updates, a user's label edit, the finalizer removal on delete). Objects
+being deleted are allowed as they are. Warnings: more hot-plugged interfaces than KubeVirt v1.6's
+hot-plug port budget, and an observed-MAC annotation that does not parse.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from nichotplug.rules.cluster import ClusterState, MacOwner, owner_scope
+from nichotplug.rules.decision import Decision, JsonPatchOp
+from nichotplug.rules.diff import InterfaceDiff, diff_interfaces
+from nichotplug.rules.eligibility import (
+    HOTPLUG_MODELS,
+    Finding,
+    active_interface_count,
+    eligibility_findings,
+    unplug_finding,
+)
+from nichotplug.rules.mac import InvalidMac, MacGenerationError, check_unicast_mac, generate_mac, normalize_mac
+from nichotplug.rules.nad import nad_verdict
+from nichotplug.rules.views import InterfaceView, InvalidObject, VmView
+
+__all__ = ["AdmissionInput", "hotplug_port_budget", "mutate_vm", "validate_vm"]
+
+_JUDGED_OPERATIONS = frozenset({"CREATE", "UPDATE"})
+_INTERFACES_POINTER = "/spec/template/spec/domain/devices/interfaces"
+_TWO_GIB = 2 * 2**30
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionInput:
+    """The parts of an AdmissionReview request the rules read.
+
+    ``obj`` / ``old_obj`` are the request's ``object`` / ``oldObject`` as decoded from JSON (None
+    when absent); they may be anything, the rules check.
+    """
+
+    operation: str
+    namespace: str
+    name: str
+    obj: object
+    old_obj: object = None
+    username: str = ""
+    dry_run: bool = False
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+
+def _read_old(req: AdmissionInput) -> VmView | None:
+    if req.operation != "UPDATE":
+        return None
+    try:
+        return VmView.from_dict(req.old_obj, namespace=req.namespace)
+    except InvalidObject:
+        return None  # stored objects passed the schema; if one cannot be read, judge the new one alone
+
+
+def _vm_runs(vm: VmView, old: VmView | None, cluster: ClusterState) -> bool:
+    return cluster.get_vmi(vm.namespace, vm.name) is not None or (old is not None and old.running)
+
+
+# -- mutation -------------------------------------------------------------------------------------
+
+
+def _valid_spec_macs(vm: VmView) -> set[str]:
+    macs: set[str] = set()
+    for iface in vm.interfaces:
+        if iface.mac:
+            try:
+                macs.add(normalize_mac(iface.mac))
+            except InvalidMac:
+                continue  # validation refuses it; it takes no address from the pool
+    return macs
+
+
+def _interfaces_needing_mac(vm: VmView, old: VmView | None, runs: bool) -> list[int]:
+    """Indexes of the interfaces to give a MAC: all without one, or on a running VM only new ones
+    and those whose MAC this request drops (restoring it leaves the running VMI's MAC alone)."""
+    if runs and old is not None:
+        before = {iface.name: iface.mac for iface in old.interfaces}
+        return [i for i, iface in enumerate(vm.interfaces)
+                if not iface.mac and (iface.name not in before or before[iface.name])]
+    return [i for i, iface in enumerate(vm.interfaces) if not iface.mac]
+
+
+def _previous_macs(old: VmView | None) -> dict[str, str]:
+    """Interface name -> valid spec MAC of the old object (what ``kubectl apply`` may have dropped)."""
+    macs: dict[str, str] = {}
+    for iface in old.interfaces if old is not None else ():
+        if iface.mac:
+            try:
+                macs[iface.name] = normalize_mac(iface.mac)
+            except InvalidMac:
+                continue
+    return macs
+
+
+def mutate_vm(
+    req: AdmissionInput, cluster: ClusterState, random_bytes: Callable[[int], bytes] = secrets.token_bytes
+) -> Decision:
+    """Which MACs to add to the VM in ``req`` (see the module docstring)."""
+    if req.operation not in _JUDGED_OPERATIONS:
+        return Decision.allow(reason="not-judged")
+    try:
+        vm = VmView.from_dict(req.obj, namespace=req.namespace)
+    except InvalidObject:
+        return Decision.allow(reason="unreadable-object")
+    if vm.deleting:
+        return Decision.allow(reason="deleting")
+    old = _read_old(req)
+    if req.operation == "UPDATE" and old is None:
+        return Decision.allow(reason="unreadable-object")  # without the old object, "new" is unknowable
+    targets = _interfaces_needing_mac(vm, old, req.operation == "UPDATE" and _vm_runs(vm, old, cluster))
+    if not targets:
+        return Decision.allow(reason="no-change")
+    used = _valid_spec_macs(vm)
+
+    def is_taken(mac: str) -> bool:
+        return mac in used or bool(cluster.owners_of_mac(mac))
+
+    previous = _previous_macs(old)
+    ops: list[JsonPatchOp] = []
+    for index in targets:
+        iface = vm.interfaces[index]
+        # The guest keeps its address: the MAC the old spec had, else the one the annotation records,
+        # unless another interface of this request already has it.
+        known = previous.get(iface.name) or vm.observed_macs.get(iface.name, "")
+        try:
+            mac = known if known and known not in used else generate_mac(is_taken, random_bytes)
+        except MacGenerationError as error:
+            return Decision.deny(500, f"VM {vm.ref}: cannot generate a MAC for interface {iface.name}: {error}",
+                                 "internal-error")
+        used.add(mac)
+        ops.append({"op": "add", "path": f"{_INTERFACES_POINTER}/{index}/macAddress", "value": mac})
+    return Decision.patched(ops)
+
+
+# -- validation: MAC rules ------------------------------------------------------------------------
+
+
+def _scope_text(scope: str) -> str:
+    return f"on cluster network {scope}" if scope else "on the pod network or unlabelled networks"
+
+
+def _nads_by_interface(vm: VmView) -> dict[str, tuple[str, str] | None]:
+    return {network.name: network.nad for network in vm.networks}
+
+
+def _claims(vm: VmView) -> Iterator[tuple[InterfaceView, str, tuple[str, str] | None]]:
+    """(interface, normalised spec MAC, its NAD) for every interface with a (valid) spec MAC."""
+    nads = _nads_by_interface(vm)
+    for iface in vm.interfaces:
+        if iface.mac:
+            yield iface, normalize_mac(iface.mac), nads.get(iface.name)
+
+
+def _check_mac_formats(vm: VmView) -> Decision | None:
+    for iface in vm.interfaces:
+        if iface.mac:
+            try:
+                check_unicast_mac(iface.mac)
+            except InvalidMac as error:
+                return Decision.deny(403, f"VM {vm.ref} interface {iface.name}: {error}", "invalid-mac")
+    return None
+
+
+def _changed_names(vm: VmView, old: VmView | None) -> set[str]:
+    """Interfaces whose MAC or network this request sets: all on CREATE."""
+    claims = {(iface.name, mac, nad) for iface, mac, nad in _claims(vm)}
+    if old is None:
+        return {name for name, _mac, _nad in claims}
+    try:
+        before = {(iface.name, mac, nad) for iface, mac, nad in _claims(old)}
+    except InvalidMac:
+        before = set()  # an old MAC that does not parse: every claim of the new object is new
+    return {name for name, mac, nad in claims - before}
+
+
+def _check_duplicates(vm: VmView, changed: set[str]) -> Decision | None:
+    first_user: dict[str, str] = {}
+    for iface, mac, _nad in _claims(vm):
+        other = first_user.setdefault(mac, iface.name)
+        if other != iface.name and (iface.name in changed or other in changed):
+            return Decision.deny(409, f"VM {vm.ref}: interfaces {other} and {iface.name} both use mac address "
+                                      f"{mac}; give each interface its own MAC", "duplicate-mac")
+    return None
+
+
+def _colliding_owner(vm: VmView, mac: str, scope: str, cluster: ClusterState) -> MacOwner | None:
+    for owner in sorted(cluster.owners_of_mac(mac), key=lambda found: (found.namespace, found.vm, found.interface)):
+        if (owner.namespace, owner.vm) == (vm.namespace, vm.name):
+            continue  # the index holds this VM's previous state; the request object supersedes it
+        if owner_scope(owner.nad, cluster) == scope:
+            return owner
+    return None
+
+
+def _check_collisions(vm: VmView, changed: set[str], cluster: ClusterState) -> Decision | None:
+    for iface, mac, nad in _claims(vm):
+        if iface.name not in changed:
+            continue
+        scope = owner_scope(nad, cluster)
+        owner = _colliding_owner(vm, mac, scope, cluster)
+        if owner is not None:
+            return Decision.deny(
+                409,
+                f"VM {vm.ref}: mac address {mac} of interface {iface.name} is already used by "
+                f"{owner.namespace}/{owner.vm} interface {owner.interface} {_scope_text(scope)}",
+                "mac-collision",
+            )
+    return None
+
+
+# -- validation: hot-plug rules -------------------------------------------------------------------
+
+
+def _hotplug_finding(vm: VmView, iface: InterfaceView, cluster: ClusterState) -> Finding | None:
+    where = f"cannot hot-plug interface {iface.name} into running VM {vm.ref}"
+    if iface.model not in HOTPLUG_MODELS:
+        return Finding("hotplug-not-virtio", f"{where}: its model is {iface.model}; hot-plugged interfaces must "
+                                             "use model virtio (or leave model unset)")
+    if iface.binding != "bridge":
+        return Finding("hotplug-not-bridge", f"{where}: it uses {iface.binding or 'no'} binding; hot-plugged "
+                                             "interfaces must use bridge binding (bridge: {})")
+    network = vm.network(iface.name)
+    if network is None:
+        return Finding("hotplug-missing-network", f"{where}: spec.template.spec.networks has no entry named "
+                                                  f"{iface.name}; add a multus network with that name")
+    if network.nad is None:
+        return Finding("hotplug-pod-network", f"{where}: its network is not multus; hot-plugged interfaces must "
+                                              "use a multus network pointing at a bridge NetworkAttachmentDefinition")
+    nad = cluster.get_nad(*network.nad)
+    nad_ref = f"{network.nad_namespace}/{network.nad_name}"
+    if nad is None:
+        return Finding("hotplug-nad-missing", f"{where}: network attachment definition {nad_ref} does not exist; "
+                                              "create it first or fix multus.networkName")
+    verdict = nad_verdict(nad)
+    if not verdict.hotpluggable:
+        return Finding("hotplug-network-not-hotpluggable", f"{where}: {verdict.reason}")
+    return None
+
+
+def hotplug_port_budget(ports_in_use: int, guest_memory_bytes: int | None) -> int:
+    """KubeVirt v1.6's hot-plug PCI port budget for a VM with ``ports_in_use`` interfaces."""
+    if guest_memory_bytes is not None and guest_memory_bytes > _TWO_GIB:
+        return max(16 - ports_in_use, 6)
+    return max(8 - ports_in_use, 3)
+
+
+def _port_budget_warning(vm: VmView, old: VmView, diff: InterfaceDiff) -> str | None:
+    in_use = active_interface_count(old)
+    budget = hotplug_port_budget(in_use, vm.guest_memory_bytes)
+    if len(diff.added) <= budget:
+        return None
+    return (f"VM {vm.ref}: {len(diff.added)} interfaces hot-plugged at once, but KubeVirt reserves {budget} "
+            f"hot-plug ports for a VM with {in_use} interfaces; the others may not attach until the VM restarts")
+
+
+def _check_hotplug(vm: VmView, old: VmView, diff: InterfaceDiff, cluster: ClusterState) -> Decision | None:
+    findings = eligibility_findings(vm, cluster.get_vmi(vm.namespace, vm.name))
+    if findings:
+        return Decision.deny(403, "NIC hot-plug refused: " + "; ".join(found.message for found in findings),
+                             findings[0].reason)
+    for iface in diff.added:
+        finding = _hotplug_finding(vm, iface, cluster)
+        if finding is not None:
+            return Decision.deny(403, finding.message, finding.reason)
+    for iface in diff.unplugged:
+        finding = unplug_finding(old, iface.name, cluster)
+        if finding is not None:
+            return Decision.deny(403, f"cannot hot-unplug: {finding.message}", finding.reason)
+    if diff.unplugged and active_interface_count(vm) == 0:
+        return Decision.deny(403, f"cannot hot-unplug every interface of VM {vm.ref}; a VM keeps at least one",
+                             "unplug-last-interface")
+    return None
+
+
+# -- validation -----------------------------------------------------------------------------------
+
+
+def validate_vm(req: AdmissionInput, cluster: ClusterState) -> Decision:
+    """Allow or deny the VM write in ``req`` (see the module docstring for the rules and their order)."""
+    if req.operation not in _JUDGED_OPERATIONS:
+        return Decision.allow(reason="not-judged")
+    try:
+        vm = VmView.from_dict(req.obj, namespace=req.namespace)
+    except InvalidObject as error:
+        return Decision.deny(403, f"VirtualMachine {req.ref} cannot be read: {error}", "invalid-object")
+    if vm.deleting:
+        return Decision.allow(reason="deleting")
+    old = _read_old(req)
+    denial = _check_mac_formats(vm)
+    if denial is not None:
+        return denial
+    changed = _changed_names(vm, old)
+    denial = _check_duplicates(vm, changed) or _check_collisions(vm, changed, cluster)
+    if denial is not None:
+        return denial
+    warnings: list[str] = []
+    reason = "allowed"
+    if old is not None and _vm_runs(vm, old, cluster):
+        diff = diff_interfaces(old, vm)
+        if diff.is_hotplug:
+            denial = _check_hotplug(vm, old, diff, cluster)
+            if denial is not None:
+                return denial
+            reason = "hotplug-allowed"
+            budget_warning = _port_budget_warning(vm, old, diff)
+            if budget_warning:
+                warnings.append(budget_warning)
+    if vm.observed_macs_error:
+        warnings.append(f"VM {vm.ref}: {vm.observed_macs_error}; the MACs it records are not protected from reuse")
+    return Decision.allow(reason=reason, warnings=warnings)
