@@ -63,3 +63,76 @@ def conflict(resource: str, group: str, name: str) -> StatusError:
 
 def bad_request(message: str) -> StatusError:
     return StatusError(400, "BadRequest", message)
+
+
+def _details(resource: str, group: str, name: str = "") -> dict[str, Any]:
+    details: dict[str, Any] = {}
+    if name:
+        details["name"] = name
+    if group:
+        details["group"] = group
+    details["kind"] = resource
+    return details
+
+
+def not_found_resource() -> StatusError:
+    """A path that names no resource the server knows (unknown group, version or plural)."""
+    return StatusError(404, "NotFound", "the server could not find the requested resource", {})
+
+
+def namespace_not_found(namespace: str) -> StatusError:
+    return not_found("namespaces", "", namespace)
+
+
+def unauthorized() -> StatusError:
+    return StatusError(401, "Unauthorized", "Unauthorized")
+
+
+def forbidden(*, username: str, verb: str, resource: str, subresource: str, group: str,
+              namespace: str, name: str) -> StatusError:
+    """403 worded exactly like kube-apiserver's RBAC denial."""
+    qualified = f"{resource}.{group}" if group else resource
+    subject = f'{qualified} "{name}"' if name else qualified
+    full_resource = f"{resource}/{subresource}" if subresource else resource
+    scope = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
+    message = (f'{subject} is forbidden: User "{username}" cannot {verb} resource "{full_resource}" '
+               f'in API group "{group}" {scope}')
+    return StatusError(403, "Forbidden", message, _details(resource, group, name))
+
+
+def forbidden_path(username: str, verb: str, path: str) -> StatusError:
+    """403 for a non-resource URL (``/api``, ``/openapi/v3`` ...)."""
+    return StatusError(403, "Forbidden", f'forbidden: User "{username}" cannot {verb} path "{path}"', {})
+
+
+def unsupported_media_type(accepted: list[str]) -> StatusError:
+    return StatusError(
+        415, "UnsupportedMediaType",
+        "the body of the request was in an unknown format - accepted media types include: " + ", ".join(accepted),
+    )
+
+
+def patch_rejected() -> StatusError:
+    """A JSON Patch that cannot be applied (failed ``test``, missing path): 422 as fixture 06 shows."""
+    return StatusError(422, "Invalid", "the server rejected our request due to an error in our request", {})
+
+
+def expired(requested: str, oldest: int) -> StatusError:
+    return StatusError(410, "Expired", f"too old resource version: {requested} ({oldest})")
+
+
+def method_not_allowed() -> StatusError:
+    return StatusError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource", {})
+
+
+def invalid(kind: str, group: str, name: str, causes: list[dict[str, str]]) -> StatusError:
+    """422 Invalid listing every field cause, message joined like apimachinery's NewInvalid."""
+    qualified = f"{kind}.{group}" if group else kind
+    rendered = [f"{cause['field']}: {cause['message']}" for cause in causes]
+    summary = rendered[0] if len(rendered) == 1 else "[" + ", ".join(rendered) + "]"
+    details: dict[str, Any] = {"name": name}
+    if group:
+        details["group"] = group
+    details["kind"] = kind
+    details["causes"] = causes
+    return StatusError(422, "Invalid", f'{qualified} "{name}" is invalid: {summary}', details)

@@ -1,0 +1,847 @@
+"""An in-process Kubernetes API server (aiohttp, TLS on loopback) for tests and the demo.
+
+It answers what nichotplug, kubernetes-asyncio and kubectl ask, the way kube-apiserver v1.36
+does (compare ``fixtures/apiserver``): CRUD, patch, list and watch on built-in and custom
+resources, schema validation, admission webhooks, bearer tokens with RBAC, discovery and
+OpenAPI. It can be restarted on the same port with its data, and told to fail or delay
+chosen requests.
+
+Request flow: injected fault -> authentication -> routing -> authorisation -> the verb.
+Writes: decode / apply the patch -> mutating admission -> schema validation -> validating
+admission -> store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import importlib
+import ssl
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import orjson
+import yaml
+from aiohttp import web
+from multidict import CIMultiDict
+
+from nichotplug import certs
+from nichotplug.testing import patching, validation, writes
+from nichotplug.testing.auth import (
+    DEFAULT_RBAC,
+    DEFAULT_USERS,
+    Authenticator,
+    Authorizer,
+    ResourceRequest,
+    Rule,
+    UserInfo,
+    service_account_user,
+)
+from nichotplug.testing.errors import (
+    StatusError,
+    already_exists,
+    bad_request,
+    conflict,
+    expired,
+    forbidden,
+    forbidden_path,
+    invalid,
+    method_not_allowed,
+    namespace_not_found,
+    not_found,
+    not_found_resource,
+    unauthorized,
+)
+from nichotplug.testing.faults import Faults
+from nichotplug.testing.resources import BUILTIN_RESOURCES, ResourceInfo, resources_from_crd
+from nichotplug.testing.selectors import Matcher, combine, field_matcher, label_matcher
+from nichotplug.testing.store import GroupResource, Store, StoreEvent, TooOld, Watcher
+
+CRD_DIR = Path(__file__).parent / "crds"
+INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+CRD_GR: GroupResource = ("apiextensions.k8s.io", "customresourcedefinitions")
+NAMESPACE_GR: GroupResource = ("", "namespaces")
+MUTATING_GR: GroupResource = ("admissionregistration.k8s.io", "mutatingwebhookconfigurations")
+VALIDATING_GR: GroupResource = ("admissionregistration.k8s.io", "validatingwebhookconfigurations")
+RBAC_GROUP = "rbac.authorization.k8s.io"
+JSON = "application/json"
+MAX_BODY = 256 * 1024 * 1024
+
+
+@functools.cache
+def _bundled_crd_bytes() -> tuple[bytes, ...]:
+    """The shipped CRDs, parsed once per process (the YAML is 1 MB) and kept as JSON bytes."""
+    documents = []
+    for path in sorted(CRD_DIR.glob("*.yaml")):
+        for doc in yaml.load_all(path.read_bytes(), Loader=yaml.CSafeLoader):
+            if doc:
+                documents.append(orjson.dumps(doc))
+    return tuple(documents)
+
+
+def bundled_crds() -> list[dict[str, Any]]:
+    """Fresh copies of the CRDs in ``nichotplug/testing/crds``."""
+    return [orjson.loads(doc) for doc in _bundled_crd_bytes()]
+
+
+def _optional_module(name: str) -> ModuleType | None:
+    # discovery/openapi/admission are written in parallel by a colleague: serve without them if absent.
+    try:
+        return importlib.import_module(f"nichotplug.testing.{name}")
+    except ImportError:
+        return None
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a resource URL names."""
+
+    info: ResourceInfo
+    namespace: str  # "" for cluster-scoped or all namespaces
+    name: str  # "" for the collection
+    subresource: str = ""
+
+    @property
+    def gr(self) -> GroupResource:
+        return (self.info.group, self.info.plural)
+
+
+@dataclass
+class Call:
+    """One request being served: who, what, and the warnings to send back."""
+
+    request: web.Request
+    user: UserInfo
+    target: Target
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def query(self) -> Mapping[str, str]:
+        return self.request.query
+
+    @property
+    def dry_run(self) -> bool:
+        return "All" in self.request.query.getall("dryRun", [])
+
+
+class ApiServer:
+    """See the module docstring and ARCHITECTURE.md ("nichotplug.testing")."""
+
+    def __init__(
+        self,
+        users: Mapping[str, UserInfo] | None = None,
+        rbac: Mapping[str, Sequence[Rule]] | None = None,
+        crds: bool | Iterable[Mapping[str, Any]] = True,
+        port: int = 0,
+        watch_history: int = 1000,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.store = Store(watch_history)
+        self.authn = Authenticator(tokens=dict(DEFAULT_USERS if users is None else users))
+        self.authz = Authorizer(DEFAULT_RBAC if rbac is None else rbac, self._rbac_objects)
+        self.faults = Faults()
+        self.bookmark_interval = 60.0  # seconds between BOOKMARK events on watches that allow them
+        self._resources: dict[tuple[str, str, str], ResourceInfo] = {}
+        self._runner: web.AppRunner | None = None
+        self._tmp = tempfile.TemporaryDirectory(prefix="nichotplug-apiserver-")
+        self._bundle: certs.CertBundle | None = None
+        self._streams: set[asyncio.Task[Any]] = set()
+        for info in BUILTIN_RESOURCES:
+            self._resources[(info.group, info.version, info.plural)] = info
+        for name in INITIAL_NAMESPACES:
+            self._store_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        for crd in (bundled_crds() if crds is True else list(crds or ())):
+            self.install_crd(crd)
+
+    # -- public API ---------------------------------------------------------------------------
+    @property
+    def admin_token(self) -> str:
+        return self.authn.admin_token
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.host}:{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return Path(self._tmp.name) / certs.CA_FILE
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self._tls_bundle().ca_cert_pem
+
+    @property
+    def resources(self) -> list[ResourceInfo]:
+        return list(self._resources.values())
+
+    def add_user(self, token: str, username: str, groups: Sequence[str] = ()) -> UserInfo:
+        return self.authn.add(token, username, groups)
+
+    def service_account_token(self, namespace: str, name: str) -> str:
+        """A bearer token that authenticates as ``system:serviceaccount:<namespace>:<name>``."""
+        token = f"sa-{namespace}-{name}-" + base64.urlsafe_b64encode(writes.generated_name("").encode()).decode()
+        username, groups = service_account_user(namespace, name)
+        self.authn.add(token, username, groups)
+        return token
+
+    def write_kubeconfig(self, path: Path | str, token: str | None = None, namespace: str = "default") -> Path:
+        path = Path(path)
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "nichotplug-test", "cluster": {
+                "server": self.url,
+                "certificate-authority-data": base64.b64encode(self.ca_pem).decode(),
+            }}],
+            "users": [{"name": "nichotplug-test-user", "user": {"token": token or self.admin_token}}],
+            "contexts": [{"name": "nichotplug-test", "context": {
+                "cluster": "nichotplug-test", "user": "nichotplug-test-user", "namespace": namespace,
+            }}],
+            "current-context": "nichotplug-test",
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        path.chmod(0o600)
+        return path
+
+    def install_crd(self, crd: Mapping[str, Any]) -> dict[str, Any]:
+        """Store a CRD (as if created through the API by the admin) and serve its resources."""
+        obj = writes.deep_copy(crd)
+        writes.prepare_create(obj, namespace="", keeps_status=False)
+        return self._store_crd(obj)
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            raise RuntimeError("the API server is already running")
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, ssl_context=self._ssl_context(), reuse_address=True)
+        await site.start()
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        """Stop serving (the data stays); every open watch ends."""
+        if self._runner is None:
+            return
+        self.store.close_watchers()
+        for task in list(self._streams):
+            task.cancel()
+        runner, self._runner = self._runner, None
+        await runner.cleanup()
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    async def __aenter__(self) -> ApiServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # -- TLS ----------------------------------------------------------------------------------
+    def _tls_bundle(self) -> certs.CertBundle:
+        if self._bundle is None:
+            self._bundle = certs.make_bundle(dns_names=["localhost"], ip_addresses=[self.host])
+            paths = certs.write_bundle(self._bundle, Path(self._tmp.name))
+            assert paths[certs.CA_FILE] == self.ca_file
+        return self._bundle
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        self._tls_bundle()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        directory = Path(self._tmp.name)
+        context.load_cert_chain(directory / certs.CERT_FILE, directory / certs.KEY_FILE)
+        return context
+
+    # -- resource registry --------------------------------------------------------------------
+    def _store_crd(self, crd: dict[str, Any]) -> dict[str, Any]:
+        names = crd["spec"]["names"]
+        crd["status"] = {
+            "acceptedNames": {k: names[k] for k in ("kind", "listKind", "plural", "singular", "shortNames",
+                                                    "categories") if k in names},
+            "conditions": [
+                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
+                 "message": "no conflicts found", "lastTransitionTime": writes.now_rfc3339()},
+                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+                 "message": "the initial names have been accepted", "lastTransitionTime": writes.now_rfc3339()},
+            ],
+            "storedVersions": [v["name"] for v in crd["spec"].get("versions", []) if v.get("storage")],
+        }
+        old = self.store.get(CRD_GR, "", crd["metadata"]["name"])
+        if old is not None:
+            self._unregister(old)
+        for info in resources_from_crd(crd):
+            self._resources[(info.group, info.version, info.plural)] = info
+        return self.store.put(CRD_GR, crd)
+
+    def _unregister(self, crd: Mapping[str, Any]) -> None:
+        group, plural = crd["spec"]["group"], crd["spec"]["names"]["plural"]
+        for key in [k for k in self._resources if k[0] == group and k[2] == plural]:
+            del self._resources[key]
+
+    def _store_namespace(self, obj: dict[str, Any]) -> dict[str, Any]:
+        if "uid" not in obj["metadata"]:
+            writes.prepare_create(obj, namespace="", keeps_status=False)
+        obj["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = obj["metadata"]["name"]
+        obj.setdefault("spec", {"finalizers": ["kubernetes"]})
+        obj.setdefault("status", {"phase": "Active"})
+        return self.store.put(NAMESPACE_GR, obj)
+
+    def _storage_info(self, group: str, plural: str) -> ResourceInfo | None:
+        candidates = [i for (g, _, p), i in self._resources.items() if g == group and p == plural]
+        return next((i for i in candidates if i.storage), candidates[0] if candidates else None)
+
+    def _rbac_objects(self, plural: str) -> Iterable[Mapping[str, Any]]:
+        return self.store.objects((RBAC_GROUP, plural))
+
+    def namespace_labels(self, namespace: str) -> Mapping[str, str]:
+        obj = self.store.get(NAMESPACE_GR, "", namespace)
+        labels: Mapping[str, str] = (obj or {}).get("metadata", {}).get("labels") or {}
+        return labels
+
+    # -- HTTP entry point ---------------------------------------------------------------------
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        try:
+            fault = self.faults.take(request.method, request.path_qs)
+            if fault is not None:
+                if fault.delay:
+                    await asyncio.sleep(fault.delay)
+                error = fault.error()
+                if error is not None:
+                    raise error
+            user = self.authn.authenticate(request.headers.get("Authorization"))
+            if user is None:
+                raise unauthorized()
+            if request.path.startswith(("/api/", "/apis/")) and self._is_resource_path(request.path):
+                return await self._serve_resource(request, user)
+            return self._serve_non_resource(request, user)
+        except StatusError as error:
+            return _status_response(error)
+
+    def _is_resource_path(self, path: str) -> bool:
+        parts = [p for p in path.split("/") if p]
+        return len(parts) >= (3 if parts[0] == "api" else 4)
+
+    def _serve_non_resource(self, request: web.Request, user: UserInfo) -> web.Response:
+        path = request.path.rstrip("/") or "/"
+        if not self.authz.allowed_path(user, path):
+            raise forbidden_path(user.username, request.method.lower(), path)
+        if request.method != "GET":
+            raise method_not_allowed()
+        if path in ("/healthz", "/livez", "/readyz"):
+            return web.Response(text="ok", content_type="text/plain")
+        document = self._discovery_document(path)
+        if document is None:
+            raise not_found_resource()
+        return _json_response(document)
+
+    def _discovery_document(self, path: str) -> dict[str, Any] | None:
+        discovery, openapi = _optional_module("discovery"), _optional_module("openapi")
+        resources = self.resources
+        parts = [p for p in path.split("/") if p]
+        if discovery is not None:
+            if path == "/version":
+                return dict(discovery.version())
+            if path == "/api":
+                return dict(discovery.core_versions(server_address=f"{self.host}:{self.port}"))
+            if path == "/apis":
+                return dict(discovery.group_list(resources))
+            if parts[0] == "apis" and len(parts) == 2:
+                found = discovery.group(resources, parts[1])
+                return dict(found) if found is not None else None
+            if parts[0] == "api" and len(parts) == 2:
+                found = discovery.resource_list(resources, "", parts[1])
+                return dict(found) if found is not None else None
+            if parts[0] == "apis" and len(parts) == 3:
+                found = discovery.resource_list(resources, parts[1], parts[2])
+                return dict(found) if found is not None else None
+        if openapi is not None and parts[:2] == ["openapi", "v3"]:
+            if len(parts) == 2:
+                return dict(openapi.v3_index(resources))
+            if parts[2] == "api" and len(parts) == 4:
+                found = openapi.v3_document(resources, "", parts[3])
+            elif parts[2] == "apis" and len(parts) == 5:
+                found = openapi.v3_document(resources, parts[3], parts[4])
+            else:
+                found = None
+            return dict(found) if found is not None else None
+        return None
+
+    # -- routing ------------------------------------------------------------------------------
+    def _route(self, path: str) -> Target:
+        parts = [p for p in path.split("/") if p]
+        if parts[0] == "api":
+            group, version, rest = "", parts[1], parts[2:]
+        else:
+            group, version, rest = parts[1], parts[2], parts[3:]
+        namespace = ""
+        if len(rest) >= 3 and rest[0] == "namespaces" and (group, version, rest[2]) in self._resources:
+            namespace, rest = rest[1], rest[2:]
+            if not self._resources[(group, version, rest[0])].namespaced:
+                raise not_found_resource()
+        info = self._resources.get((group, version, rest[0]))
+        if info is None or len(rest) > 3:
+            raise not_found_resource()
+        name = rest[1] if len(rest) > 1 else ""
+        subresource = rest[2] if len(rest) > 2 else ""
+        if subresource and subresource not in info.subresources and not _token_request(info, subresource):
+            raise not_found_resource()
+        return Target(info, namespace, name, subresource)
+
+    async def _serve_resource(self, request: web.Request, user: UserInfo) -> web.StreamResponse:
+        target = self._route(request.path)
+        verb = _verb(request, target)
+        if not self.authz.allowed(user, ResourceRequest(
+                verb, target.info.group, target.info.plural, target.subresource, target.namespace, target.name)):
+            raise forbidden(username=user.username, verb=verb, resource=target.info.plural,
+                            subresource=target.subresource, group=target.info.group,
+                            namespace=target.namespace, name=target.name)
+        call = Call(request, user, target)
+        handlers = {
+            "get": self._get, "list": self._list, "watch": self._watch, "create": self._create,
+            "update": self._update, "patch": self._patch, "delete": self._delete,
+            "deletecollection": self._delete_collection,
+        }
+        try:
+            return await handlers[verb](call)
+        except StatusError as error:
+            # Warnings gathered before a failure (a mutating webhook's, say) still reach the client.
+            return _status_response(error, [*call.warnings, *getattr(error, "warnings", ())])
+
+    # -- reads --------------------------------------------------------------------------------
+    def _render(self, info: ResourceInfo, obj: Mapping[str, Any]) -> Mapping[str, Any]:
+        if obj.get("apiVersion") == info.group_version:
+            return obj
+        return {**obj, "apiVersion": info.group_version}
+
+    def _existing(self, target: Target) -> dict[str, Any]:
+        obj = self.store.get(target.gr, target.namespace, target.name)
+        if obj is None:
+            raise not_found(target.info.plural, target.info.group, target.name)
+        return obj
+
+    async def _get(self, call: Call) -> web.StreamResponse:
+        return _json_response(self._render(call.target.info, self._existing(call.target)), warnings=call.warnings)
+
+    def _matcher(self, call: Call) -> Matcher | None:
+        return combine(label_matcher(call.query.get("labelSelector")),
+                       field_matcher(call.query.get("fieldSelector")))
+
+    async def _list(self, call: Call) -> web.StreamResponse:
+        target, query = call.target, call.query
+        if target.name:
+            raise method_not_allowed()
+        matcher = self._matcher(call)
+        limit = _int_param(query, "limit")
+        after = None
+        if query.get("continue"):
+            _, after = writes.decode_continue(query["continue"], target.info.namespaced)
+        namespace = target.namespace if target.info.namespaced and target.namespace else None
+        keys = self.store.keys(target.gr, namespace, after)
+        bucket = self.store.snapshot().get(target.gr, {})
+        items: list[Mapping[str, Any]] = []
+        next_key = None
+        for index, key in enumerate(keys):
+            obj = bucket[key]
+            if matcher is not None and not matcher(obj):
+                continue
+            if limit and len(items) == limit:
+                next_key = (index, key)
+                break
+            items.append(self._render(target.info, obj))
+        metadata: dict[str, Any] = {}
+        is_custom = target.info not in BUILTIN_RESOURCES
+        if next_key is not None:
+            last = items[-1]["metadata"]
+            metadata["continue"] = writes.encode_continue(
+                self.store.resource_version, (last.get("namespace", ""), last["name"]))
+            if matcher is None:
+                metadata["remainingItemCount"] = len(keys) - next_key[0]
+        elif is_custom:
+            metadata["continue"] = ""
+        metadata["resourceVersion"] = str(self.store.resource_version)
+        body = {"apiVersion": target.info.group_version, "items": items,
+                "kind": target.info.effective_list_kind, "metadata": metadata}
+        return _json_response(body, warnings=call.warnings)
+
+    async def _watch(self, call: Call) -> web.StreamResponse:
+        target, query = call.target, call.query
+        matcher = self._matcher(call)
+        if target.name:
+            matcher = combine(matcher, field_matcher(f"metadata.name={target.name}"))
+        rv_param = query.get("resourceVersion", "")
+        since = None if rv_param in ("", "0") else _int_param(query, "resourceVersion")
+        timeout = _int_param(query, "timeoutSeconds")
+        bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
+        namespace = target.namespace if target.info.namespaced and target.namespace else None
+        response = web.StreamResponse(status=200, headers={"Content-Type": JSON})
+        await response.prepare(call.request)
+        try:
+            watcher, initial = self.store.watch(target.gr, namespace, since)
+        except TooOld as too_old:
+            error = expired(rv_param, too_old.oldest_retained)
+            await response.write(orjson.dumps({"type": "ERROR", "object": error.to_status()}) + b"\n")
+            return response
+        task = asyncio.current_task()
+        if task is not None:
+            self._streams.add(task)
+        try:
+            await self._stream_events(response, call, watcher, initial, matcher, timeout, bookmarks)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.store.unwatch(watcher)
+            if task is not None:
+                self._streams.discard(task)
+        return response
+
+    async def _stream_events(self, response: web.StreamResponse, call: Call, watcher: Watcher,
+                             initial: list[StoreEvent], matcher: Matcher | None, timeout_seconds: int | None,
+                             bookmarks: bool) -> None:
+        info = call.target.info
+        for event in initial:
+            await self._send_event(response, info, event, matcher)
+        if bookmarks and call.query.get("sendInitialEvents") == "true":
+            await self._send_bookmark(response, info, initial_events_end=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_seconds if timeout_seconds else None
+        while True:
+            wait = self.bookmark_interval if bookmarks else None
+            if deadline is not None:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                wait = min(wait, remaining) if wait is not None else remaining
+            try:
+                change = await asyncio.wait_for(watcher.queue.get(), wait)
+            except TimeoutError:
+                if bookmarks:
+                    await self._send_bookmark(response, info)
+                continue
+            if change is None:
+                return
+            await self._send_event(response, info, change, matcher)
+
+    async def _send_event(self, response: web.StreamResponse, info: ResourceInfo, event: StoreEvent,
+                          matcher: Matcher | None) -> None:
+        if matcher is not None and not matcher(event.obj):
+            return
+        line = orjson.dumps({"type": event.type, "object": self._render(info, event.obj)})
+        await response.write(line + b"\n")
+
+    async def _send_bookmark(self, response: web.StreamResponse, info: ResourceInfo,
+                             initial_events_end: bool = False) -> None:
+        metadata: dict[str, Any] = {"resourceVersion": str(self.store.resource_version)}
+        if initial_events_end:
+            metadata["annotations"] = {"k8s.io/initial-events-end": "true"}
+        bookmark = {"kind": info.kind, "apiVersion": info.group_version, "metadata": metadata}
+        await response.write(orjson.dumps({"type": "BOOKMARK", "object": bookmark}) + b"\n")
+
+    # -- writes -------------------------------------------------------------------------------
+    async def _create(self, call: Call) -> web.StreamResponse:
+        target = call.target
+        if _token_request(target.info, target.subresource):
+            return self._token_request(call)
+        if target.name or (target.info.namespaced and not target.namespace):
+            raise method_not_allowed()
+        obj = _decode_object(await call.request.read(), call.request.content_type)
+        created = await self._create_object(call, obj)
+        return _json_response(self._render(target.info, created), status=201, warnings=call.warnings)
+
+    async def _create_object(self, call: Call, obj: dict[str, Any]) -> dict[str, Any]:
+        target, info = call.target, call.target.info
+        self._check_type(obj, info)
+        meta = obj.get("metadata")
+        if isinstance(meta, dict) and meta.get("namespace") and meta["namespace"] != target.namespace:
+            raise bad_request("the namespace of the provided object does not match the namespace sent on the request")
+        if info.namespaced and self.store.get(NAMESPACE_GR, "", target.namespace) is None:
+            raise namespace_not_found(target.namespace)
+        writes.prepare_create(obj, namespace=target.namespace, keeps_status="status" not in info.subresources)
+        self._prune(call, obj)
+        obj = await self._admit(call, "CREATE", obj, None)
+        self._validate(info, obj, old=None)
+        obj = await self._admit(call, "CREATE", obj, None, validating=True)
+        name = obj["metadata"]["name"]
+        if self.store.get(target.gr, target.namespace, name) is not None:
+            raise already_exists(info.plural, info.group, name)
+        if call.dry_run:
+            return obj
+        return self._put(info, obj)
+
+    def _put(self, info: ResourceInfo, obj: dict[str, Any]) -> dict[str, Any]:
+        """Store an object in its storage version, with the side effects of special resources."""
+        storage = self._storage_info(info.group, info.plural) or info
+        obj["apiVersion"] = storage.group_version
+        writes.drop_empty_metadata(obj)
+        if (info.group, info.plural) == CRD_GR:
+            return self._store_crd(obj)
+        if (info.group, info.plural) == NAMESPACE_GR:
+            return self._store_namespace(obj)
+        return self.store.put((info.group, info.plural), obj)
+
+    async def _update(self, call: Call) -> web.StreamResponse:
+        body = _decode_object(await call.request.read(), call.request.content_type)
+        old = self._existing(call.target)
+        body_rv = (body.get("metadata") or {}).get("resourceVersion")
+        if body_rv and body_rv != old["metadata"]["resourceVersion"]:
+            raise conflict(call.target.info.plural, call.target.info.group, call.target.name)
+        result, status = await self._write_update(call, old, body)
+        return _json_response(self._render(call.target.info, result), status=status, warnings=call.warnings)
+
+    async def _patch(self, call: Call) -> web.StreamResponse:
+        target, info = call.target, call.target.info
+        kind, patch = patching.decode_patch(call.request.headers.get("Content-Type"), await call.request.read(),
+                                            custom_resource=info not in BUILTIN_RESOURCES)
+        if kind == patching.APPLY_PATCH and not call.query.get("fieldManager"):
+            raise invalid("PatchOptions", "meta.k8s.io", "", [{
+                "reason": "FieldValueRequired", "message": "Required value: is required for apply patch",
+                "field": "fieldManager"}])
+        old = self.store.get(target.gr, target.namespace, target.name)
+        if old is None:
+            if kind != patching.APPLY_PATCH or target.subresource:
+                raise not_found(info.plural, info.group, target.name)
+            created = await self._create_object(call, {**patch, "metadata": {**(patch.get("metadata") or {}),
+                                                                             "name": target.name}})
+            return _json_response(self._render(info, created), status=201, warnings=call.warnings)
+        patched = patching.apply_patch(kind, self._render(info, old), patch)
+        patched_rv = (patched.get("metadata") or {}).get("resourceVersion")
+        if patched_rv and patched_rv != old["metadata"]["resourceVersion"]:
+            raise conflict(info.plural, info.group, target.name)
+        result, status = await self._write_update(call, old, patched)
+        return _json_response(self._render(info, result), status=status, warnings=call.warnings)
+
+    async def _write_update(self, call: Call, old: dict[str, Any],
+                            new: dict[str, Any]) -> tuple[Mapping[str, Any], int]:
+        """The common tail of PUT and PATCH: status rules, admission, validation, store."""
+        target, info = call.target, call.target.info
+        self._check_type(new, info)
+        new_meta = new.get("metadata") or {}
+        if new_meta.get("name", target.name) != target.name:
+            raise bad_request(f"the name of the object ({new_meta.get('name')}) does not match the name on the URL "
+                              f"({target.name})")
+        has_status = "status" in info.subresources
+        new = writes.split_status(new, old, subresource=target.subresource, has_status=has_status)
+        writes.carry_system_metadata(new, old)
+        self._prune(call, new)
+        new = await self._admit(call, "UPDATE", new, old)
+        writes.carry_system_metadata(new, old)
+        self._validate(info, new, old=old)
+        new = await self._admit(call, "UPDATE", new, old, validating=True)
+        writes.bump_generation(new, old, has_status=has_status)
+        new["apiVersion"] = old["apiVersion"]
+        if writes.unchanged(new, old):
+            return old, 200
+        if call.dry_run:
+            return new, 200
+        if old["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+            stored = self._put(info, new)
+            return self._remove(info, stored) or stored, 200
+        return self._put(info, new), 200
+
+    async def _delete(self, call: Call) -> web.StreamResponse:
+        target, info = call.target, call.target.info
+        options = _decode_options(await call.request.read())
+        old = self._existing(target)
+        writes.check_preconditions(options, old, info.qualified_name)
+        await self._admit(call, "DELETE", None, old, options=options)
+        await self._admit(call, "DELETE", None, old, options=options, validating=True)
+        result = self._delete_object(call, old)
+        if result is not None:
+            return _json_response(self._render(info, result), warnings=call.warnings)
+        details: dict[str, Any] = {"name": target.name}
+        if info.group:
+            details["group"] = info.group
+        details["kind"] = info.plural
+        details["uid"] = old["metadata"]["uid"]
+        status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}
+        return _json_response(status, warnings=call.warnings)
+
+    def _delete_object(self, call: Call, old: dict[str, Any]) -> Mapping[str, Any] | None:
+        """Delete or mark deleting; returns the object when it stays (finalizers), else None."""
+        info = call.target.info
+        if old["metadata"].get("finalizers"):
+            if old["metadata"].get("deletionTimestamp") or call.dry_run:
+                return old
+            return self._put(info, writes.mark_deleting(old))
+        if not call.dry_run:
+            self._remove(info, old)
+        return None
+
+    def _remove(self, info: ResourceInfo, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        meta = obj["metadata"]
+        gr = (info.group, info.plural)
+        if gr == NAMESPACE_GR:
+            for other in self.store.group_resources():
+                for key in self.store.keys(other, meta["name"]):
+                    self.store.remove(other, *key)
+        if gr == CRD_GR:
+            self._unregister(obj)
+            self.store.drop_resource((obj["spec"]["group"], obj["spec"]["names"]["plural"]))
+        return self.store.remove(gr, meta.get("namespace", ""), meta["name"])
+
+    async def _delete_collection(self, call: Call) -> web.StreamResponse:
+        target = call.target
+        options = _decode_options(await call.request.read())
+        matcher = self._matcher(call)
+        namespace = target.namespace if target.info.namespaced and target.namespace else None
+        for obj in list(self.store.objects(target.gr, namespace)):
+            if matcher is None or matcher(obj):
+                one = Call(call.request, call.user, Target(target.info, obj["metadata"].get("namespace", ""),
+                                                           obj["metadata"]["name"]), call.warnings)
+                await self._admit(one, "DELETE", None, obj, options=options)
+                await self._admit(one, "DELETE", None, obj, options=options, validating=True)
+                self._delete_object(one, obj)
+        status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
+        return _json_response(status, warnings=call.warnings)
+
+    def _token_request(self, call: Call) -> web.StreamResponse:
+        target = call.target
+        self._existing(Target(target.info, target.namespace, target.name))
+        token = self.service_account_token(target.namespace, target.name)
+        body = {"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {"name": target.name, "namespace": target.namespace},
+                "spec": {"audiences": [], "expirationSeconds": 3600},
+                "status": {"token": token, "expirationTimestamp": writes.now_rfc3339()}}
+        return _json_response(body, status=201)
+
+    # -- checks -------------------------------------------------------------------------------
+    def _check_type(self, obj: dict[str, Any], info: ResourceInfo) -> None:
+        """apiVersion/kind must name this resource; built-ins may leave them out (typed clients do)."""
+        is_custom = info not in BUILTIN_RESOURCES
+        if is_custom and not obj.get("kind"):
+            raise bad_request(f"Object 'Kind' is missing in '{orjson.dumps(obj).decode()[:200]}'")
+        obj.setdefault("apiVersion", info.group_version)
+        obj.setdefault("kind", info.kind)
+        if obj["kind"] != info.kind:
+            raise bad_request(
+                f"the kind of the object ({obj['kind']}) does not match the kind on the URL ({info.kind})")
+        if obj["apiVersion"] != info.group_version:
+            raise bad_request(f"the API version in the data ({obj['apiVersion']}) does not match the expected API "
+                              f"version ({info.group_version})")
+
+    def _prune(self, call: Call, obj: dict[str, Any]) -> None:
+        info = call.target.info
+        if info.schema is None:
+            return
+        unknown = validation.validator_for(info.schema).prune(obj)
+        if not unknown:
+            return
+        mode = call.query.get("fieldValidation", "Warn")
+        if mode == "Strict":
+            raise validation.strict_error(info.kind, info.version, unknown)
+        if mode == "Warn":
+            call.warnings.extend(f'unknown field "{path}"' for path in unknown)
+
+    def _validate(self, info: ResourceInfo, obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
+        is_namespace = (info.group, info.plural) == NAMESPACE_GR
+        causes = validation.metadata_causes(obj, dns_label=is_namespace) if old is None else []
+        if info.schema is not None:
+            causes += validation.validator_for(info.schema).causes(obj)
+        if causes:
+            raise invalid(info.kind, info.group, obj.get("metadata", {}).get("name", ""), causes)
+
+    async def _admit(self, call: Call, operation: str, obj: dict[str, Any] | None, old: Mapping[str, Any] | None,
+                     *, validating: bool = False, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Run the stored webhook configurations; returns the (possibly mutated) object."""
+        admission = _optional_module("admission")
+        mutating = [] if validating else list(self.store.objects(MUTATING_GR))
+        validating_configs = list(self.store.objects(VALIDATING_GR)) if validating else []
+        if admission is None or not (mutating or validating_configs):
+            return obj if obj is not None else {}
+        target = call.target
+        name = (obj or old or {}).get("metadata", {}).get("name", target.name)
+        attrs = admission.AdmissionAttributes(
+            operation=operation, resource=target.info, subresource=target.subresource, namespace=target.namespace,
+            name=name, obj=obj, old_obj=old, user=call.user, dry_run=call.dry_run,
+            options=dict(options) if options is not None else _options_for(operation, call.query),
+        )
+        result = await admission.admit(attrs, mutating, validating_configs, self.namespace_labels)
+        call.warnings.extend(result.warnings)
+        admitted: dict[str, Any] | None = result.obj
+        return admitted if admitted is not None else (obj if obj is not None else {})
+
+
+def _token_request(info: ResourceInfo, subresource: str) -> bool:
+    return info.group == "" and info.plural == "serviceaccounts" and subresource == "token"
+
+
+def _verb(request: web.Request, target: Target) -> str:
+    method = request.method
+    if method == "GET":
+        if request.query.get("watch") in ("true", "1"):
+            return "watch"
+        return "get" if target.name else "list"
+    if method == "POST":
+        return "create"
+    if method == "PUT":
+        return "update"
+    if method == "PATCH":
+        return "patch"
+    if method == "DELETE":
+        return "delete" if target.name else "deletecollection"
+    raise method_not_allowed()
+
+
+def _int_param(query: Mapping[str, str], name: str) -> int | None:
+    value = query.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise bad_request(f"invalid {name} {value!r}: must be an integer") from exc
+
+
+def _decode_object(body: bytes, content_type: str) -> dict[str, Any]:
+    try:
+        obj = yaml.load(body, Loader=yaml.CSafeLoader) if "yaml" in content_type else orjson.loads(body)
+    except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
+        raise bad_request(f"couldn't get version/kind; json parse error: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise bad_request("couldn't get version/kind; json parse error: the body must be a JSON object")
+    if "metadata" in obj and not isinstance(obj["metadata"], dict):
+        raise bad_request("metadata must be an object")
+    return obj
+
+
+def _decode_options(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        return {}
+    try:
+        options = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"error decoding DeleteOptions: {exc}") from exc
+    return options if isinstance(options, dict) else {}
+
+
+def _options_for(operation: str, query: Mapping[str, str]) -> dict[str, Any]:
+    kind = {"CREATE": "CreateOptions", "UPDATE": "UpdateOptions"}.get(operation, "DeleteOptions")
+    options: dict[str, Any] = {"kind": kind, "apiVersion": "meta.k8s.io/v1"}
+    if query.get("fieldManager"):
+        options["fieldManager"] = query["fieldManager"]
+    if "dryRun" in query:
+        options["dryRun"] = ["All"]
+    return options
+
+
+def _json_response(body: Mapping[str, Any], status: int = 200, warnings: Sequence[str] = ()) -> web.Response:
+    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": JSON})
+    for text in warnings:
+        headers.add("Warning", f'299 - "{text}"')
+    return web.Response(body=orjson.dumps(body), status=status, headers=headers)
+
+
+def _status_response(error: StatusError, warnings: Sequence[str] = ()) -> web.Response:
+    return _json_response(error.to_status(), status=error.code, warnings=warnings)

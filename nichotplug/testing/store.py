@@ -1,0 +1,177 @@
+"""The object store behind the in-process API server: objects, resourceVersions and watch history.
+
+Objects live in one dict per resource (``(group, plural)``) keyed by ``(namespace, name)``, so a get
+or an update is O(1) whatever the size of the store. Every write takes the next value of one
+global resourceVersion counter, as etcd's revision does, and is appended to a bounded history
+that watches replay from; watchers older than that history get ``410 Expired``.
+
+Stored objects are never mutated after they are stored: callers build a new dict for every
+write, so an object handed to a watch stream or a list can be serialised later safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+GroupResource = tuple[str, str]  # (group, plural): versions of one resource share their objects
+ObjectKey = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped objects
+StoredObject = dict[str, Any]
+
+ADDED, MODIFIED, DELETED = "ADDED", "MODIFIED", "DELETED"
+
+
+@dataclass(frozen=True)
+class StoreEvent:
+    """One change, as a watch delivers it."""
+
+    resource_version: int
+    group_resource: GroupResource
+    namespace: str
+    type: str
+    obj: StoredObject
+
+
+@dataclass(eq=False)
+class Watcher:
+    """A live subscription; ``None`` on the queue means the server closed it."""
+
+    group_resource: GroupResource
+    namespace: str | None
+    queue: asyncio.Queue[StoreEvent | None] = field(default_factory=asyncio.Queue)
+
+    def wants(self, event: StoreEvent) -> bool:
+        return event.group_resource == self.group_resource and (
+            self.namespace is None or self.namespace == event.namespace
+        )
+
+
+class TooOld(Exception):
+    """A watch asked for a resourceVersion older than the retained history."""
+
+    def __init__(self, oldest_retained: int) -> None:
+        super().__init__(oldest_retained)
+        self.oldest_retained = oldest_retained
+
+
+class Store:
+    def __init__(self, watch_history: int = 1000) -> None:
+        self._objects: dict[GroupResource, dict[ObjectKey, StoredObject]] = {}
+        self._sorted_keys: dict[GroupResource, list[ObjectKey]] = {}  # cache, dropped on create/delete
+        self._history: deque[StoreEvent] = deque(maxlen=max(1, watch_history))
+        self._evicted_up_to = 0  # every event after this resourceVersion is still in the history
+        self._watchers: set[Watcher] = set()
+        self.resource_version = 0
+
+    # -- reads ---------------------------------------------------------------------------------
+    def get(self, gr: GroupResource, namespace: str, name: str) -> StoredObject | None:
+        return self._objects.get(gr, {}).get((namespace, name))
+
+    def count(self, gr: GroupResource) -> int:
+        return len(self._objects.get(gr, {}))
+
+    def keys(self, gr: GroupResource, namespace: str | None = None, after: ObjectKey | None = None) -> list[ObjectKey]:
+        """Object keys in (namespace, name) order, optionally one namespace, optionally after a key."""
+        keys = self._sorted(gr)
+        lo, hi = 0, len(keys)
+        if namespace is not None:
+            lo = bisect.bisect_left(keys, (namespace, ""))
+            hi = bisect.bisect_left(keys, (namespace + "\x00", ""))
+        if after is not None:
+            lo = max(lo, bisect.bisect_right(keys, after))
+        return keys[lo:hi]
+
+    def objects(self, gr: GroupResource, namespace: str | None = None) -> Iterator[StoredObject]:
+        bucket = self._objects.get(gr, {})
+        for key in self.keys(gr, namespace):
+            yield bucket[key]
+
+    def _sorted(self, gr: GroupResource) -> list[ObjectKey]:
+        keys = self._sorted_keys.get(gr)
+        if keys is None:
+            keys = sorted(self._objects.get(gr, {}))
+            self._sorted_keys[gr] = keys
+        return keys
+
+    # -- writes --------------------------------------------------------------------------------
+    def put(self, gr: GroupResource, obj: StoredObject) -> StoredObject:
+        """Store a new or changed object (owned by the store from now on), stamping its resourceVersion."""
+        meta = obj["metadata"]
+        key = (meta.get("namespace", ""), meta["name"])
+        bucket = self._objects.setdefault(gr, {})
+        event_type = MODIFIED if key in bucket else ADDED
+        if event_type == ADDED:
+            self._sorted_keys.pop(gr, None)
+        meta["resourceVersion"] = str(self._next_version())
+        bucket[key] = obj
+        self._publish(StoreEvent(self.resource_version, gr, key[0], event_type, obj))
+        return obj
+
+    def remove(self, gr: GroupResource, namespace: str, name: str) -> StoredObject | None:
+        """Delete an object; the DELETED event carries it with the deletion's resourceVersion."""
+        bucket = self._objects.get(gr, {})
+        old = bucket.pop((namespace, name), None)
+        if old is None:
+            return None
+        self._sorted_keys.pop(gr, None)
+        gone = {**old, "metadata": {**old["metadata"], "resourceVersion": str(self._next_version())}}
+        self._publish(StoreEvent(self.resource_version, gr, namespace, DELETED, gone))
+        return gone
+
+    def drop_resource(self, gr: GroupResource) -> None:
+        """Remove every object of a resource (its CRD was deleted), with DELETED events."""
+        for namespace, name in list(self._objects.get(gr, {})):
+            self.remove(gr, namespace, name)
+        self._objects.pop(gr, None)
+        self._sorted_keys.pop(gr, None)
+
+    def _next_version(self) -> int:
+        self.resource_version += 1
+        return self.resource_version
+
+    def _publish(self, event: StoreEvent) -> None:
+        if len(self._history) == self._history.maxlen:
+            self._evicted_up_to = self._history[0].resource_version
+        self._history.append(event)
+        for watcher in self._watchers:
+            if watcher.wants(event):
+                watcher.queue.put_nowait(event)
+
+    # -- watches -------------------------------------------------------------------------------
+    def watch(self, gr: GroupResource, namespace: str | None, since: int | None) -> tuple[Watcher, list[StoreEvent]]:
+        """Subscribe; returns the watcher and the events to send first.
+
+        ``since=None`` starts with a synthetic ADDED per current object (a watch without
+        resourceVersion); otherwise the history after ``since`` is replayed, or :class:`TooOld`.
+        Snapshot and subscription happen without an await in between, so no event is lost or doubled.
+        """
+        watcher = Watcher(gr, namespace)
+        if since is None:
+            bucket = self._objects.get(gr, {})
+            initial = [StoreEvent(int(bucket[key]["metadata"]["resourceVersion"]), gr, key[0], ADDED, bucket[key])
+                       for key in self.keys(gr, namespace)]
+        else:
+            if since < self._evicted_up_to:
+                raise TooOld(self._evicted_up_to + 1)
+            initial = [event for event in self._history if event.resource_version > since and watcher.wants(event)]
+        self._watchers.add(watcher)
+        return watcher, initial
+
+    def unwatch(self, watcher: Watcher) -> None:
+        self._watchers.discard(watcher)
+
+    def close_watchers(self) -> None:
+        """End every open watch (server stop or restart): clients must watch again."""
+        for watcher in self._watchers:
+            watcher.queue.put_nowait(None)
+        self._watchers.clear()
+
+    def group_resources(self) -> list[GroupResource]:
+        return list(self._objects)
+
+    def snapshot(self) -> Mapping[GroupResource, Mapping[ObjectKey, StoredObject]]:
+        return self._objects
