@@ -1,0 +1,302 @@
+"""The fetch-plan-write-migrate flow of the hot-plug actions, shared by the action API and the plugin.
+
+1. Fresh reads with the caller's client (never a cache: the UI acts on what it just showed, and the
+   caller's RBAC must decide what they may read): the VM, its VMI, and every NAD the decision needs.
+2. The pure planner in :mod:`nichotplug.rules.actions` decides: a JSON Patch or a refusal.
+3. One JSON Patch write, starting with a ``test`` on ``metadata.resourceVersion``: a concurrent
+   change makes it fail (409 for our caller) instead of being overwritten. It goes through the
+   admission webhooks like any write; a denial is passed through with its code and message.
+4. A ``VirtualMachineInstanceMigration`` (``generateName: <vm>-``) so the change applies now. If that
+   fails the spec change stays (it is valid, and KubeVirt applies it at the next restart or
+   migration) and an Event on the VM says why.
+
+Every failure leaves as :class:`ActionFailed` carrying an :class:`ActionRefusal`, so the HTTP layer
+and the plugin render the same statuses, codes and messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Final, Protocol
+
+import aiohttp
+from kubernetes_asyncio.client import ApiClient
+
+from nichotplug.kube.patch import (
+    Conflict,
+    Denied,
+    KubeError,
+    NotFound,
+    create_custom_object,
+    get_custom_object,
+    json_patch,
+)
+from nichotplug.rules import actions as plan
+from nichotplug.rules.actions import ActionRefusal
+from nichotplug.rules.cluster import ClusterState, MacOwner, StaticCluster
+from nichotplug.rules.views import InvalidObject, NadView, VmiView, VmView
+
+log = logging.getLogger(__name__)
+
+KUBEVIRT: Final = ("kubevirt.io", "v1")
+VMS: Final = "virtualmachines"
+VMIS: Final = "virtualmachineinstances"
+MIGRATIONS: Final = "virtualmachineinstancemigrations"
+NAD_API: Final = ("k8s.cni.cncf.io", "v1")
+NADS: Final = "network-attachment-definitions"
+
+MIGRATION_FAILED_REASON: Final = "HotplugMigrationFailed"
+ADMISSION_DENIED: Final = "AdmissionDenied"
+CLUSTER_UNAVAILABLE: Final = "ClusterUnavailable"
+
+
+class ActionFailed(Exception):
+    """The action was refused or failed; ``refusal`` holds the status, code and message to show."""
+
+    def __init__(self, refusal: ActionRefusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
+class EventSink(Protocol):
+    """Where the flow reports what the caller cannot see synchronously (a failed migration request)."""
+
+    async def emit(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> object: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """What an action did: the interfaces found, or the migration requested (or why not)."""
+
+    interfaces: tuple[str, ...] = ()
+    interface: str = ""  # the interface added or unplugged
+    mac: str = ""  # the MAC of the interface added
+    migration: str | None = None  # name of the VirtualMachineInstanceMigration created
+    migration_error: str | None = None  # set when the spec changed but no migration could be created
+
+
+class FreshCluster:
+    """A ClusterState over fresh reads, consulting the service's cache only for what we did not read.
+
+    The VM, its VMI and the NADs it names are what the caller just read; the cache (if any) adds
+    the MACs other VMs use (and those VMs' NADs, for their scope), so a clash is refused before the
+    write and a generated MAC avoids every known one. The cache's copy of this VM is ignored: it may
+    be older than the fresh read.
+    """
+
+    def __init__(self, fresh: StaticCluster, vm_key: tuple[str, str], read_nads: frozenset[tuple[str, str]],
+                 cache: ClusterState | None) -> None:
+        self._fresh = fresh
+        self._vm_key = vm_key
+        self._read_nads = read_nads
+        self._cache = cache
+
+    def get_vmi(self, namespace: str, name: str) -> VmiView | None:
+        return self._fresh.get_vmi(namespace, name)
+
+    def get_nad(self, namespace: str, name: str) -> NadView | None:
+        found = self._fresh.get_nad(namespace, name)
+        if found is not None or (namespace, name) in self._read_nads or self._cache is None:
+            return found
+        return self._cache.get_nad(namespace, name)
+
+    def owners_of_mac(self, mac: str) -> Collection[MacOwner]:
+        owners = set(self._fresh.owners_of_mac(mac))
+        if self._cache is not None:
+            owners.update(owner for owner in self._cache.owners_of_mac(mac)
+                          if (owner.namespace, owner.vm) != self._vm_key)
+        return frozenset(owners)
+
+
+@dataclass(frozen=True, slots=True)
+class VmState:
+    """Fresh reads of everything a plan needs: the VM and its VMI as dicts, and a cluster of them."""
+
+    vm: dict[str, Any]
+    vmi: dict[str, Any] | None
+    cluster: FreshCluster
+
+
+def refusal_from_kube_error(error: KubeError, what: str) -> ActionRefusal:
+    """How an API error on ``what`` (e.g. "VM default/vm1") is shown to our caller."""
+    if isinstance(error, Denied):
+        return ActionRefusal(error.code, ADMISSION_DENIED, error.message)
+    if isinstance(error, Conflict):
+        return ActionRefusal(
+            409, plan.CONCURRENT_CHANGE,
+            f"{what} changed while this action was prepared; nothing was written, read it again and retry",
+        )
+    if isinstance(error, NotFound):
+        return ActionRefusal(404, plan.NOT_FOUND, f"{what} not found")
+    status = error.status if 400 <= error.status < 600 else 502
+    return ActionRefusal(status, error.reason or "ServerError", error.message)
+
+
+async def _guard(what: str, call: Any) -> Any:
+    """Await ``call``; API and transport errors become :class:`ActionFailed`."""
+    try:
+        return await call
+    except KubeError as error:
+        raise ActionFailed(refusal_from_kube_error(error, what)) from error
+    except (TimeoutError, aiohttp.ClientError) as error:
+        reason = str(error) or type(error).__name__
+        raise ActionFailed(ActionRefusal(
+            503, CLUSTER_UNAVAILABLE, f"the Kubernetes API server could not be reached: {reason}",
+        )) from error
+
+
+async def _get_optional(api: ApiClient, api_group: tuple[str, str], plural: str, namespace: str,
+                        name: str, what: str) -> dict[str, Any] | None:
+    try:
+        obj: dict[str, Any] = await _guard(what, get_custom_object(api, *api_group, plural, namespace, name))
+    except ActionFailed as failure:
+        if failure.refusal.status == 404:
+            return None
+        raise
+    return obj
+
+
+def _referenced_nads(vm: Mapping[str, Any]) -> set[tuple[str, str]]:
+    try:
+        view = VmView.from_dict(vm)
+    except ValueError:
+        return set()
+    return {(network.nad_namespace, network.nad_name) for network in view.networks
+            if network.kind == "multus" and network.nad_namespace and network.nad_name}
+
+
+async def read_vm_state(
+    api: ApiClient, namespace: str, name: str, extra_nads: tuple[tuple[str, str], ...] = (),
+    *, known_macs: ClusterState | None = None,
+) -> VmState:
+    """Read the VM (404 if missing), its VMI (None if missing) and the NADs it and ``extra_nads`` name.
+
+    ``known_macs``: a cache of the rest of the cluster, asked only about other VMs' MACs.
+    """
+    vm: dict[str, Any] = await _guard(f"VM {namespace}/{name}", get_custom_object(api, *KUBEVIRT, VMS, namespace, name))
+    wanted = sorted(_referenced_nads(vm) | set(extra_nads))
+    vmi, *nads = await asyncio.gather(
+        _get_optional(api, KUBEVIRT, VMIS, namespace, name, f"VMI {namespace}/{name}"),
+        *(_get_optional(api, NAD_API, NADS, nad_ns, nad_name, f"network {nad_ns}/{nad_name}")
+          for nad_ns, nad_name in wanted),
+    )
+    try:
+        cluster = StaticCluster(
+            vms=[vm],
+            vmis=[VmiView.from_dict(vmi)] if vmi is not None else [],
+            nads=[NadView.from_dict(nad) for nad in nads if nad is not None],
+        )
+    except InvalidObject as error:  # a stored object we cannot read: refuse rather than guess
+        raise ActionFailed(ActionRefusal(
+            409, plan.NOT_ELIGIBLE, f"VM {namespace}/{name} or an object it uses cannot be read: {error}",
+        )) from error
+    return VmState(vm=vm, vmi=vmi, cluster=FreshCluster(cluster, (namespace, name), frozenset(wanted), known_macs))
+
+
+def _spec_mac(vm: Mapping[str, Any], interface: str) -> str:
+    """The ``macAddress`` the stored VM has for ``interface`` ("" if none)."""
+    try:
+        found = VmView.from_dict(vm).interface(interface)
+    except ValueError:
+        return ""
+    return found.mac if found is not None else ""
+
+
+def _planned(result: list[plan.JsonPatchOp] | ActionRefusal) -> list[plan.JsonPatchOp]:
+    if isinstance(result, ActionRefusal):
+        raise ActionFailed(result)
+    return result
+
+
+class HotplugFlow:
+    """Runs the actions against one API client (the caller's credentials)."""
+
+    def __init__(self, api: ApiClient, *, migrate: bool = True, events: EventSink | None = None,
+                 known_macs: ClusterState | None = None) -> None:
+        self._api = api
+        self._migrate = migrate
+        self._events = events
+        self._known_macs = known_macs
+
+    async def add_nic(
+        self, namespace: str, name: str, body: Mapping[str, Any], *, name_optional: bool = False,
+    ) -> ActionResult:
+        """Hot-plug the interface ``body`` describes (SPEC "Action API" addNic).
+
+        ``name_optional``: without ``interfaceName`` the first free ``nic-<n>`` is used (the plugin).
+        """
+        request = plan.parse_add_nic(body, namespace, name_optional=name_optional)
+        if isinstance(request, ActionRefusal):
+            raise ActionFailed(request)  # a bad body is refused before anything is read
+        state = await read_vm_state(self._api, namespace, name, ((request.nad_namespace, request.nad_name),),
+                                    known_macs=self._known_macs)
+        ops = _planned(plan.plan_add_nic(state.vm, state.vmi, body, state.cluster, name_optional=name_optional))
+        return await self._write_and_migrate(state.vm, ops, "")
+
+    async def remove_nic(self, namespace: str, name: str, body: Mapping[str, Any]) -> ActionResult:
+        """Hot-unplug the named interface (``state: absent``)."""
+        state = await read_vm_state(self._api, namespace, name, known_macs=self._known_macs)
+        ops = _planned(plan.plan_remove_nic(state.vm, state.vmi, body, state.cluster))
+        return await self._write_and_migrate(state.vm, ops, str(body.get("interfaceName", "")))
+
+    async def find_hotunpluggable_nics(self, namespace: str, name: str) -> ActionResult:
+        """The interfaces that may be unplugged now ([] when the VM is not eligible)."""
+        state = await read_vm_state(self._api, namespace, name)
+        return ActionResult(interfaces=tuple(plan.find_hotunpluggable(state.vm, state.vmi, state.cluster)))
+
+    async def run(self, action: str, namespace: str, name: str, body: Mapping[str, Any]) -> ActionResult:
+        """Dispatch by action name; an unknown action is a 400."""
+        if action == plan.ADD_NIC:
+            return await self.add_nic(namespace, name, body)
+        if action == plan.REMOVE_NIC:
+            return await self.remove_nic(namespace, name, body)
+        if action == plan.FIND_HOTUNPLUGGABLE_NICS:
+            return await self.find_hotunpluggable_nics(namespace, name)
+        raise ActionFailed(ActionRefusal(
+            400, plan.INVALID_ACTION, f"unknown action {action!r}: use one of {', '.join(plan.ACTIONS)}",
+        ))
+
+    async def _write_and_migrate(
+        self, vm: Mapping[str, Any], ops: list[plan.JsonPatchOp], interface: str,
+    ) -> ActionResult:
+        namespace, name = vm["metadata"]["namespace"], vm["metadata"]["name"]
+        patched: dict[str, Any] = await _guard(
+            f"VM {namespace}/{name}", json_patch(self._api, *KUBEVIRT, VMS, namespace, name, ops))
+        if not interface:  # addNic: the one interface name the patched VM has and the read one had not
+            interface = next(iter(sorted(plan.used_names(patched) - plan.used_names(vm))), "")
+        written = ActionResult(interface=interface, mac=_spec_mac(patched, interface))
+        if not self._migrate:
+            return written
+        return replace(await self._request_migration(patched), interface=written.interface, mac=written.mac)
+
+    async def _request_migration(self, vm: Mapping[str, Any]) -> ActionResult:
+        namespace, name = vm["metadata"]["namespace"], vm["metadata"]["name"]
+        migration = {
+            "apiVersion": "kubevirt.io/v1",
+            "kind": "VirtualMachineInstanceMigration",
+            "metadata": {"generateName": f"{name}-", "namespace": namespace},
+            "spec": {"vmiName": name},
+        }
+        try:
+            created: dict[str, Any] = await _guard(
+                f"migration of VM {namespace}/{name}",
+                create_custom_object(self._api, *KUBEVIRT, MIGRATIONS, namespace, migration))
+        except ActionFailed as failure:
+            message = (f"the interface change of VM {namespace}/{name} is saved, but the live migration that "
+                       f"applies it could not be created ({failure.refusal.message}); migrate or restart the VM "
+                       "to apply it")
+            log.warning("%s", message)
+            await self._report(vm, "Warning", MIGRATION_FAILED_REASON, message)
+            return ActionResult(migration_error=message)
+        return ActionResult(migration=str(created.get("metadata", {}).get("name", "")))
+
+    async def _report(self, vm: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        if self._events is None:
+            return
+        try:
+            await self._events.emit(vm, type_, reason, message)
+        except Exception:  # the Event is a courtesy: never let it turn a saved change into an error
+            log.exception("could not record the %s Event", reason)
