@@ -18,6 +18,7 @@ from nichotplug.rules.views import GUEST_CLUSTER_CREATOR, GUEST_CLUSTER_LABEL, I
 __all__ = [
     "ELIGIBILITY_REASONS",
     "HOSTNAME_LABEL",
+    "HOTPLUG_MODELS",
     "UNPLUG_REASONS",
     "Finding",
     "active_interface_count",
@@ -29,7 +30,7 @@ __all__ = [
 ]
 
 HOSTNAME_LABEL = "kubernetes.io/hostname"
-HOTPLUG_MODELS = ("", "virtio")
+HOTPLUG_MODELS = ("", "virtio")  # model unset means virtio
 
 ELIGIBILITY_REASONS = ("vm-guest-cluster", "vm-not-running", "vm-migrating", "vm-not-migratable", "vm-missing-macs")
 UNPLUG_REASONS = (
