@@ -1,0 +1,105 @@
+"""Duplicate-MAC audit: collisions that slipped past admission, found from the cache's MAC index.
+
+The validating webhook refuses a MAC already used in the same cluster network, but two creates at
+the same instant can both pass (each is judged against a cache that does not hold the other yet).
+The audit walks every VM's MAC claims (spec MACs, and recorded MACs of interfaces without one), asks
+the index who else owns each MAC (a dict hit), and groups those owners by scope; more than one owner
+in one scope is a duplicate. It reports each new duplicate once as a Warning Event on every VM
+involved and keeps ``nichotplug_duplicate_macs`` at the current count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from nichotplug.controller import metrics
+from nichotplug.controller.reconciler import VmCache, split_key, vm_ref
+from nichotplug.kube.events import EventRecorder
+from nichotplug.rules.cluster import ClusterState, owner_scope
+from nichotplug.rules.macindex import MacOwner, vm_mac_claims
+from nichotplug.rules.views import VmView
+
+log = logging.getLogger(__name__)
+
+_YIELD_EVERY = 500  # VMs between yields to the event loop, so webhooks stay responsive during an audit
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateMac:
+    """One MAC owned by more than one VM interface in the same scope (cluster network; "" = pod/unlabelled)."""
+
+    mac: str
+    scope: str
+    owners: tuple[MacOwner, ...]  # sorted, so the same duplicate always compares equal
+
+    def describe(self) -> str:
+        where = f"cluster network {self.scope}" if self.scope else "the pod network / unlabelled networks"
+        users = ", ".join(f"{o.namespace}/{o.vm} interface {o.interface}" for o in self.owners)
+        return f"MAC {self.mac} is used more than once on {where}: {users}"
+
+
+def duplicates_of(vm: VmView, cluster: ClusterState, seen_macs: set[str]) -> list[DuplicateMac]:
+    """The duplicates involving ``vm``'s MACs that are not in ``seen_macs`` yet (which it extends)."""
+    found: list[DuplicateMac] = []
+    for mac, _owner in vm_mac_claims(vm):
+        if mac in seen_macs:
+            continue
+        owners = cluster.owners_of_mac(mac)
+        if len(owners) < 2:
+            continue
+        seen_macs.add(mac)
+        by_scope: dict[str, list[MacOwner]] = defaultdict(list)
+        for owner in owners:
+            by_scope[owner_scope(owner.nad, cluster)].append(owner)
+        for scope, group in sorted(by_scope.items()):
+            if len(group) > 1:
+                found.append(DuplicateMac(mac, scope, tuple(sorted(group))))
+    return found
+
+
+def find_duplicate_macs(vms: Iterable[VmView], cluster: ClusterState) -> list[DuplicateMac]:
+    """Every duplicate among the MACs of ``vms`` (pure; the async audit does the same in slices)."""
+    seen: set[str] = set()
+    found: list[DuplicateMac] = []
+    for vm in vms:
+        found.extend(duplicates_of(vm, cluster, seen))
+    return found
+
+
+class DuplicateMacAuditor:
+    """Runs the audit over the cache, reports new duplicates as Events, keeps the gauge current."""
+
+    def __init__(self, cache: VmCache, events: EventRecorder) -> None:
+        self._cache = cache
+        self._events = events
+        self._reported: set[DuplicateMac] = set()
+
+    async def audit(self) -> list[DuplicateMac]:
+        """One pass over every cached VM; returns the duplicates found."""
+        seen: set[str] = set()
+        found: list[DuplicateMac] = []
+        for count, key in enumerate(list(self._cache.vm_keys()), start=1):
+            vm = self._cache.get_vm(*split_key(key))
+            if vm is not None:
+                found.extend(duplicates_of(vm, self._cache, seen))
+            if count % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+        metrics.DUPLICATE_MACS.set(len(found))
+        current = set(found)
+        for duplicate in found:
+            if duplicate not in self._reported:
+                await self._report(duplicate)
+        self._reported = current  # a duplicate that was fixed and comes back is reported again
+        return found
+
+    async def _report(self, duplicate: DuplicateMac) -> None:
+        message = duplicate.describe()
+        log.warning("%s", message)
+        for namespace, name in sorted({(o.namespace, o.vm) for o in duplicate.owners}):
+            vm = self._cache.get_vm(namespace, name)
+            if vm is not None:
+                await self._events.emit(vm_ref(vm), "Warning", "DuplicateMac", message)

@@ -1,0 +1,219 @@
+"""Reconcile one VM's MACs from the cluster view's current state: record, then backfill.
+
+Level-triggered: :meth:`MacReconciler.reconcile` never looks at the event that queued the key; it
+reads the VM and its VMI as the cache holds them now, so a restart, a dropped watch or a missed event
+converges on the next pass. One reconcile makes at most one write:
+
+- a VMI exists -> record its interface MACs in the VM's observed-MAC annotation (if that changes it);
+- the VM is halted and its VMI is gone -> write the recorded MACs into interfaces lacking one
+  (waiting for the VMI to go is the level-triggered form of Harvester's VMI finalizer, without one).
+
+Writes go through ``kube.patch.json_patch`` with a ``test`` of the resourceVersion the plan was made
+from. What happens next is an :class:`Outcome` the worker turns into queue calls: a conflict is
+retried with backoff on fresh state; a webhook denial is an Event and a metric and the same write is
+not tried again for ``denied_backoff`` seconds unless the planned write changes; anything unexpected is retried
+with backoff. Reports (mismatches, names not observed, an unparsable annotation) become Events once
+per distinct message per VM, so a periodic resync does not repeat them.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import time
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+from kubernetes_asyncio.client import ApiClient
+
+from nichotplug.controller import metrics
+from nichotplug.kube.events import EventRecorder, ObjectRef
+from nichotplug.kube.patch import Conflict, Denied, KubeError, NotFound, get_custom_object, json_patch
+from nichotplug.rules.backfill import (
+    MAC_ANNOTATION,
+    BackfillPlan,
+    annotation_patch,
+    observed_macs,
+    plan_backfill,
+)
+from nichotplug.rules.macindex import MacOwner
+from nichotplug.rules.views import NadView, VmiView, VmView
+
+log = logging.getLogger(__name__)
+
+VM_GROUP, VM_VERSION, VM_PLURAL = "kubevirt.io", "v1", "virtualmachines"
+
+
+class VmCache(Protocol):
+    """What the controller reads from ``kube.cache.ClusterView``."""
+
+    def get_vm(self, namespace: str, name: str) -> VmView | None: ...
+    def get_vmi(self, namespace: str, name: str) -> VmiView | None: ...
+    def get_nad(self, namespace: str, name: str) -> NadView | None: ...
+    def owners_of_mac(self, mac: str) -> Collection[MacOwner]: ...
+    def vm_keys(self) -> Iterable[Any]: ...
+
+
+class Outcome(enum.Enum):
+    """What a reconcile did; the worker maps it to queue calls and the result metric label."""
+
+    SUCCESS = "success"      # wrote, or nothing to write
+    SKIPPED = "skipped"      # VM gone, being deleted, or running; or a denied write not retried yet
+    CONFLICT = "conflict"    # the VM changed under the write: retry with backoff on fresh state
+    DENIED = "denied"        # a webhook refused the write: retry only after the long backoff
+    ERROR = "error"          # API unreachable or an unexpected answer: retry with backoff
+
+
+@dataclass(frozen=True, slots=True)
+class _DeniedWrite:
+    """A write a webhook refused, remembered so the same write on the same VM is not resent hot."""
+
+    ops: str          # the write without its resourceVersion test: what was refused
+    retry_at: float
+
+
+def split_key(key: object) -> tuple[str, str]:
+    """(namespace, name) of a ``namespace/name`` key, or of a (namespace, name) pair."""
+    if isinstance(key, str):
+        namespace, _, name = key.partition("/")
+        return namespace, name
+    if isinstance(key, tuple) and len(key) == 2:
+        return str(key[0]), str(key[1])
+    raise ValueError(f"not a namespace/name key: {key!r}")
+
+
+def vm_ref(vm: VmView) -> ObjectRef:
+    """The Event reference to a VM view (Events need kind, name, uid; the view has them)."""
+    return ObjectRef(api_version=f"{VM_GROUP}/{VM_VERSION}", kind="VirtualMachine", namespace=vm.namespace,
+                     name=vm.name, uid=vm.uid, resource_version=vm.resource_version)
+
+
+class MacReconciler:
+    """Records observed MACs and backfills halted VMs, one VM key at a time."""
+
+    def __init__(
+        self, api: ApiClient, cache: VmCache, events: EventRecorder, *,
+        denied_backoff: float = 300.0, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._api = api
+        self._cache = cache
+        self._events = events
+        self.denied_backoff = denied_backoff
+        self._clock = clock
+        self._denied: dict[str, _DeniedWrite] = {}
+        self._reported: dict[str, set[tuple[str, str]]] = {}
+
+    def denied_retry_in(self, key: str) -> float:
+        """Seconds until a denied write of ``key`` may be tried again (0 when none is pending)."""
+        denied = self._denied.get(key)
+        return max(0.0, denied.retry_at - self._clock()) if denied else 0.0
+
+    async def reconcile(self, key: str) -> Outcome:
+        namespace, name = split_key(key)
+        vm = self._cache.get_vm(namespace, name)
+        if vm is None:
+            self._forget(key)
+            return Outcome.SKIPPED
+        if vm.deleting:
+            return Outcome.SKIPPED
+        vmi = self._cache.get_vmi(namespace, name)
+        if vmi is not None:
+            return await self._record(key, vm, vmi)
+        plan = plan_backfill(vm)
+        await self._report(key, vm, plan)
+        if not plan.ops:
+            return Outcome.SUCCESS if vm.run_strategy == "Halted" else Outcome.SKIPPED
+        outcome = await self._write(key, vm, "backfill", list(plan.ops))
+        if outcome is Outcome.SUCCESS:
+            metrics.MAC_BACKFILLS.inc(len(plan.backfilled))
+            log.info("backfilled MACs of VM %s: %s", key,
+                     ", ".join(f"{iface}={mac}" for iface, mac in plan.backfilled))
+        return outcome
+
+    async def _record(self, key: str, vm: VmView, vmi: VmiView) -> Outcome:
+        """Write the VMI's MACs into the annotation when that changes it."""
+        observed = observed_macs(vmi)
+        ops = annotation_patch(vm, observed)
+        if not ops:
+            return Outcome.SUCCESS
+        if MAC_ANNOTATION not in vm.annotations:
+            # The cached view keeps only our annotation, so it cannot say whether the VM has any
+            # others: plan the first recording from the full object (one GET per VM, once).
+            try:
+                full = await get_custom_object(self._api, VM_GROUP, VM_VERSION, VM_PLURAL, vm.namespace, vm.name)
+            except NotFound:
+                return Outcome.SKIPPED
+            except (KubeError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                log.warning("could not read VM %s: %s", key, exc)
+                return Outcome.ERROR
+            ops = annotation_patch(full, observed)
+            if not ops:
+                return Outcome.SUCCESS
+        return await self._write(key, vm, "annotation", ops)
+
+    def _forget(self, key: str) -> None:
+        self._denied.pop(key, None)
+        self._reported.pop(key, None)
+
+    async def _write(self, key: str, vm: VmView, kind: str, ops: list[dict[str, Any]]) -> Outcome:
+        # The same change is refused again until something it depends on changes; the VM's
+        # resourceVersion alone (status updates bump it) is no reason to knock again.
+        fingerprint = json.dumps(ops[1:], sort_keys=True)
+        denied = self._denied.get(key)
+        if denied is not None:
+            if denied.ops == fingerprint and self._clock() < denied.retry_at:
+                return Outcome.SKIPPED
+            del self._denied[key]
+        try:
+            await json_patch(self._api, VM_GROUP, VM_VERSION, VM_PLURAL, vm.namespace, vm.name, ops)
+        except Conflict:
+            log.debug("VM %s changed under the %s write; retrying on fresh state", key, kind)
+            return Outcome.CONFLICT
+        except NotFound:
+            return Outcome.SKIPPED  # deleted meanwhile; its DELETED event clears the rest
+        except Denied as exc:
+            return await self._denied_write(key, vm, kind, fingerprint, exc)
+        except (KubeError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning("could not write the %s of VM %s: %s", kind, key, exc)
+            return Outcome.ERROR
+        if kind == "annotation":
+            metrics.OBSERVED_MAC_WRITES.inc()
+        return Outcome.SUCCESS
+
+    async def _denied_write(self, key: str, vm: VmView, kind: str, fingerprint: str, exc: Denied) -> Outcome:
+        self._denied[key] = _DeniedWrite(fingerprint, self._clock() + self.denied_backoff)
+        metrics.DENIED_WRITES.labels(write=kind).inc()
+        what = "MAC backfill" if kind == "backfill" else "observed-MAC annotation"
+        message = (f"the {what} was refused: {exc}; not retried for {self.denied_backoff:.0f}s "
+                   "unless the planned change differs")
+        log.warning("VM %s: %s", key, message)
+        await self._events.emit(vm_ref(vm), "Warning", "MacWriteDenied", message)
+        return Outcome.DENIED
+
+    async def _report(self, key: str, vm: VmView, plan: BackfillPlan) -> None:
+        """Turn what the plan found into Events (and metrics), each distinct one once per VM."""
+        reports: list[tuple[str, str, str]] = []
+        if plan.annotation_error:
+            metrics.ANNOTATION_ERRORS.inc()
+            reports.append(("Warning", "InvalidMacAnnotation",
+                            f"{plan.annotation_error}; MACs are not backfilled until it is fixed or the VM runs again"))
+        for mismatch in plan.kept_mismatches:
+            reports.append(("Warning", "MacMismatch",
+                            f"interface {mismatch.interface} keeps its spec MAC {mismatch.spec_mac}; the guest "
+                            f"was last seen with {mismatch.observed_mac}"))
+        if plan.not_observed:
+            reports.append(("Normal", "MacNotObserved",
+                            f"interface(s) {', '.join(plan.not_observed)} have no MAC in the spec and none was "
+                            "observed yet; start the VM once so their MACs can be recorded"))
+        if not reports:
+            return
+        seen = self._reported.setdefault(key, set())
+        for type_, reason, message in reports:
+            if (reason, message) in seen:
+                continue
+            seen.add((reason, message))
+            (log.warning if type_ == "Warning" else log.info)("VM %s: %s: %s", key, reason, message)
+            await self._events.emit(vm_ref(vm), type_, reason, message)
