@@ -1,0 +1,189 @@
+"""Benchmark: memory and speed of ClusterView at Harvester scale (numbers, not a timed test).
+
+Feeds N VirtualMachines (4 interfaces each, Harvester-shaped objects with managedFields and a
+kubectl last-applied annotation, as the API server sends them) and N VMIs through
+``ClusterView.apply_event`` -- the code path the watches use -- and prints:
+
+- RSS growth of the process for the whole view (objects are generated one by one and dropped, so
+  the growth is what the view keeps);
+- build time per object;
+- ``owners_of_mac`` cost per lookup at 10 / 1,000 / 100,000 VMs (it must be flat: one dict lookup).
+
+Run: ``.venv/bin/python benchmarks/cluster_view.py [--vms 100000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import time
+from typing import Any
+
+from nichotplug.kube.cache import (
+    NETWORK_ATTACHMENT_DEFINITION,
+    VIRTUAL_MACHINE,
+    VIRTUAL_MACHINE_INSTANCE,
+    ClusterView,
+)
+
+INTERFACES_PER_VM = 4
+NAMESPACES = 50
+NADS = ("mgmt-vlan1", "vlan100", "vlan200", "storage-vlan")
+
+
+def rss_bytes() -> int:
+    """Current resident set size (Linux), not the peak."""
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    import resource  # noqa: PLC0415 - Linux only, like /proc
+    return pages * resource.getpagesize()
+
+
+def mac_of(vm_index: int, interface: int) -> str:
+    value = (0x02 << 40) | (vm_index << 8) | interface
+    return ":".join(f"{(value >> shift) & 0xFF:02x}" for shift in range(40, -8, -8))
+
+
+def vm_object(index: int) -> dict[str, Any]:
+    """A VirtualMachine as a Harvester cluster stores it (4 bridge NICs on multus networks)."""
+    namespace = f"tenant-{index % NAMESPACES}"
+    name = f"vm-{index:06d}"
+    interfaces = [{"name": f"nic-{i}", "model": "virtio", "bridge": {}, "macAddress": mac_of(index, i)}
+                  for i in range(INTERFACES_PER_VM)]
+    networks = [{"name": f"nic-{i}", "multus": {"networkName": f"default/{NADS[i]}"}}
+                for i in range(INTERFACES_PER_VM)]
+    spec = {
+        "runStrategy": "RerunOnFailure",
+        "template": {
+            "metadata": {"labels": {"harvesterhci.io/vmName": name}},
+            "spec": {
+                "domain": {
+                    "cpu": {"cores": 2, "sockets": 1, "threads": 1},
+                    "memory": {"guest": "4Gi"},
+                    "resources": {"limits": {"cpu": "2", "memory": "4Gi"}},
+                    "devices": {
+                        "disks": [{"name": "rootdisk", "bootOrder": 1, "disk": {"bus": "virtio"}},
+                                  {"name": "cloudinitdisk", "disk": {"bus": "virtio"}}],
+                        "interfaces": interfaces,
+                    },
+                    "machine": {"type": "q35"},
+                },
+                "networks": networks,
+                "evictionStrategy": "LiveMigrateIfPossible",
+                "volumes": [
+                    {"name": "rootdisk", "persistentVolumeClaim": {"claimName": f"{name}-rootdisk-x1y2z"}},
+                    {"name": "cloudinitdisk", "cloudInitNoCloud": {"userData": "#cloud-config\npackage_update: true\n"}},
+                ],
+            },
+        },
+    }
+    observed = json.dumps({iface["name"]: iface["macAddress"] for iface in interfaces}, separators=(",", ":"))
+    return {
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {
+            "name": name, "namespace": namespace, "uid": f"5ff8d5af-b287-41d2-aec0-{index:012d}",
+            "resourceVersion": str(1000 + index), "generation": 3,
+            "creationTimestamp": "2026-11-28T00:49:09Z",
+            "labels": {"harvesterhci.io/creator": "harvester", "harvesterhci.io/os": "linux"},
+            "annotations": {
+                "harvesterhci.io/mac-address": observed,
+                "harvesterhci.io/volumeClaimTemplates": json.dumps([{
+                    "metadata": {"name": f"{name}-rootdisk-x1y2z",
+                                 "annotations": {"harvesterhci.io/imageId": "default/image-abc"}},
+                    "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "40Gi"}},
+                             "volumeMode": "Block", "storageClassName": "longhorn-image-abc"}}]),
+                "kubectl.kubernetes.io/last-applied-configuration": json.dumps({"spec": spec}),
+            },
+            "managedFields": [{"apiVersion": "kubevirt.io/v1", "fieldsType": "FieldsV1", "manager": "harvester",
+                               "operation": "Update", "time": "2026-11-28T00:49:09Z",
+                               "fieldsV1": {"f:spec": {"f:runStrategy": {}, "f:template": {"f:spec": {}}}}}],
+        },
+        "spec": spec,
+        "status": {"printableStatus": "Running", "ready": True, "created": True},
+    }
+
+
+def vmi_object(index: int) -> dict[str, Any]:
+    """The VMI of VM ``index``: running, ready, migratable, reporting its MACs."""
+    return {
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": f"vm-{index:06d}", "namespace": f"tenant-{index % NAMESPACES}",
+                     "resourceVersion": str(500000 + index), "uid": f"aaaa-{index}"},
+        "status": {
+            "phase": "Running", "nodeName": f"node-{index % 20}",
+            "conditions": [{"type": "Ready", "status": "True"},
+                           {"type": "LiveMigratable", "status": "True"}],
+            "interfaces": [{"name": f"nic-{i}", "mac": mac_of(index, i), "ipAddress": f"10.0.{i}.{index % 250}"}
+                           for i in range(INTERFACES_PER_VM)],
+        },
+    }
+
+
+def nad_object(name: str) -> dict[str, Any]:
+    config = json.dumps({"cniVersion": "0.3.1", "name": name, "type": "bridge", "bridge": "mgmt-br",
+                         "promiscMode": True, "vlan": 100, "ipam": {}})
+    return {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+            "metadata": {"name": name, "namespace": "default",
+                         "labels": {"network.harvesterhci.io/clusternetwork": "mgmt",
+                                    "network.harvesterhci.io/type": "L2VlanNetwork"}},
+            "spec": {"config": config}}
+
+
+def build(vm_count: int, with_vmis: bool = True) -> tuple[ClusterView, float]:
+    """A view fed vm_count VMs (and their VMIs); returns it and the seconds the feeding took."""
+    view = ClusterView()
+    started = time.perf_counter()
+    for name in NADS:
+        view.apply_event(NETWORK_ATTACHMENT_DEFINITION, "ADDED", nad_object(name))
+    for index in range(vm_count):
+        view.apply_event(VIRTUAL_MACHINE, "ADDED", vm_object(index))
+        if with_vmis:
+            view.apply_event(VIRTUAL_MACHINE_INSTANCE, "ADDED", vmi_object(index))
+    return view, time.perf_counter() - started
+
+
+def lookup_cost_ns(view: ClusterView, vm_count: int, lookups: int = 200_000) -> float:
+    """Mean nanoseconds per owners_of_mac over random existing MACs (plus some absent ones)."""
+    rng = random.Random(7)
+    macs = [mac_of(rng.randrange(vm_count), rng.randrange(INTERFACES_PER_VM)) for _ in range(1000)]
+    macs += [mac_of(vm_count + 10 + i, 0) for i in range(100)]  # not in the view
+    owners_of_mac = view.owners_of_mac
+    started = time.perf_counter_ns()
+    found = 0
+    for i in range(lookups):
+        found += len(owners_of_mac(macs[i % len(macs)]))
+    elapsed = time.perf_counter_ns() - started
+    assert found > 0
+    return elapsed / lookups
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--vms", type=int, default=100_000)
+    args = parser.parse_args()
+
+    gc.collect()
+    baseline = rss_bytes()
+    view, seconds = build(args.vms)
+    gc.collect()
+    grown = rss_bytes() - baseline
+    counts = view.counts()
+    print(f"cluster view of {args.vms:,} VMs ({INTERFACES_PER_VM} interfaces) + {args.vms:,} VMIs: "
+          f"{counts['macs']:,} MACs indexed")
+    print(f"  RSS growth: {grown / 2**20:.1f} MiB (process RSS {rss_bytes() / 2**20:.1f} MiB)")
+    print(f"  build: {seconds:.2f} s, {seconds / (2 * args.vms) * 1e6:.1f} us per apply_event")
+    del view
+    gc.collect()
+
+    print("owners_of_mac per lookup:")
+    for size in (10, 1_000, args.vms):
+        sized, _ = build(size, with_vmis=False)
+        print(f"  {size:>7,} VMs: {lookup_cost_ns(sized, size):.0f} ns")
+        del sized
+        gc.collect()
+
+
+if __name__ == "__main__":
+    main()

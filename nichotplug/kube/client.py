@@ -1,0 +1,93 @@
+"""Building kubernetes-asyncio ``ApiClient`` objects: the service's own, and one per caller.
+
+``load_api_client`` picks the service's credentials the way kubectl and client-go do: the pod's
+service account when running in a cluster, else a kubeconfig (explicit path, ``$KUBECONFIG``, then
+``~/.kube/config``). ``api_client_with_token`` derives a client that talks to the same server with the
+same CA but authenticates as the caller (their bearer token, never our client certificate), so the
+API server's RBAC judges the caller's action-API requests, not this service's account.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+from kubernetes_asyncio import config as kube_config
+from kubernetes_asyncio.client import ApiClient, Configuration
+
+# Where a pod finds its service account credentials (the same constants client-go uses).
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+SERVICE_HOST_ENV = "KUBERNETES_SERVICE_HOST"
+SERVICE_PORT_ENV = "KUBERNETES_SERVICE_PORT"
+
+
+class KubeConfigError(RuntimeError):
+    """No usable Kubernetes credentials were found; the message says where we looked."""
+
+
+def running_in_cluster(environ: os._Environ[str] | dict[str, str] = os.environ) -> bool:
+    """True when the process runs in a pod with a mounted service account token."""
+    return bool(environ.get(SERVICE_HOST_ENV)) and (SERVICE_ACCOUNT_DIR / "token").is_file()
+
+
+def _kubeconfig_candidates(explicit: str | os.PathLike[str] | None) -> list[Path]:
+    """Kubeconfig files in the order kubectl would consider them."""
+    if explicit is not None:
+        return [Path(explicit)]
+    from_env = os.environ.get("KUBECONFIG", "")
+    # $KUBECONFIG may list several files; kubernetes-asyncio merges them when given the whole list,
+    # but the first existing one is what holds the current context in practice.
+    paths = [Path(p) for p in from_env.split(os.pathsep) if p]
+    paths.append(Path.home() / ".kube" / "config")
+    return paths
+
+
+async def load_api_client(
+    kubeconfig: str | os.PathLike[str] | None = None, context: str | None = None
+) -> ApiClient:
+    """An ``ApiClient`` with this service's own credentials.
+
+    An explicit ``kubeconfig`` wins; otherwise the in-cluster service account when running in a
+    pod; otherwise ``$KUBECONFIG`` or ``~/.kube/config``. Raises :class:`KubeConfigError` with the
+    places tried when none works. The caller owns the client and must ``await client.close()``.
+    """
+    configuration = Configuration()
+    if kubeconfig is None and context is None and running_in_cluster():
+        kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        return ApiClient(configuration=configuration)
+    candidates = _kubeconfig_candidates(kubeconfig)
+    existing = [path for path in candidates if path.is_file()]
+    if not existing:
+        tried = ", ".join(str(path) for path in candidates)
+        raise KubeConfigError(f"no Kubernetes credentials: not in a pod and no kubeconfig at {tried}")
+    try:
+        await kube_config.load_kube_config(
+            config_file=str(existing[0]), context=context,
+            client_configuration=configuration, persist_config=False,
+        )
+    except kube_config.ConfigException as exc:
+        raise KubeConfigError(f"kubeconfig {existing[0]}: {exc}") from exc
+    return ApiClient(configuration=configuration)
+
+
+def api_client_with_token(base: ApiClient, token: str) -> ApiClient:
+    """A client for the same API server and CA as ``base`` that authenticates with ``token`` only.
+
+    Client certificates, basic auth and token-refresh hooks of ``base`` are dropped: the request
+    must carry the caller's identity and nothing of ours. The caller must close the returned client.
+    """
+    token = token.strip()
+    if token.lower().startswith("bearer "):
+        token = token[len("bearer "):].strip()
+    if not token:
+        raise ValueError("an empty bearer token cannot authenticate anyone")
+    configuration: Configuration = copy.deepcopy(base.configuration)
+    configuration.cert_file = None
+    configuration.key_file = None
+    configuration.username = None
+    configuration.password = None
+    configuration.refresh_api_key_hook = None
+    configuration.api_key = {"BearerToken": token}
+    configuration.api_key_prefix = {"BearerToken": "Bearer"}
+    return ApiClient(configuration=configuration)
