@@ -1,0 +1,212 @@
+"""The MAC controller against the in-process API server: record, backfill, races, faults, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes_asyncio.client import ApiClient
+from prometheus_client import REGISTRY
+
+from nichotplug.controller.reconciler import Outcome
+
+from .conftest import MAC_A, MAC_B, MAC_C, Cluster, kubectl, running_controller, vm_body, vmi_body, wait_for
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def vm_patch_counter(apiserver: Any, name: str) -> Any:
+    """A do-nothing fault that counts the PATCH requests for VM ``name`` the server receives."""
+    return apiserver.faults.add(method="PATCH", path_regex=rf"/virtualmachines/{name}(\?|$)", status=0, times=None)
+
+
+async def test_a_running_vmis_interfaces_are_recorded_then_backfilled_when_it_stops(
+    api_client: ApiClient, cluster: Cluster, kubeconfig: Path,
+) -> None:
+    await cluster.create_vm(vm_body("vm1", macs={"default": None, "nic2": None}, run_strategy="Always"))
+    await cluster.create_vmi(vmi_body("vm1", {"default": MAC_A.upper(), "nic2": MAC_B}))
+    async with running_controller(api_client):
+        recorded = await wait_for(lambda: cluster.annotation("vm1"))
+        assert json.loads(recorded) == {"default": MAC_A, "nic2": MAC_B}
+        assert recorded == json.dumps({"default": MAC_A, "nic2": MAC_B}, separators=(",", ":"))
+        assert await cluster.spec_macs("vm1") == {"default": None, "nic2": None}  # running: spec untouched
+
+        await kubectl(kubeconfig, "patch", "vm", "vm1", "--type=merge", "-p", '{"spec":{"runStrategy":"Halted"}}')
+        await kubectl(kubeconfig, "delete", "vmi", "vm1")
+
+        async def backfilled() -> bool:
+            return await cluster.spec_macs("vm1") == {"default": MAC_A, "nic2": MAC_B}
+        await wait_for(backfilled)
+    shown = await kubectl(kubeconfig, "get", "vm", "vm1", "-o",
+                          "jsonpath={.spec.template.spec.domain.devices.interfaces[*].macAddress}")
+    assert shown.split() == [MAC_A, MAC_B]
+
+
+async def test_an_unchanged_observation_is_not_written_again(
+    api_client: ApiClient, apiserver: Any, cluster: Cluster,
+) -> None:
+    await cluster.create_vm(vm_body("vm1", macs={"default": None}, run_strategy="Always",
+                                    annotation={"default": MAC_A}))
+    await cluster.create_vmi(vmi_body("vm1", {"default": MAC_A}))
+    patches = vm_patch_counter(apiserver, "vm1")
+    async with running_controller(api_client) as controller:
+        async def reconciled() -> bool:
+            return controller.reconciles > 0
+        await wait_for(reconciled)
+        await asyncio.sleep(1.2)  # a couple of resyncs
+    assert patches.hits == 0
+
+
+async def test_a_started_vm_is_not_backfilled(api_client: ApiClient, cluster: Cluster) -> None:
+    await cluster.create_vm(vm_body("vm1", macs={"default": None}, run_strategy="Always",
+                                    annotation={"default": MAC_A}))
+    async with running_controller(api_client) as controller:
+        assert await controller.reconciler.reconcile("default/vm1") is Outcome.SKIPPED
+    assert await cluster.spec_macs("vm1") == {"default": None}
+
+
+async def test_a_spec_mac_is_kept_and_an_event_says_so(api_client: ApiClient, cluster: Cluster) -> None:
+    await cluster.create_vm(vm_body("vm1", macs={"default": MAC_C, "nic2": None},
+                                    annotation={"default": MAC_A, "nic2": MAC_B}))
+    async with running_controller(api_client):
+        async def backfilled() -> bool:
+            return await cluster.spec_macs("vm1") == {"default": MAC_C, "nic2": MAC_B}
+        await wait_for(backfilled)
+        events = await wait_for(lambda: cluster.events("vm1"))
+        await asyncio.sleep(1.2)  # resyncs must not repeat the Event
+    mismatch = [e for e in await cluster.events("vm1") if e[1] == "MacMismatch"]
+    assert len(mismatch) == 1, events
+    type_, _, message, count = mismatch[0]
+    assert type_ == "Warning"
+    assert count == 1
+    assert MAC_C in message
+    assert MAC_A in message
+    assert "default" in message
+
+
+async def test_names_never_observed_are_left_alone_with_an_event(api_client: ApiClient, cluster: Cluster) -> None:
+    await cluster.create_vm(vm_body("vm1", macs={"default": None, "nic2": None}, annotation={"default": MAC_A}))
+    async with running_controller(api_client):
+        async def backfilled() -> bool:
+            return await cluster.spec_macs("vm1") == {"default": MAC_A, "nic2": None}
+        await wait_for(backfilled)
+        reasons = await wait_for(lambda: _reasons(cluster, "vm1"))
+    assert "MacNotObserved" in reasons
+
+
+async def _reasons(cluster: Cluster, name: str) -> set[str]:
+    return {event[1] for event in await cluster.events(name)}
+
+
+async def test_an_unparsable_annotation_is_an_event_and_a_metric_not_a_crash_loop(
+    api_client: ApiClient, apiserver: Any, cluster: Cluster,
+) -> None:
+    await cluster.create_vm(vm_body("bad", macs={"default": None}, annotation='{"default": "zz"'))
+    await cluster.create_vm(vm_body("good", macs={"default": None}, annotation={"default": MAC_A}))
+    errors_before = metric("nichotplug_mac_annotation_errors_total")
+    patches = vm_patch_counter(apiserver, "bad")
+    async with running_controller(api_client):
+        async def good_backfilled() -> bool:
+            return await cluster.spec_macs("good") == {"default": MAC_A}
+        await wait_for(good_backfilled)
+        await wait_for(lambda: _reasons(cluster, "bad"))
+        await asyncio.sleep(1.2)
+    assert "InvalidMacAnnotation" in await _reasons(cluster, "bad")
+    assert metric("nichotplug_mac_annotation_errors_total") > errors_before
+    assert patches.hits == 0
+    assert await cluster.spec_macs("bad") == {"default": None}
+
+
+async def test_a_user_edit_racing_the_backfill_is_not_lost(
+    api_client: ApiClient, apiserver: Any, cluster: Cluster, kubeconfig: Path,
+) -> None:
+    await cluster.create_vm(vm_body("vm1", macs={"default": None}, annotation={"default": MAC_A}))
+    # Hold the controller's first PATCH at the server while the user edits the VM.
+    held = apiserver.faults.add(method="PATCH", path_regex=r"/virtualmachines/vm1", status=0, times=1, delay=1.0)
+    conflicts_before = metric("nichotplug_reconcile_total", controller="mac", result="conflict")
+    async with running_controller(api_client):
+        async def patch_held() -> bool:
+            return bool(held.hits)
+        await wait_for(patch_held)
+        await kubectl(kubeconfig, "label", "vm", "vm1", "owner=alice")
+
+        async def backfilled() -> bool:
+            return await cluster.spec_macs("vm1") == {"default": MAC_A}
+        await wait_for(backfilled)
+    vm = await cluster.get_vm("vm1")
+    assert vm["metadata"]["labels"]["owner"] == "alice"
+    assert metric("nichotplug_reconcile_total", controller="mac", result="conflict") > conflicts_before
+
+
+@pytest.mark.parametrize("status", [409, 422])
+async def test_conflicts_are_retried_until_the_backfill_lands(
+    api_client: ApiClient, apiserver: Any, cluster: Cluster, status: int,
+) -> None:
+    await cluster.create_vm(vm_body("vm1", macs={"default": None}, annotation={"default": MAC_A}))
+    failing = apiserver.faults.add(method="PATCH", path_regex=r"/virtualmachines/vm1", status=status, times=3,
+                                   message="Operation cannot be fulfilled: the object has been modified")
+    async with running_controller(api_client):
+        async def backfilled() -> bool:
+            return await cluster.spec_macs("vm1") == {"default": MAC_A}
+        await wait_for(backfilled)
+    assert failing.hits == 3
+
+
+async def test_a_webhook_refusing_the_write_is_not_retried_hot(
+    api_client: ApiClient, apiserver: Any, cluster: Cluster,
+) -> None:
+    await cluster.create_vm(vm_body("vm1", macs={"default": None}, annotation={"default": MAC_A}))
+    denied_before = metric("nichotplug_controller_writes_denied_total", write="backfill")
+    refusals = apiserver.faults.add(
+        method="PATCH", path_regex=r"/virtualmachines/vm1", status=409, times=None,
+        message='admission webhook "validator.nichotplug.harvesterhci.io" denied the request: '
+                "mac address be:40:c3:88:75:7c is already used by default/other")
+    async with running_controller(api_client, denied_backoff=60.0) as controller:
+        await wait_for(lambda: _reasons(cluster, "vm1"))
+        await asyncio.sleep(1.5)  # three resyncs and an unrelated edit would each have retried a hot loop
+        await cluster.relabel_vm("vm1", "touched", "yes")  # a PUT: the PATCH fault does not see it
+        await asyncio.sleep(0.5)
+        assert controller.reconciler.denied_retry_in("default/vm1") > 30
+    assert refusals.hits == 1
+    events = [e for e in await cluster.events("vm1") if e[1] == "MacWriteDenied"]
+    assert len(events) == 1
+    assert "already used by default/other" in events[0][2]
+    assert metric("nichotplug_controller_writes_denied_total", write="backfill") == denied_before + 1
+    assert await cluster.spec_macs("vm1") == {"default": None}
+
+
+async def test_it_survives_the_api_server_stopping_and_coming_back(
+    api_client: ApiClient, apiserver: Any, cluster: Cluster,
+) -> None:
+    await cluster.create_vm(vm_body("vm1", macs={"default": None}, annotation={"default": MAC_A}))
+    async with running_controller(api_client):
+        async def first() -> bool:
+            return await cluster.spec_macs("vm1") == {"default": MAC_A}
+        await wait_for(first)
+        await apiserver.restart()
+        await cluster.create_vm(vm_body("vm2", macs={"default": None}, annotation={"default": MAC_B}))
+
+        async def second() -> bool:
+            return await cluster.spec_macs("vm2") == {"default": MAC_B}
+        await wait_for(second, within=30)
+
+
+async def test_a_new_controller_converges_on_what_changed_while_none_ran(
+    api_client: ApiClient, cluster: Cluster,
+) -> None:
+    await cluster.create_vm(vm_body("vm1", macs={"default": None}, run_strategy="Always"))
+    await cluster.create_vmi(vmi_body("vm1", {"default": MAC_A}))
+    async with running_controller(api_client):
+        await wait_for(lambda: cluster.annotation("vm1"))
+    # Stopped while no controller runs: the next one must pick it up from its fresh list.
+    await cluster.merge_vm("vm1", {"spec": {"runStrategy": "Halted"}})
+    await cluster.delete_vmi("vm1")
+    async with running_controller(api_client):
+        async def backfilled() -> bool:
+            return await cluster.spec_macs("vm1") == {"default": MAC_A}
+        await wait_for(backfilled)
