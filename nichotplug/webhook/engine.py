@@ -87,8 +87,9 @@ def _validate(request: AdmissionRequest, cluster: ClusterState) -> Verdict:
     try:
         decision = validate_vm(admission_input(request), cluster)
     except (InvalidObject, InvalidMac) as error:
-        # The user's object is malformed: refuse it with the rules' own message, it is not our bug.
-        return _refused("validation", uid, 400, str(error), metrics.REASON_INVALID_OBJECT)
+        # The user's object is malformed: refuse it with the rules' own message (403, as the rules
+        # refuse an object they cannot read), it is not our bug.
+        return _refused("validation", uid, 403, str(error), metrics.REASON_INVALID_OBJECT)
     except Exception as error:
         # A bug in a rule must never turn into an allow: deny, and say so loudly.
         metrics.RULE_ERRORS.labels("validation").inc()

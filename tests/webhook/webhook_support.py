@@ -72,3 +72,40 @@ class ExplodingCluster:
 
     def owners_of_mac(self, mac: str) -> Collection[MacOwner]:
         raise RuntimeError("cluster view exploded")
+
+
+def vm(name: str = "vm1", macs: tuple[str | None, ...] = (None,), run_strategy: str = "Halted") -> dict[str, Any]:
+    interfaces = []
+    for index, mac in enumerate(macs):
+        interface: dict[str, Any] = {"name": f"nic{index}", "bridge": {}, "model": "virtio"}
+        if mac:
+            interface["macAddress"] = mac
+        interfaces.append(interface)
+    return {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachine",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "runStrategy": run_strategy,
+            "template": {"spec": {
+                "domain": {"devices": {"interfaces": interfaces}},
+                "networks": [{"name": f"nic{i}", "pod": {}} for i in range(len(macs))],
+            }},
+        },
+    }
+
+
+def admission_review(obj: Any, *, operation: str = "CREATE", uid: str = "uid-1", **extra: Any) -> dict[str, Any]:
+    request: dict[str, Any] = {
+        "uid": uid,
+        "kind": {"group": "kubevirt.io", "version": "v1", "kind": "VirtualMachine"},
+        "resource": {"group": "kubevirt.io", "version": "v1", "resource": "virtualmachines"},
+        "operation": operation,
+        "name": "vm1",
+        "namespace": "default",
+        "userInfo": {"username": "alice"},
+        "object": obj,
+        "oldObject": None,
+        **extra,
+    }
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
