@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import datetime
 import enum
 import ipaddress
@@ -30,7 +31,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -365,9 +366,8 @@ class CertificateManager:
 
     async def _read_secret(self) -> dict[str, Any] | None:
         try:
-            response = await self._core.read_namespaced_secret(
-                self.settings.secret_name, self.settings.namespace, _preload_content=False)
-            secret: dict[str, Any] = orjson.loads(await response.read())
+            secret = await _json_call(self._core.read_namespaced_secret(
+                self.settings.secret_name, self.settings.namespace, _preload_content=False))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -382,7 +382,8 @@ class CertificateManager:
             "data": material.secret_data(),
         }
         try:
-            await self._core.create_namespaced_secret(self.settings.namespace, body, _preload_content=False)
+            await _json_call(self._core.create_namespaced_secret(
+                self.settings.namespace, body, _preload_content=False))
         except ApiException as exc:
             if exc.status == 409:
                 log.info("Secret %s/%s was created by another replica; using it",
@@ -396,8 +397,8 @@ class CertificateManager:
     async def _update_secret(self, secret: Mapping[str, Any], material: TlsMaterial) -> TlsMaterial | None:
         body = {**secret, "data": material.secret_data()}  # keeps metadata.resourceVersion: optimistic
         try:
-            await self._core.replace_namespaced_secret(
-                self.settings.secret_name, self.settings.namespace, body, _preload_content=False)
+            await _json_call(self._core.replace_namespaced_secret(
+                self.settings.secret_name, self.settings.namespace, body, _preload_content=False))
         except ApiException as exc:
             if exc.status == 409:
                 log.info("Secret %s/%s changed while renewing; re-reading it",
@@ -437,10 +438,10 @@ class CertificateManager:
         patch = (self._admission.patch_mutating_webhook_configuration if kind == "mutating"
                  else self._admission.patch_validating_webhook_configuration)
         try:
-            config = orjson.loads(await (await read(name, _preload_content=False)).read())
+            config = await _json_call(read(name, _preload_content=False))
             ops = ca_bundle_patch(config, ca_bundle_b64)
             if ops:
-                await patch(name, ops, _content_type=_JSON_PATCH, _preload_content=False)
+                await _json_call(patch(name, ops, _content_type=_JSON_PATCH, _preload_content=False))
                 log.info("set the caBundle of %s webhook configuration %s", kind, name)
         except ApiException as exc:
             if exc.status in (404, 409, 422):  # not there yet, or changed under us: the next pass retries
@@ -461,6 +462,25 @@ def ca_bundle_patch(config: Mapping[str, Any], ca_bundle_b64: str) -> list[dict[
         return []
     version = (config.get("metadata") or {}).get("resourceVersion")
     return [{"op": "test", "path": "/metadata/resourceVersion", "value": version}, *ops]
+
+
+async def _json_call(request: Awaitable[Any]) -> dict[str, Any]:
+    """Await a raw (``_preload_content=False``) API call; its JSON body, or ApiException when not 2xx.
+
+    Raw calls skip kubernetes-asyncio's model decoding (we want plain dicts) and with it its status
+    check, so the check is done here.
+    """
+    response = await request
+    try:
+        body: bytes = await response.read()
+    finally:
+        response.release()
+    if not 200 <= response.status <= 299:
+        error = ApiException(status=response.status, reason=response.reason)
+        error.body = body
+        raise error
+    decoded: dict[str, Any] = orjson.loads(body) if body else {}
+    return decoded
 
 
 def _atomic_write(path: Path, content: bytes, *, mode: int) -> None:
@@ -485,3 +505,23 @@ def _status_message(exc: ApiException) -> str:
     except orjson.JSONDecodeError:
         return str(exc.reason or "")
     return str(body.get("message") or exc.reason or "") if isinstance(body, dict) else str(exc.reason or "")
+
+
+async def start_certificate_manager(
+    *, api_client: ApiClient, args: argparse.Namespace
+) -> Callable[[], Awaitable[None]]:
+    """``serve --self-managed-certs``: make sure a certificate is on disk, then keep it fresh.
+
+    Returns the coroutine function that stops the background loop. Raises ValueError for bad flags
+    and CertificateError when the Secret cannot be read or written.
+    """
+    manager = CertificateManager(api_client, settings_from_args(args))
+    await manager.ensure()
+    task = asyncio.create_task(manager.run(), name="nichotplug-certificates")
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return stop

@@ -76,6 +76,7 @@ def test_dockerfile_steps_install_a_working_nichotplug(tmp_path: Path) -> None:
     assert "serve" in _run(venv / "bin/nichotplug", "--help")
     serve_help = _run(venv / "bin/nichotplug", "serve", "--help")
     assert "--self-managed-certs" in serve_help
-    installed = {line.split("==")[0].lower().replace("_", "-") for line in _run(venv / "bin/pip", "freeze").splitlines()}
+    freeze = _run(venv / "bin/pip", "freeze").splitlines()
+    installed = {line.split("==")[0].lower().replace("_", "-") for line in freeze}
     assert {"aiohttp", "kubernetes-asyncio", "cryptography"} <= installed
     assert not installed & {"pytest", "helm-python-sdk", "mypy", "ruff", "hypothesis"}, "test tools in the image"
