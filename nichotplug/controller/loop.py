@@ -74,6 +74,11 @@ class MacController:
             add_listener(self._on_cache_event)
 
     @property
+    def cache(self) -> VmCache:
+        """The cluster view this controller reads."""
+        return self._cache
+
+    @property
     def queue(self) -> WorkQueue | None:
         """The current term's queue (None while not running)."""
         return self._queue

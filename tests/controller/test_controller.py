@@ -210,3 +210,66 @@ async def test_a_new_controller_converges_on_what_changed_while_none_ran(
         async def backfilled() -> bool:
             return await cluster.spec_macs("vm1") == {"default": MAC_A}
         await wait_for(backfilled)
+
+
+async def test_it_converges_after_its_watch_expires(tmp_path: Path) -> None:
+    from kubernetes_asyncio import client, config
+
+    from nichotplug.testing.server import ApiServer
+
+    # A server that keeps only 5 events of history: a watch that falls further behind gets 410.
+    async with ApiServer(watch_history=5) as server:
+        configuration = client.Configuration()
+        await config.load_kube_config(config_file=str(server.write_kubeconfig(tmp_path / "kubeconfig")),
+                                      client_configuration=configuration)
+        async with client.ApiClient(configuration) as api:
+            cluster = Cluster(api)
+            await cluster.create_vm(vm_body("vm1", macs={"default": None}, run_strategy="Always"))
+            await cluster.create_vmi(vmi_body("vm1", {"default": MAC_A}))
+            async with running_controller(api, resync_period=60.0) as controller:
+                await wait_for(lambda: cluster.annotation("vm1"))
+                # Cut the watches and keep them from coming back while the VM stops and more than
+                # five other changes happen; then let them resume from their old resourceVersion.
+                server.faults.add(method="GET", path_regex=r"watch=", status=503, times=None)
+                await server.restart()
+                await cluster.merge_vm("vm1", {"spec": {"runStrategy": "Halted"}})
+                await cluster.delete_vmi("vm1")
+                for index in range(6):
+                    await cluster.create_vm(vm_body(f"filler{index}", macs={"default": MAC_B[:-2] + f"{index:02x}"}))
+                server.faults.clear()
+
+                async def backfilled() -> bool:
+                    return await cluster.spec_macs("vm1") == {"default": MAC_A}
+                await wait_for(backfilled, within=30)
+                view: Any = controller.cache
+                assert view.relists > 0
+
+
+async def test_our_validating_webhook_refusing_a_duplicate_mac_is_reported_once_not_retried(
+    api_client: ApiClient, apiserver: Any, cluster: Cluster, tmp_path: Path,
+) -> None:
+    from nichotplug.controller import MacController
+
+    from .conftest import serving_webhooks, started_view
+
+    # Both exist before nichotplug is installed: vm1's recorded MAC is now other's spec MAC.
+    await cluster.create_vm(vm_body("other", macs={"default": MAC_A}, run_strategy="Always"))
+    await cluster.create_vm(vm_body("vm1", macs={"default": None}, annotation={"default": MAC_A}))
+    patches = vm_patch_counter(apiserver, "vm1")
+    async with started_view(api_client) as view, serving_webhooks(api_client, view, tmp_path):
+        controller = MacController(api_client, view, workers=2, resync_period=0.3, audit_period=60.0)
+        task = asyncio.create_task(controller.run())
+        try:
+            events = await wait_for(lambda: _denials(cluster, "vm1"))
+            await asyncio.sleep(1.2)  # four resyncs
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert patches.hits == 1
+    assert len(await _denials(cluster, "vm1")) == 1
+    assert "default/other" in events[0]
+    assert await cluster.spec_macs("vm1") == {"default": None}
+
+
+async def _denials(cluster: Cluster, name: str) -> list[str]:
+    return [event[2] for event in await cluster.events(name) if event[1] == "MacWriteDenied"]
