@@ -1,0 +1,188 @@
+"""The commands of ``kubectl nichotplug`` (see :mod:`nichotplug.plugin`): load the user's kubeconfig,
+run the shared action flow, and print results and refusals a person can act on.
+
+Kept apart from the argument parser so that ``--help`` and usage errors answer without importing
+the Kubernetes client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.config import ConfigException, list_kube_config_contexts
+
+from nichotplug.actions.flow import ActionFailed, ActionResult, HotplugFlow, VmState, read_vm_state
+from nichotplug.kube.client import KubeConfigError, load_api_client
+from nichotplug.kube.events import EventRecorder
+from nichotplug.rules import actions as plan
+from nichotplug.rules.eligibility import eligibility_problems
+from nichotplug.rules.views import VmiView, VmView
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+# What a person can do about each refusal, printed under the message.
+_HINTS = {
+    plan.CONCURRENT_CHANGE: "someone changed the VM at the same time; run the command again",
+    plan.NOT_ELIGIBLE: "run 'kubectl nichotplug check VM' to see every reason",
+    plan.NETWORK_NOT_HOTPLUGGABLE: "pick a bridge network (untagged, VLAN or VLAN trunk) outside harvester-system",
+    plan.NOT_HOTUNPLUGGABLE: "run 'kubectl nichotplug list VM' to see which interfaces can be unplugged",
+    "Forbidden": "ask your cluster administrator for permission, or use another --context",
+    "Unauthorized": "your credentials were not accepted: log in again or use another --context",
+}
+
+
+class UsageError(Exception):
+    """The kubeconfig or context cannot be used; exit code 2."""
+
+
+def _kubeconfig_file(explicit: str | None) -> str | None:
+    """The kubeconfig file kubectl would read first, or None when there is none."""
+    if explicit:
+        if not Path(explicit).is_file():
+            raise UsageError(f"kubeconfig {explicit} does not exist")
+        return explicit
+    candidates = [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
+    candidates.append(str(Path.home() / ".kube" / "config"))
+    return next((path for path in candidates if Path(path).is_file()), None)
+
+
+def default_namespace(kubeconfig: str | None, context: str | None) -> str:
+    """The namespace of the chosen (or current) kubeconfig context, else ``default``."""
+    path = _kubeconfig_file(kubeconfig)
+    if path is None:
+        return "default"
+    try:
+        contexts, current = list_kube_config_contexts(path)
+    except (ConfigException, OSError, ValueError) as error:
+        raise UsageError(f"cannot read kubeconfig {path}: {error}") from error
+    chosen = current
+    if context is not None:
+        chosen = next((item for item in contexts if item.get("name") == context), None)
+        if chosen is None:
+            raise UsageError(f"context {context!r} not found in kubeconfig {path}")
+    namespace = ((chosen or {}).get("context") or {}).get("namespace")
+    return str(namespace) if namespace else "default"
+
+
+def _print_refusal(failure: ActionFailed, err: TextIO) -> None:
+    refusal = failure.refusal
+    print(f"error: {refusal.message}", file=err)
+    hint = _HINTS.get(refusal.code)
+    if hint:
+        print(f"hint: {hint}", file=err)
+
+
+def _report_migration(result: ActionResult, out: TextIO, err: TextIO) -> None:
+    if result.migration:
+        print(f"live migration {result.migration} requested to apply it now", file=out)
+    elif result.migration_error:
+        print(f"warning: {result.migration_error}", file=err)
+    else:
+        print("no migration requested: KubeVirt applies the change at its next rollout or restart", file=out)
+
+
+def _network_text(vm: VmView, name: str) -> str:
+    network = vm.network(name)
+    if network is None:
+        return "(none)"
+    if network.kind == "multus":
+        return f"{network.nad_namespace}/{network.nad_name}"
+    return network.kind or "(other)"
+
+
+def _unplug_text(vm: VmView, name: str, state: VmState, ineligible: bool) -> str:
+    if ineligible:
+        return "no: the VM is not eligible (see 'check')"
+    problem = plan.interface_unplug_problem(vm, name, state.cluster)
+    return "yes" if problem is None else f"no: {problem}"
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    return ["   ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]]).rstrip()
+            for row in rows]
+
+
+def _views(state: VmState) -> tuple[VmView, VmiView | None]:
+    try:
+        return VmView.from_dict(state.vm), VmiView.from_dict(state.vmi) if state.vmi is not None else None
+    except ValueError as error:
+        raise ActionFailed(plan.ActionRefusal(409, plan.NOT_ELIGIBLE, f"cannot read the VM: {error}")) from error
+
+
+def print_interfaces(state: VmState, out: TextIO) -> None:
+    """The ``list`` output: one row per interface, then why hot-plug is unavailable (if it is)."""
+    vm, vmi = _views(state)
+    problems = eligibility_problems(vm, vmi)
+    rows: list[tuple[str, ...]] = [("NAME", "BINDING", "MODEL", "NETWORK", "MAC", "STATE", "HOT-UNPLUG")]
+    for interface in vm.interfaces:
+        observed = vmi.interface_macs.get(interface.name, "") if vmi is not None else ""
+        rows.append((
+            interface.name, interface.binding or "(none)", interface.model or "(default)",
+            _network_text(vm, interface.name), interface.mac or (f"({observed})" if observed else "(none)"),
+            interface.state or "up", _unplug_text(vm, interface.name, state, bool(problems)),
+        ))
+    for line in _table(rows):
+        print(line, file=out)
+    if problems:
+        print(f"\nVM {vm.ref} is not eligible for NIC hot-plug:", file=out)
+        for problem in problems:
+            print(f"  - {problem}", file=out)
+
+
+def print_check(state: VmState, out: TextIO) -> bool:
+    """The ``check`` output; True when the VM is eligible."""
+    vm, vmi = _views(state)
+    problems = eligibility_problems(vm, vmi)
+    if not problems:
+        print(f"VM {vm.ref} is eligible for NIC hot-plug and hot-unplug", file=out)
+        return True
+    print(f"VM {vm.ref} is not eligible for NIC hot-plug:", file=out)
+    for problem in problems:
+        print(f"  - {problem}", file=out)
+    return False
+
+
+async def _run_command(args: argparse.Namespace, api: ApiClient, namespace: str, out: TextIO, err: TextIO) -> int:
+    vm_ref = f"{namespace}/{args.vm}"
+    if args.command in ("list", "check"):
+        state = await read_vm_state(api, namespace, args.vm)
+        if args.command == "list":
+            print_interfaces(state, out)
+            return EXIT_OK
+        return EXIT_OK if print_check(state, out) else EXIT_REFUSED
+    flow = HotplugFlow(api, migrate=not args.no_migrate, events=EventRecorder(api, component="kubectl-nichotplug"))
+    if args.command == "add-nic":
+        body = {"interfaceName": args.interface or "", "networkName": args.network, "macAddress": args.mac or ""}
+        result = await flow.add_nic(namespace, args.vm, body, name_optional=not args.interface)
+        print(f"interface {result.interface} (MAC {result.mac}) added to VM {vm_ref}", file=out)
+    else:
+        result = await flow.remove_nic(namespace, args.vm, {"interfaceName": args.interface})
+        print(f"interface {result.interface} of VM {vm_ref} set to state absent (unplug requested)", file=out)
+    _report_migration(result, out, err)
+    return EXIT_OK
+
+
+async def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Run one parsed command; returns the exit code."""
+    try:
+        namespace = args.namespace or default_namespace(args.kubeconfig, args.context)
+        api = await load_api_client(args.kubeconfig, args.context)
+    except (UsageError, KubeConfigError) as error:
+        print(f"error: {error}", file=err)
+        return EXIT_USAGE
+    try:
+        return await _run_command(args, api, namespace, out, err)
+    except ActionFailed as failure:
+        _print_refusal(failure, err)
+        return EXIT_REFUSED
+    finally:
+        await api.close()

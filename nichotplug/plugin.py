@@ -1,0 +1,70 @@
+"""``kubectl nichotplug``: hot-plug and hot-unplug NICs of running VMs in one command.
+
+Installed as the console script ``kubectl-nichotplug``, so kubectl finds it on ``PATH`` as a plugin.
+It talks to the Kubernetes API directly with the user's kubeconfig and context (``--kubeconfig``,
+``--context``, ``-n``, ``$KUBECONFIG``, the context's namespace), through the same flow and rules as
+the action API (:mod:`nichotplug.actions.flow`), so RBAC and our admission webhooks judge it exactly
+as they judge the Harvester UI.
+
+Exit codes: 0 done (or eligible), 1 refused or failed (the message says why and what to do),
+2 usage (bad arguments, no usable kubeconfig). This module only parses the command line; the
+commands live in :mod:`nichotplug.actions.commands`, imported once the arguments are valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+
+def _common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    # The options are accepted before and after the subcommand; on the subcommand they default to
+    # SUPPRESS so they do not overwrite a value given before it.
+    default: Any = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--kubeconfig", default=default, help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)")
+    parser.add_argument("--context", default=default, help="kubeconfig context (default: the current context)")
+    parser.add_argument("-n", "--namespace", default=default, help="namespace of the VM (default: the context's)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubectl nichotplug", description="Hot-plug and hot-unplug NICs of running KubeVirt VMs safely.")
+    _common_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    add = sub.add_parser("add-nic", help="hot-plug a virtio bridge interface on a network")
+    add.add_argument("vm", metavar="VM")
+    add.add_argument("--network", required=True, help="NetworkAttachmentDefinition as NAMESPACE/NAME or NAME")
+    add.add_argument("--interface", help="interface name (default: the first free nic-<n>)")
+    add.add_argument("--mac", help="MAC address (default: a generated one)")
+    add.add_argument("--no-migrate", action="store_true", help="do not request a live migration to apply it now")
+
+    remove = sub.add_parser("remove-nic", help="hot-unplug an interface (sets it state: absent)")
+    remove.add_argument("vm", metavar="VM")
+    remove.add_argument("--interface", required=True, help="name of the interface to unplug")
+    remove.add_argument("--no-migrate", action="store_true", help="do not request a live migration to apply it now")
+
+    listing = sub.add_parser("list", help="list the VM's interfaces and whether each can be unplugged")
+    listing.add_argument("vm", metavar="VM")
+
+    check = sub.add_parser("check", help="say whether the VM is eligible for NIC hot-plug, and if not, why")
+    check.add_argument("vm", metavar="VM")
+
+    for subparser in (add, remove, listing, check):
+        _common_options(subparser, suppress=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point (``kubectl-nichotplug``)."""
+    args = build_parser().parse_args(argv)  # exits 2 on a usage error, as argparse does
+    from nichotplug.actions.commands import run  # the Kubernetes client loads only when needed
+
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Tests of the kubectl-nichotplug plugin, driven through real kubectl."""
