@@ -186,3 +186,73 @@ def resource_list(resources: Sequence[ResourceInfo], group: str, version: str) -
         # The core group's list carries no apiVersion (fixtures/kubectl/get_api_v1.json).
         return {"kind": "APIResourceList", "groupVersion": version, "resources": entries}
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{group}/{version}", "resources": entries}
+
+
+# ---------------------------------------------------------------------------- aggregated discovery
+
+AGGREGATED_MEDIA_TYPE = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+
+
+def wants_aggregated(accept: str | None) -> bool:
+    """Whether an ``Accept`` header asks for ``apidiscovery.k8s.io/v2`` aggregated discovery (kubectl does)."""
+    for media_range in (accept or "").split(","):
+        parameters = {key.strip(): value.strip() for key, _, value in
+                      (part.partition("=") for part in media_range.split(";")[1:])}
+        if (parameters.get("g"), parameters.get("v"), parameters.get("as")) == (
+                "apidiscovery.k8s.io", "v2", "APIGroupDiscoveryList"):
+            return True
+    return False
+
+
+def _aggregated_resource(info: ResourceInfo) -> dict[str, Any]:
+    response_kind = {"group": info.group, "version": info.version, "kind": info.kind}
+    entry: dict[str, Any] = {
+        "resource": info.plural,
+        "responseKind": response_kind,
+        "scope": "Namespaced" if info.namespaced else "Cluster",
+        "singularResource": info.singular,
+        "verbs": _listed_verbs(info),
+    }
+    if info.short_names:
+        entry["shortNames"] = list(info.short_names)
+    if info.categories:
+        entry["categories"] = list(info.categories)
+    if info.subresources:
+        entry["subresources"] = [
+            {"subresource": name, "responseKind": dict(response_kind), "verbs": list(SUBRESOURCE_VERBS)}
+            for name in sorted(info.subresources)
+        ]
+    return entry
+
+
+def _aggregated_group(resources: Sequence[ResourceInfo], group_name: str) -> dict[str, Any]:
+    members = [info for info in resources if info.group == group_name]
+    storage_versions = [info.version for info in members if info.storage]
+    version_names = sorted({info.version for info in members}, key=version_priority)
+    if storage_versions:  # the preferred (storage) version first, as its discovery entry says
+        version_names.remove(storage_versions[0])
+        version_names.insert(0, storage_versions[0])
+    metadata: dict[str, Any] = {"creationTimestamp": None}
+    if group_name:
+        metadata["name"] = group_name
+    versions = [{
+        "version": name,
+        "resources": [_aggregated_resource(info) for info in
+                      sorted((info for info in members if info.version == name), key=lambda info: info.plural)],
+        "freshness": "Current",
+    } for name in version_names]
+    return {"metadata": metadata, "versions": versions}
+
+
+def aggregated(resources: Sequence[ResourceInfo], *, core: bool) -> dict[str, Any]:
+    """``GET /api`` (``core=True``) or ``GET /apis`` as an ``apidiscovery.k8s.io/v2`` APIGroupDiscoveryList.
+
+    Serve it with :data:`AGGREGATED_MEDIA_TYPE` as Content-Type when :func:`wants_aggregated`
+    says the client asked for it: kubectl then learns every resource from these two answers
+    instead of one request per group version.
+    """
+    names = [""] if core else _groups_in_order(resources)
+    items = [_aggregated_group(resources, name) for name in names
+             if any(info.group == name for info in resources)]
+    return {"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {},
+            "items": items}

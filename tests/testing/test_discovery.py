@@ -24,7 +24,8 @@ def _recorded(path: Path) -> Any:
 
 
 def _crds() -> list[dict[str, Any]]:
-    return [doc for path in sorted(CRD_DIR.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return [doc for path in sorted(CRD_DIR.glob("*.yaml"))
+            for doc in yaml.load_all(path.read_bytes(), Loader=yaml.CSafeLoader) if doc]
 
 
 @pytest.fixture(scope="module")
@@ -229,3 +230,56 @@ def test_index_lists_every_group_version_with_a_hash_that_follows_content(served
 def test_unknown_group_version_has_no_document(served: list[ResourceInfo]) -> None:
     assert openapi.v3_document(served, "kubevirt.io", "v2") is None
     assert openapi.v3_document(served, "nothing.example.com", "v1") is None
+
+
+# --------------------------------------------------------------------------- aggregated discovery
+
+KUBECTL_DISCOVERY_ACCEPT = ("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,"
+                            "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,"
+                            "application/json")
+
+
+@pytest.mark.parametrize(("accept", "aggregated"), [
+    (KUBECTL_DISCOVERY_ACCEPT, True),
+    ("application/json", False),
+    ("application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList", False),
+    (None, False),
+])
+def test_aggregated_discovery_is_recognised_in_accept(accept: str | None, aggregated: bool) -> None:
+    assert discovery.wants_aggregated(accept) is aggregated
+
+
+def test_aggregated_group_discovery_carries_every_resource(served: list[ResourceInfo]) -> None:
+    document = discovery.aggregated(served, core=False)
+    assert (document["kind"], document["apiVersion"]) == ("APIGroupDiscoveryList", "apidiscovery.k8s.io/v2")
+    kubevirt = next(item for item in document["items"] if item["metadata"].get("name") == "kubevirt.io")
+    assert [version["version"] for version in kubevirt["versions"]] == ["v1", "v1alpha3"]
+    v1 = kubevirt["versions"][0]
+    assert v1["freshness"] == "Current"
+    vms = next(entry for entry in v1["resources"] if entry["resource"] == "virtualmachines")
+    assert vms == {
+        "resource": "virtualmachines",
+        "responseKind": {"group": "kubevirt.io", "version": "v1", "kind": "VirtualMachine"},
+        "scope": "Namespaced",
+        "singularResource": "virtualmachine",
+        "verbs": ["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"],
+        "shortNames": ["vm", "vms"],
+        "categories": ["all"],
+        "subresources": [{"subresource": "status", "verbs": ["get", "patch", "update"],
+                          "responseKind": {"group": "kubevirt.io", "version": "v1", "kind": "VirtualMachine"}}],
+    }
+    vmis = next(entry for entry in v1["resources"] if entry["resource"] == "virtualmachineinstances")
+    assert "subresources" not in vmis  # VMIs have no status subresource in KubeVirt's CRD
+    assert [item["metadata"].get("name") for item in document["items"]] == [
+        group["name"] for group in discovery.group_list(served)["groups"]]
+
+
+def test_aggregated_core_discovery(served: list[ResourceInfo]) -> None:
+    document = discovery.aggregated(served, core=True)
+    (core,) = document["items"]
+    assert "name" not in core["metadata"]
+    (v1,) = core["versions"]
+    namespaces = next(entry for entry in v1["resources"] if entry["resource"] == "namespaces")
+    assert namespaces["scope"] == "Cluster"
+    assert namespaces["shortNames"] == ["ns"]
+    assert namespaces["responseKind"] == {"group": "", "version": "v1", "kind": "Namespace"}
