@@ -46,7 +46,7 @@ class Rule:
         return (
             _matches(self.verbs, request.verb)
             and _matches(self.api_groups, request.group)
-            and (_matches(self.resources, request.resource) or _matches(self.resources, request.full_resource))
+            and _matches(self.resources, request.full_resource)  # "virtualmachines" does not grant ".../status"
             and (not self.namespaces or request.namespace in self.namespaces)
         )
 

@@ -74,19 +74,19 @@ MAX_BODY = 256 * 1024 * 1024
 
 
 @functools.cache
-def _bundled_crd_bytes() -> tuple[bytes, ...]:
-    """The shipped CRDs, parsed once per process (the YAML is 1 MB) and kept as JSON bytes."""
+def _shared_bundled_crds() -> tuple[dict[str, Any], ...]:
+    """The shipped CRDs, parsed once per process (the YAML is 1 MB); never mutated, shared by servers."""
     documents = []
     for path in sorted(CRD_DIR.glob("*.yaml")):
         for doc in yaml.load_all(path.read_bytes(), Loader=yaml.CSafeLoader):
             if doc:
-                documents.append(orjson.dumps(doc))
+                documents.append(doc)
     return tuple(documents)
 
 
 def bundled_crds() -> list[dict[str, Any]]:
     """Fresh copies of the CRDs in ``nichotplug/testing/crds``."""
-    return [orjson.loads(doc) for doc in _bundled_crd_bytes()]
+    return [writes.deep_copy(crd) for crd in _shared_bundled_crds()]
 
 
 def _optional_module(name: str) -> ModuleType | None:
@@ -149,6 +149,7 @@ class ApiServer:
         self.faults = Faults()
         self.bookmark_interval = 60.0  # seconds between BOOKMARK events on watches that allow them
         self._resources: dict[tuple[str, str, str], ResourceInfo] = {}
+        self._validators: dict[ResourceInfo, validation.SchemaValidator] = {}
         self._runner: web.AppRunner | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="nichotplug-apiserver-")
         self._bundle: certs.CertBundle | None = None
@@ -157,8 +158,13 @@ class ApiServer:
             self._resources[(info.group, info.version, info.plural)] = info
         for name in INITIAL_NAMESPACES:
             self._store_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-        for crd in (bundled_crds() if crds is True else list(crds or ())):
-            self.install_crd(crd)
+        if crds is True:
+            for shared in _shared_bundled_crds():
+                # Stored objects are never mutated, so servers can share the (large) spec.
+                self._install(dict(shared, metadata=dict(shared["metadata"])))
+        else:
+            for crd in crds or ():
+                self.install_crd(crd)
 
     # -- public API ---------------------------------------------------------------------------
     @property
@@ -213,9 +219,11 @@ class ApiServer:
 
     def install_crd(self, crd: Mapping[str, Any]) -> dict[str, Any]:
         """Store a CRD (as if created through the API by the admin) and serve its resources."""
-        obj = writes.deep_copy(crd)
-        writes.prepare_create(obj, namespace="", keeps_status=False)
-        return self._store_crd(obj)
+        return self._install(writes.deep_copy(crd))
+
+    def _install(self, crd: dict[str, Any]) -> dict[str, Any]:
+        writes.prepare_create(crd, namespace="", keeps_status=False)
+        return self._store_crd(crd)
 
     async def start(self) -> None:
         if self._runner is not None:
@@ -290,6 +298,8 @@ class ApiServer:
         group, plural = crd["spec"]["group"], crd["spec"]["names"]["plural"]
         for key in [k for k in self._resources if k[0] == group and k[2] == plural]:
             del self._resources[key]
+        for info in [i for i in self._validators if i.group == group and i.plural == plural]:
+            del self._validators[info]
 
     def _store_namespace(self, obj: dict[str, Any]) -> dict[str, Any]:
         if "uid" not in obj["metadata"]:
@@ -484,7 +494,7 @@ class ApiServer:
         rv_param = query.get("resourceVersion", "")
         since = None if rv_param in ("", "0") else _int_param(query, "resourceVersion")
         timeout = _int_param(query, "timeoutSeconds")
-        bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
+        bookmarks = query.get("allowWatchBookmarks") in ("1", "t", "T", "true", "TRUE", "True")
         namespace = target.namespace if target.info.namespaced and target.namespace else None
         response = web.StreamResponse(status=200, headers={"Content-Type": JSON})
         await response.prepare(call.request)
@@ -631,6 +641,8 @@ class ApiServer:
         if new_meta.get("name", target.name) != target.name:
             raise bad_request(f"the name of the object ({new_meta.get('name')}) does not match the name on the URL "
                               f"({target.name})")
+        if new_meta.get("uid") and new_meta["uid"] != old["metadata"]["uid"]:
+            writes.check_preconditions({"preconditions": {"uid": new_meta["uid"]}}, old, info.qualified_name)
         has_status = "status" in info.subresources
         new = writes.split_status(new, old, subresource=target.subresource, has_status=has_status)
         writes.carry_system_metadata(new, old)
@@ -735,7 +747,7 @@ class ApiServer:
         info = call.target.info
         if info.schema is None:
             return
-        unknown = validation.validator_for(info.schema).prune(obj)
+        unknown = self._validator(info).prune(obj)
         if not unknown:
             return
         mode = call.query.get("fieldValidation", "Warn")
@@ -744,11 +756,19 @@ class ApiServer:
         if mode == "Warn":
             call.warnings.extend(f'unknown field "{path}"' for path in unknown)
 
+    def _validator(self, info: ResourceInfo) -> validation.SchemaValidator:
+        # Hashing a 600 KB schema takes milliseconds: once per server and resource, not per write.
+        found = self._validators.get(info)
+        if found is None:
+            assert info.schema is not None
+            found = self._validators[info] = validation.validator_for(info.schema)
+        return found
+
     def _validate(self, info: ResourceInfo, obj: dict[str, Any], old: Mapping[str, Any] | None) -> None:
         is_namespace = (info.group, info.plural) == NAMESPACE_GR
         causes = validation.metadata_causes(obj, dns_label=is_namespace) if old is None else []
         if info.schema is not None:
-            causes += validation.validator_for(info.schema).causes(obj)
+            causes += self._validator(info).causes(obj)
         if causes:
             raise invalid(info.kind, info.group, obj.get("metadata", {}).get("name", ""), causes)
 
@@ -780,7 +800,7 @@ def _token_request(info: ResourceInfo, subresource: str) -> bool:
 def _verb(request: web.Request, target: Target) -> str:
     method = request.method
     if method == "GET":
-        if request.query.get("watch") in ("true", "1"):
+        if request.query.get("watch") in ("1", "t", "T", "true", "TRUE", "True"):
             return "watch"
         return "get" if target.name else "list"
     if method == "POST":
@@ -839,7 +859,9 @@ def _options_for(operation: str, query: Mapping[str, str]) -> dict[str, Any]:
 def _json_response(body: Mapping[str, Any], status: int = 200, warnings: Sequence[str] = ()) -> web.Response:
     headers: CIMultiDict[str] = CIMultiDict({"Content-Type": JSON})
     for text in warnings:
-        headers.add("Warning", f'299 - "{text}"')
+        # An HTTP quoted-string, escaped as kube-apiserver's NewWarningHeader does.
+        escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+        headers.add("Warning", f'299 - "{escaped}"')
     return web.Response(body=orjson.dumps(body), status=status, headers=headers)
 
 

@@ -1,0 +1,121 @@
+"""Custom resources checked against their CRD's openAPIV3Schema: 422 causes, pruning, Strict and Warn."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from api_helpers import MERGE, VMS, RawClient, vm
+
+from nichotplug.testing import ApiServer
+from nichotplug.testing.validation import SchemaValidator, to_json_schema
+
+WIDGET_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "spec": {
+            "type": "object",
+            "required": ["size"],
+            "properties": {
+                "size": {"type": "integer", "minimum": 1},
+                "mode": {"type": "string", "enum": ["a", "b"]},
+                "port": {"x-kubernetes-int-or-string": True},
+                "note": {"type": "string", "nullable": True},
+                "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+                "items": {"type": "array", "items": {"type": "object", "properties": {"n": {"type": "string"}}}},
+            },
+        },
+    },
+}
+
+
+@pytest_asyncio.fixture
+async def raw(apiserver: ApiServer) -> AsyncIterator[RawClient]:
+    http = RawClient(apiserver)
+    yield http
+    await http.close()
+
+
+def test_schema_translation_handles_kubernetes_extensions() -> None:
+    translated = to_json_schema(WIDGET_SCHEMA)["properties"]["spec"]["properties"]
+    assert translated["port"] == {"anyOf": [{"type": "integer"}, {"type": "string"}]}
+    assert translated["note"] == {"type": ["string", "null"]}
+    assert "x-kubernetes-preserve-unknown-fields" not in translated["free"]
+
+
+@pytest.mark.parametrize(("spec", "field", "reason"), [
+    ({}, "spec.size", "FieldValueRequired"),
+    ({"size": "big"}, "spec.size", "FieldValueTypeInvalid"),
+    ({"size": 0}, "spec.size", "FieldValueInvalid"),
+    ({"size": 1, "mode": "c"}, "spec.mode", "FieldValueNotSupported"),
+    ({"size": 1, "port": 1.5}, "spec.port", "FieldValueInvalid"),
+    ({"size": 1, "tags": {"a": 1}}, "spec.tags.a", "FieldValueTypeInvalid"),
+])
+def test_schema_violations_become_field_causes(spec: dict[str, Any], field: str, reason: str) -> None:
+    causes = SchemaValidator(WIDGET_SCHEMA).causes({"spec": spec})
+    assert [(c["field"], c["reason"]) for c in causes] == [(field, reason)]
+
+
+def test_valid_values_pass() -> None:
+    spec = {"size": 2, "mode": "a", "port": "http", "note": None, "free": {"x": [1]}, "tags": {"a": "b"}}
+    assert SchemaValidator(WIDGET_SCHEMA).causes({"spec": spec}) == []
+
+
+def test_pruning_drops_undeclared_fields_and_reports_them() -> None:
+    obj = {"apiVersion": "x/v1", "kind": "W", "metadata": {"name": "w"}, "extra": 1,
+           "spec": {"size": 1, "bogus": True, "free": {"kept": 1}, "items": [{"n": "a", "z": 2}]}}
+    unknown = SchemaValidator(WIDGET_SCHEMA).prune(obj)
+    assert unknown == ["extra", "spec.bogus", "spec.items[0].z"]
+    assert obj == {"apiVersion": "x/v1", "kind": "W", "metadata": {"name": "w"},
+                   "spec": {"size": 1, "free": {"kept": 1}, "items": [{"n": "a"}]}}
+
+
+async def test_vm_without_template_is_refused_like_the_real_server(raw: RawClient, apiserver: ApiServer) -> None:
+    body = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+            "metadata": {"name": "shape-bad", "namespace": "default"}, "spec": {"runStrategy": "Halted"}}
+    answer = await raw.call("POST", VMS, body)
+    assert answer.status == 422
+    assert answer.body["message"].startswith('VirtualMachine.kubevirt.io "shape-bad" is invalid: [spec.template: '
+                                             "Required value, <nil>: Invalid value: null: some validation rules")
+    assert answer.body["details"]["causes"][0] == {"reason": "FieldValueRequired", "message": "Required value",
+                                                   "field": "spec.template"}
+    assert apiserver.store.count(("kubevirt.io", "virtualmachines")) == 0
+
+
+async def test_invalid_patch_is_refused_and_changes_nothing(raw: RawClient) -> None:
+    stored = (await raw.call("POST", VMS, vm("vm1"))).body
+    answer = await raw.call("PATCH", f"{VMS}/vm1", {"spec": {"runStrategy": 7}}, content_type=MERGE)
+    assert answer.status == 422
+    assert answer.body["details"]["causes"][0]["field"] == "spec.runStrategy"
+    assert (await raw.call("GET", f"{VMS}/vm1")).body == stored
+
+
+async def test_unknown_fields_are_pruned_with_a_warning_by_default(raw: RawClient) -> None:
+    body = vm("vm1")
+    body["spec"]["bogus"] = 1
+    answer = await raw.call("POST", VMS, body)
+    assert answer.status == 201
+    assert "bogus" not in answer.body["spec"]
+    assert answer.warnings == ['299 - "unknown field \\"spec.bogus\\""']
+
+
+async def test_strict_field_validation_rejects_unknown_fields(raw: RawClient, apiserver: ApiServer) -> None:
+    body = vm("vm1")
+    body["spec"]["bogus"] = 1
+    answer = await raw.call("POST", f"{VMS}?fieldValidation=Strict", body)
+    assert answer.status == 400
+    assert answer.body["reason"] == "BadRequest"
+    assert answer.body["message"].endswith('strict decoding error: unknown field "spec.bogus"')
+    assert apiserver.store.count(("kubevirt.io", "virtualmachines")) == 0
+
+
+async def test_ignore_field_validation_prunes_silently(raw: RawClient) -> None:
+    body = vm("vm1")
+    body["spec"]["bogus"] = 1
+    answer = await raw.call("POST", f"{VMS}?fieldValidation=Ignore", body)
+    assert answer.status == 201
+    assert answer.warnings == []
+    assert "bogus" not in answer.body["spec"]
