@@ -352,6 +352,11 @@ class ApiServer:
             raise method_not_allowed()
         if path in ("/healthz", "/livez", "/readyz"):
             return web.Response(text="ok", content_type="text/plain")
+        discovery = _optional_module("discovery")
+        if (path in ("/api", "/apis") and discovery is not None and hasattr(discovery, "aggregated")
+                and discovery.wants_aggregated(request.headers.get("Accept"))):
+            aggregated = discovery.aggregated(self.resources, core=path == "/api")
+            return _json_response(aggregated, content_type=discovery.AGGREGATED_MEDIA_TYPE)
         document = self._discovery_document(path)
         if document is None:
             raise not_found_resource()
@@ -443,7 +448,23 @@ class ApiServer:
         return obj
 
     async def _get(self, call: Call) -> web.StreamResponse:
-        return _json_response(self._render(call.target.info, self._existing(call.target)), warnings=call.warnings)
+        obj = self._render(call.target.info, self._existing(call.target))
+        table = self._table(call, [obj], resource_version="")
+        if table is not None:
+            return table
+        return _json_response(obj, warnings=call.warnings)
+
+    def _table(self, call: Call, objects: Sequence[Mapping[str, Any]], *, resource_version: str,
+               continue_token: str = "") -> web.Response | None:
+        """The meta.k8s.io Table ``kubectl get`` asks for, when the resource has printer columns."""
+        tables = _optional_module("tables")
+        if tables is None or not tables.wants_table(call.request.headers.get("Accept")):
+            return None
+        table = tables.table(call.target.info, objects, resource_version=resource_version,
+                             continue_token=continue_token, include_object=call.query.get("includeObject", "Metadata"))
+        if table is None:
+            return None
+        return _json_response(table, warnings=call.warnings, content_type=tables.TABLE_MEDIA_TYPE)
 
     def _matcher(self, call: Call) -> Matcher | None:
         return combine(label_matcher(call.query.get("labelSelector")),
@@ -482,6 +503,10 @@ class ApiServer:
         elif is_custom:
             metadata["continue"] = ""
         metadata["resourceVersion"] = str(self.store.resource_version)
+        table = self._table(call, items, resource_version=metadata["resourceVersion"],
+                            continue_token=metadata.get("continue", ""))
+        if table is not None:
+            return table
         body = {"apiVersion": target.info.group_version, "items": items,
                 "kind": target.info.effective_list_kind, "metadata": metadata}
         return _json_response(body, warnings=call.warnings)
@@ -856,8 +881,9 @@ def _options_for(operation: str, query: Mapping[str, str]) -> dict[str, Any]:
     return options
 
 
-def _json_response(body: Mapping[str, Any], status: int = 200, warnings: Sequence[str] = ()) -> web.Response:
-    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": JSON})
+def _json_response(body: Mapping[str, Any], status: int = 200, warnings: Sequence[str] = (),
+                   content_type: str = JSON) -> web.Response:
+    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": content_type})
     for text in warnings:
         # An HTTP quoted-string, escaped as kube-apiserver's NewWarningHeader does.
         escaped = text.replace("\\", "\\\\").replace('"', '\\"')
