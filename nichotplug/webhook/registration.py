@@ -7,9 +7,11 @@ are checked against these declarations by tests/chart, and
 self-managed certificate mode, the install tests and the demo.
 
 ``REQUIRED_RBAC`` lists, per API group and resource, exactly the verbs the
-service's own account uses (the action API acts with the caller's token, so
-its reads and writes are not here). Permissions marked ``by_name`` are granted
-only for the one object the service owns (its Lease, its TLS Secret, its two
+service's own account uses: the cache lists and watches, the controller gets
+and patches VMs and writes Events, leader election and certificates. The
+action API reads VMs, VMIs and NADs, patches VMs and creates migrations with
+the caller's own token, so none of that is here (its failure Events are ours).
+Permissions marked ``by_name`` are granted only for the one object the service owns (its Lease, its TLS Secret, its two
 webhook configurations); ``create`` can never be limited by name in
 Kubernetes RBAC, so it is a separate entry.
 """
@@ -126,13 +128,11 @@ REQUIRED_RBAC: tuple[Permission, ...] = (
     Permission("kubevirt.io", "virtualmachines", _verbs("get", "list", "watch"), Scope.CLUSTER,
                "the cache of VMs behind the MAC index and the rules"),
     Permission("kubevirt.io", "virtualmachines", _verbs("patch"), Scope.CLUSTER,
-               "the controller writes the observed-MAC annotation and backfills MACs"),
-    Permission("kubevirt.io", "virtualmachineinstances", _verbs("get", "list", "watch"), Scope.CLUSTER,
-               "VMI state for eligibility and observed MACs"),
-    Permission("kubevirt.io", "virtualmachineinstancemigrations", _verbs("create"), Scope.CLUSTER,
-               "live migration that applies a hot-plug change"),
-    Permission("k8s.cni.cncf.io", "network-attachment-definitions", _verbs("get", "list", "watch"),
-               Scope.CLUSTER, "whether a network is hot-pluggable and its cluster network"),
+               "the controller writes the observed-MAC annotation and backfills MACs (get: re-read on conflict)"),
+    Permission("kubevirt.io", "virtualmachineinstances", _verbs("list", "watch"), Scope.CLUSTER,
+               "the cache of VMI state for eligibility and observed MACs"),
+    Permission("k8s.cni.cncf.io", "network-attachment-definitions", _verbs("list", "watch"), Scope.CLUSTER,
+               "the cache of NADs: whether a network is hot-pluggable, its cluster network"),
     Permission("", "events", _verbs("create", "patch"), Scope.CLUSTER,
                "Events on VMs (patch bumps the count of a repeated Event)"),
     Permission("coordination.k8s.io", "leases", _verbs("create"), Scope.OWN_NAMESPACE,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import helm_python as helm
 import pytest
 
 from nichotplug.cli import build_parser
+from nichotplug.controller.loop import run_controller
 from nichotplug.kube.certificates import parse_duration, settings_from_args
 from nichotplug.webhook.registration import (
     MUTATING_WEBHOOK,
@@ -218,7 +220,8 @@ def _granted(rendered: Rendered) -> set[tuple[str, str, str, Scope, tuple[str, .
 
 def _needed(rendered: Rendered, *, self_managed: bool) -> set[tuple[str, str, str, Scope, tuple[str, ...]]]:
     args = serve_args(rendered)
-    owned_names = {"leases": (RELEASE,), "secrets": (args.tls_secret,),
+    lease = inspect.signature(run_controller).parameters["lease_name"].default
+    owned_names = {"leases": (lease,), "secrets": (args.tls_secret,),
                    "mutatingwebhookconfigurations": (args.mutating_webhook,),
                    "validatingwebhookconfigurations": (args.validating_webhook,)}
     return {

@@ -43,9 +43,9 @@ app.kubernetes.io/part-of: harvester
 {{- default (printf "%s-tls" (include "nichotplug.fullname" .)) .Values.certificates.secretName }}
 {{- end }}
 
-{{/* The leader-election Lease (nichotplug serve names it after the Service). */}}
+{{/* The controller's leader-election Lease: nichotplug/controller/loop.py run_controller(lease_name=...). */}}
 {{- define "nichotplug.leaseName" -}}
-{{- include "nichotplug.fullname" . }}
+nichotplug-controller
 {{- end }}
 
 {{- define "nichotplug.selfManagedCerts" -}}
