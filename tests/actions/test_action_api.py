@@ -405,3 +405,20 @@ async def test_requests_are_counted_by_action_and_status(actions_client: ActionC
     latency = REGISTRY.get_sample_value("nichotplug_action_latency_seconds_count", {"action": "removeNic"})
     assert latency is not None
     assert latency >= 1
+
+
+# -- transport failures -----------------------------------------------------------------------------
+
+
+async def test_a_body_over_the_size_limit_is_413(actions_client: ActionClient, api_client: ApiClient,
+                                                 running_vm: dict[str, Any]) -> None:
+    answer = await actions_client.post("default", "vm1", "addNic", raw=b"{" + b" " * (2 * 1024 * 1024) + b"}")
+    assert_error(answer, 413, "RequestTooLarge", "too large")
+    await unchanged(api_client, running_vm)
+
+
+async def test_an_unreachable_api_server_is_503(actions_client: ActionClient, apiserver: Any,
+                                                running_vm: dict[str, Any]) -> None:
+    await apiserver.stop()
+    answer = await actions_client.post("default", "vm1", "findHotunpluggableNics")
+    assert_error(answer, 503, "ClusterUnavailable", "could not be reached")
