@@ -32,7 +32,6 @@ _BUILTIN_PREFIXES = {
 }
 
 _PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml")
-_STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 
 
 # ----------------------------------------------------------------------------------------- naming
@@ -408,10 +407,10 @@ class _Operations:
         return {"content": {media: {"schema": _ref(schema_ref)} for media in media_types}, "required": True}
 
     def _patch_media_types(self) -> tuple[str, ...]:
-        # Strategic merge only for built-ins: a CRD answers it with 415, and kubectl chooses
-        # JSON merge patch for a kind whose PATCH operation does not offer it.
-        if self.info in BUILTIN_RESOURCES:
-            return (*_PATCH_TYPES, _STRATEGIC_MERGE)
+        # Strategic merge is never offered here. For a CRD that is the truth (415), and kubectl
+        # then sends a JSON merge patch. For a built-in, offering it would make kubectl compute
+        # the patch from these documents, whose built-in schemas are open ("unable to find api
+        # field" warnings); without it kubectl uses its compiled-in types, as it always could.
         return _PATCH_TYPES
 
     def collection(self) -> dict[str, Any]:

@@ -372,3 +372,19 @@ async def test_unreachable_webhook_with_fail_policy(kubectl: Kubectl, apiserver:
     assert ('Error from server (InternalError): error when creating "' + str(kubectl.workdir / "vm.yaml") +
             '": Internal error occurred: failed calling webhook "gone.nichotplug.test": failed to call webhook: '
             f'Post "{url}?timeout=10s": ') in result.stderr
+
+
+async def test_reapplying_a_changed_builtin_object_is_quiet(kubectl: Kubectl) -> None:
+    # kubectl computes a strategic merge patch for built-ins; it must not trip over our OpenAPI.
+    first = configuration("ValidatingWebhookConfiguration", "quiet", webhook(
+        "quiet.nichotplug.test", "https://127.0.0.1:1/never", None, failure_policy="Ignore"))
+    await kubectl.ok("apply", "-f", str(kubectl.write("first.yaml", yaml.safe_dump(first))))
+    second = json.loads(json.dumps(first))
+    second["webhooks"][0]["timeoutSeconds"] = 3
+    result = await kubectl.ok("apply", "-f", str(kubectl.write("second.yaml", yaml.safe_dump(second))))
+    assert result.stdout.strip() == (
+        "validatingwebhookconfiguration.admissionregistration.k8s.io/quiet configured")
+    assert result.stderr == ""
+    timeout = await kubectl.ok("get", "validatingwebhookconfiguration", "quiet",
+                               "-o", "jsonpath={.webhooks[0].timeoutSeconds}")
+    assert timeout.stdout == "3"
