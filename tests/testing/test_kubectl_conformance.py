@@ -388,3 +388,30 @@ async def test_reapplying_a_changed_builtin_object_is_quiet(kubectl: Kubectl) ->
     timeout = await kubectl.ok("get", "validatingwebhookconfiguration", "quiet",
                                "-o", "jsonpath={.webhooks[0].timeoutSeconds}")
     assert timeout.stdout == "3"
+
+
+async def test_dry_run_against_a_webhook_with_side_effects(kubectl: Kubectl,
+                                                           scripted_webhook: ScriptedWebhook) -> None:
+    hook = scripted_webhook
+    await _register(kubectl, configuration("ValidatingWebhookConfiguration", "effects", webhook(
+        "effects.nichotplug.test", hook.url("allow"), hook.ca_bundle, side_effects="Some")))
+    result = await kubectl("create", "--dry-run=server", "-f", str(kubectl.write("vm.yaml", vm_manifest())))
+    assert result.returncode == 1
+    assert 'admission webhook "effects.nichotplug.test" does not support dry run' in result.stderr
+    assert "Error from server (BadRequest)" in result.stderr
+    assert hook.calls == []
+
+
+async def test_edit_denied_with_422_shows_only_that_the_object_is_invalid(
+        kubectl: Kubectl, scripted_webhook: ScriptedWebhook, tmp_path: Path) -> None:
+    # Why nichotplug never denies with 422 (SPEC): kubectl edit drops the webhook's message then.
+    hook = scripted_webhook
+    await kubectl.ok("apply", "-f", str(kubectl.write("vm.yaml", vm_manifest())))
+    await _register(kubectl, configuration("ValidatingWebhookConfiguration", "invalid", webhook(
+        "invalid.nichotplug.test", hook.url("deny", code=422, message="the%20real%20reason"), hook.ca_bundle,
+        operations=("UPDATE",))))
+    editor = _editor_script(tmp_path, "s/runStrategy: Halted/runStrategy: Always/")
+    result = await kubectl("edit", "vm", VM_NAME, env={"EDITOR": str(editor)})
+    assert result.returncode == 1
+    assert 'error: virtualmachines.kubevirt.io "kv-vm" is invalid' in result.stderr
+    assert "the real reason" not in result.stderr
