@@ -32,16 +32,19 @@ Validation (SPEC "Validating webhook"), first failure wins:
 
 Rules 3 and 4 judge only the interfaces this request adds or whose MAC or network it changes: a
 collision that predates the webhook must not block unrelated writes of the VM (our own
-controller's annotation updates, a user's label edit, the finalizer removal on delete). Objects
-being deleted are allowed as they are. Warnings: more hot-plugged interfaces than KubeVirt v1.6's
+controller's annotation updates, a user's label edit, the finalizer removal on delete). For the
+same reason, and because it is the most frequent write, an UPDATE that leaves ``spec`` exactly as
+it was is judged on its metadata only (readable, annotation parses), without building the views.
+Objects being deleted are allowed as they are. Warnings: more hot-plugged interfaces than KubeVirt v1.6's
 hot-plug port budget, and an observed-MAC annotation that does not parse.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from nichotplug.rules.cluster import ClusterState, MacOwner, owner_scope
 from nichotplug.rules.decision import Decision, JsonPatchOp
@@ -55,7 +58,7 @@ from nichotplug.rules.eligibility import (
 )
 from nichotplug.rules.mac import InvalidMac, MacGenerationError, check_unicast_mac, generate_mac, normalize_mac
 from nichotplug.rules.nad import nad_verdict
-from nichotplug.rules.views import InterfaceView, InvalidObject, VmView
+from nichotplug.rules.views import InterfaceView, InvalidObject, VmView, read_vm_metadata
 
 __all__ = ["AdmissionInput", "hotplug_port_budget", "mutate_vm", "validate_vm"]
 
@@ -181,52 +184,47 @@ def _scope_text(scope: str) -> str:
     return f"on cluster network {scope}" if scope else "on the pod network or unlabelled networks"
 
 
-def _nads_by_interface(vm: VmView) -> dict[str, tuple[str, str] | None]:
-    return {network.name: network.nad for network in vm.networks}
+class MacClaim(NamedTuple):
+    """An interface's spec MAC (normalised) and the NAD it is on (None: pod or unknown network)."""
+
+    interface: str
+    mac: str
+    nad: tuple[str, str] | None
 
 
-def _claims(vm: VmView) -> Iterator[tuple[InterfaceView, str, tuple[str, str] | None]]:
-    """(interface, normalised spec MAC, its NAD) for every interface with a (valid) spec MAC."""
-    nads = _nads_by_interface(vm)
+def _claims(vm: VmView, *, strict: bool) -> list[MacClaim] | Decision:
+    """The VM's spec MAC claims; with ``strict`` a MAC that is not valid unicast is a 403 denial,
+    without it (the old object) such an interface is skipped."""
+    nads = {network.name: network.nad for network in vm.networks}
+    claims: list[MacClaim] = []
     for iface in vm.interfaces:
-        if iface.mac:
-            yield iface, normalize_mac(iface.mac), nads.get(iface.name)
-
-
-def _check_mac_formats(vm: VmView) -> Decision | None:
-    for iface in vm.interfaces:
-        if iface.mac:
-            try:
-                check_unicast_mac(iface.mac)
-            except InvalidMac as error:
+        if not iface.mac:
+            continue
+        try:
+            mac = check_unicast_mac(iface.mac) if strict else normalize_mac(iface.mac)
+        except InvalidMac as error:
+            if strict:
                 return Decision.deny(403, f"VM {vm.ref} interface {iface.name}: {error}", "invalid-mac")
-    return None
+            continue
+        claims.append(MacClaim(iface.name, mac, nads.get(iface.name)))
+    return claims
 
 
-def _changed_names(vm: VmView, old: VmView | None) -> set[str]:
-    """Interfaces whose MAC or network this request sets: all on CREATE."""
-    claims = {(iface.name, mac, nad) for iface, mac, nad in _claims(vm)}
-    if old is None:
-        return {name for name, _mac, _nad in claims}
-    try:
-        before = {(iface.name, mac, nad) for iface, mac, nad in _claims(old)}
-    except InvalidMac:
-        before = set()  # an old MAC that does not parse: every claim of the new object is new
-    return {name for name, mac, nad in claims - before}
-
-
-def _check_duplicates(vm: VmView, changed: set[str]) -> Decision | None:
+def _check_duplicates(vm: VmView, claims: list[MacClaim], changed: set[str]) -> Decision | None:
     first_user: dict[str, str] = {}
-    for iface, mac, _nad in _claims(vm):
-        other = first_user.setdefault(mac, iface.name)
-        if other != iface.name and (iface.name in changed or other in changed):
-            return Decision.deny(409, f"VM {vm.ref}: interfaces {other} and {iface.name} both use mac address "
-                                      f"{mac}; give each interface its own MAC", "duplicate-mac")
+    for claim in claims:
+        other = first_user.setdefault(claim.mac, claim.interface)
+        if other != claim.interface and (claim.interface in changed or other in changed):
+            return Decision.deny(409, f"VM {vm.ref}: interfaces {other} and {claim.interface} both use mac address "
+                                      f"{claim.mac}; give each interface its own MAC", "duplicate-mac")
     return None
 
 
 def _colliding_owner(vm: VmView, mac: str, scope: str, cluster: ClusterState) -> MacOwner | None:
-    for owner in sorted(cluster.owners_of_mac(mac), key=lambda found: (found.namespace, found.vm, found.interface)):
+    owners = cluster.owners_of_mac(mac)
+    if not owners:
+        return None
+    for owner in sorted(owners):  # sorted: the same request always names the same owner
         if (owner.namespace, owner.vm) == (vm.namespace, vm.name):
             continue  # the index holds this VM's previous state; the request object supersedes it
         if owner_scope(owner.nad, cluster) == scope:
@@ -234,20 +232,39 @@ def _colliding_owner(vm: VmView, mac: str, scope: str, cluster: ClusterState) ->
     return None
 
 
-def _check_collisions(vm: VmView, changed: set[str], cluster: ClusterState) -> Decision | None:
-    for iface, mac, nad in _claims(vm):
-        if iface.name not in changed:
+def _check_collisions(vm: VmView, claims: list[MacClaim], changed: set[str], cluster: ClusterState) -> Decision | None:
+    for claim in claims:
+        if claim.interface not in changed:
             continue
-        scope = owner_scope(nad, cluster)
-        owner = _colliding_owner(vm, mac, scope, cluster)
+        scope = owner_scope(claim.nad, cluster)
+        owner = _colliding_owner(vm, claim.mac, scope, cluster)
         if owner is not None:
             return Decision.deny(
                 409,
-                f"VM {vm.ref}: mac address {mac} of interface {iface.name} is already used by "
+                f"VM {vm.ref}: mac address {claim.mac} of interface {claim.interface} is already used by "
                 f"{owner.namespace}/{owner.vm} interface {owner.interface} {_scope_text(scope)}",
                 "mac-collision",
             )
     return None
+
+
+def _check_macs(vm: VmView, old: VmView | None, cluster: ClusterState) -> Decision | None:
+    """Rules 2-4: MAC formats, duplicates within the VM, collisions with other VMs in scope.
+
+    Duplicates and collisions are judged for the claims this request makes (new interface, new
+    MAC or new network); on CREATE that is every claim.
+    """
+    claims = _claims(vm, strict=True)
+    if isinstance(claims, Decision):
+        return claims
+    if not claims:
+        return None
+    previous = _claims(old, strict=False) if old is not None else []
+    assert not isinstance(previous, Decision)  # only strict reading denies
+    changed = {claim.interface for claim in set(claims).difference(previous)}
+    if not changed:
+        return None
+    return _check_duplicates(vm, claims, changed) or _check_collisions(vm, claims, changed, cluster)
 
 
 # -- validation: hot-plug rules -------------------------------------------------------------------
@@ -317,10 +334,36 @@ def _check_hotplug(vm: VmView, old: VmView, diff: InterfaceDiff, cluster: Cluste
 # -- validation -----------------------------------------------------------------------------------
 
 
+def _spec_unchanged(req: AdmissionInput) -> bool:
+    obj, old = req.obj, req.old_obj
+    return (req.operation == "UPDATE" and type(obj) is dict and type(old) is dict
+            and obj.get("spec") == old.get("spec"))
+
+
+def _validate_metadata_write(req: AdmissionInput) -> Decision:
+    """A write that leaves the spec as it was (labels, annotations, finalizers): nothing to check but
+    that the object reads and its observed-MAC annotation parses."""
+    try:
+        meta = read_vm_metadata(req.obj, namespace=req.namespace)
+    except InvalidObject as error:
+        return Decision.deny(403, f"VirtualMachine {req.ref} cannot be read: {error}", "invalid-object")
+    if meta.deleting:
+        return Decision.allow(reason="deleting")
+    if meta.observed_macs_error:
+        return Decision.allow(warnings=[_annotation_warning(meta.ref, meta.observed_macs_error)])
+    return Decision.allow()
+
+
+def _annotation_warning(ref: str, error: str) -> str:
+    return f"VM {ref}: {error}; the MACs it records are not protected from reuse"
+
+
 def validate_vm(req: AdmissionInput, cluster: ClusterState) -> Decision:
     """Allow or deny the VM write in ``req`` (see the module docstring for the rules and their order)."""
     if req.operation not in _JUDGED_OPERATIONS:
         return Decision.allow(reason="not-judged")
+    if _spec_unchanged(req):
+        return _validate_metadata_write(req)
     try:
         vm = VmView.from_dict(req.obj, namespace=req.namespace)
     except InvalidObject as error:
@@ -328,11 +371,7 @@ def validate_vm(req: AdmissionInput, cluster: ClusterState) -> Decision:
     if vm.deleting:
         return Decision.allow(reason="deleting")
     old = _read_old(req)
-    denial = _check_mac_formats(vm)
-    if denial is not None:
-        return denial
-    changed = _changed_names(vm, old)
-    denial = _check_duplicates(vm, changed) or _check_collisions(vm, changed, cluster)
+    denial = _check_macs(vm, old, cluster)
     if denial is not None:
         return denial
     warnings: list[str] = []
@@ -348,5 +387,5 @@ def validate_vm(req: AdmissionInput, cluster: ClusterState) -> Decision:
             if budget_warning:
                 warnings.append(budget_warning)
     if vm.observed_macs_error:
-        warnings.append(f"VM {vm.ref}: {vm.observed_macs_error}; the MACs it records are not protected from reuse")
+        warnings.append(_annotation_warning(vm.ref, vm.observed_macs_error))
     return Decision.allow(reason=reason, warnings=warnings)

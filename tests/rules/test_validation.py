@@ -393,3 +393,43 @@ def test_an_unreadable_old_object_still_gets_the_mac_rules() -> None:
     cluster = cluster_with_vm(one_nic_vm("vm-a", "02:00:00:00:00:07", multus_net("", "vlan1")))
     new = one_nic_vm("vm-b", "02:00:00:00:00:07", multus_net("", "vlan1"))
     assert validate(new, {"spec": 1}, cluster=cluster, name="vm-b").reason == "mac-collision"
+
+
+def test_a_collision_older_than_the_request_does_not_block_other_spec_edits() -> None:
+    mine = one_nic_vm("vm-b", "02:00:00:00:00:07", multus_net("", "vlan1"), run_strategy="Halted")
+    resized = copy.deepcopy(mine)
+    resized["spec"]["template"]["spec"]["domain"]["cpu"]["cores"] = 4
+    cluster = cluster_with_vm(one_nic_vm("vm-a", "02:00:00:00:00:07", multus_net("", "vlan1")))
+    assert validate(resized, mine, cluster=cluster, name="vm-b").allowed
+
+
+# -- writes that leave the spec as it was ----------------------------------------------------------------
+
+
+def test_a_metadata_write_with_an_unparsable_annotation_warns() -> None:
+    old = vm()
+    new = vm(annotations={"harvesterhci.io/mac-address": '"just a string"'})
+    assert validate(new, old).warnings == (
+        "VM default/vm1: annotation harvesterhci.io/mac-address must be a JSON object of interface name to MAC; "
+        "the MACs it records are not protected from reuse",)
+
+
+def test_a_metadata_write_with_garbage_metadata_is_denied() -> None:
+    old = vm()
+    new = copy.deepcopy(old)
+    new["metadata"]["annotations"] = ["not", "a", "map"]
+    assert validate(new, old).reason == "invalid-object"
+
+
+def test_a_metadata_write_keeps_a_mac_the_spec_had_before_the_webhook() -> None:
+    old = vm(interfaces=[iface("nic-1", mac="01:00:5e:00:00:01")], networks=[pod_net("nic-1")])
+    new = copy.deepcopy(old)
+    new["metadata"]["labels"]["team"] = "blue"
+    assert validate(new, old) == Decision.allow()
+
+
+def test_a_spec_edit_rechecks_every_spec_mac() -> None:
+    old = vm(interfaces=[iface("nic-1", mac="01:00:5e:00:00:01")], networks=[pod_net("nic-1")], run_strategy="Halted")
+    new = copy.deepcopy(old)
+    new["spec"]["template"]["spec"]["domain"]["cpu"]["cores"] = 2
+    assert validate(new, old).reason == "invalid-mac"
