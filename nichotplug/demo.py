@@ -121,7 +121,7 @@ WAIT_SECONDS = 20.0
 async def _wait_for(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
     try:
         async with asyncio.timeout(WAIT_SECONDS):
-            while not await predicate():
+            while not await predicate():  # noqa: ASYNC110 - polling the API server, there is no local event
                 await asyncio.sleep(0.1)
     except TimeoutError:
         raise TimeoutError(f"gave up waiting for {what} after {WAIT_SECONDS:.0f} s") from None
@@ -252,6 +252,9 @@ class Demo:
         await self.objects.patch_namespaced_custom_object_status(
             *KUBEVIRT, NAMESPACE, "virtualmachines", "web-1", {"status": {"printableStatus": "Running"}}, **merge)
         story.result("VMI web-1", "phase Running, Ready, LiveMigratable")
+        # The controller records the running VMI's MACs on the VM; waiting for it keeps the next step's
+        # optimistic-concurrency check from racing that write (a race would be a clean 409, not a loss).
+        story.result(f"the controller recorded {OBSERVED_MACS}", await self._wait_annotation("web-1"))
 
     async def _hotplug(self, story: Story) -> None:
         await story.step("Hot-plug a NIC into the running VM through the action API (what the UI calls)")
@@ -332,7 +335,7 @@ class Demo:
         try:
             await call
         except KubeError as error:
-            self.story.result(f"refused by the API server ({error.status} {error.reason})", str(error))
+            self.story.result(f"refused by the API server (HTTP {error.status})", str(error))
         else:
             raise RuntimeError("the edit was accepted, but nichotplug should have refused it")
 

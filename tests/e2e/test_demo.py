@@ -38,9 +38,9 @@ def test_hot_unplug_marks_the_interface_absent(demo_output: str) -> None:
 
 
 def test_bad_edits_are_refused_with_the_webhook_message(demo_output: str) -> None:
-    assert re.search(r'\(403 Forbidden\): admission webhook "validate-vm[^"]*" denied the request: .*e1000',
+    assert re.search(r'\(HTTP 403\): admission webhook "validate-vm[^"]*" denied the request: .*e1000',
                      demo_output)
-    assert re.search(r"\(409 Conflict\): admission webhook .* already used by default/web-1", demo_output)
+    assert re.search(r"\(HTTP 409\): admission webhook .* already used by default/web-1", demo_output)
     assert '"code": "NetworkNotHotpluggable"' in demo_output
 
 
