@@ -23,12 +23,13 @@ import pytest
 import yaml
 from admission_webhooks import ScriptedWebhook, configuration, tls_bundle, webhook
 
+from nichotplug.testing.fixtures import SHARED_FIXTURES
 from nichotplug.testing.server import ApiServer
 
 pytestmark = [pytest.mark.kubectl,
               pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")]
 
-KUBECTL_FIXTURES = Path("/work/shared/fixtures/kubectl")
+KUBECTL_FIXTURES = SHARED_FIXTURES / "kubectl"
 
 VM_NAME = "kv-vm"
 
@@ -125,12 +126,6 @@ def _requests_in_log(stderr: str) -> list[str]:
     return [_normalised(line) for line in lines]
 
 
-def _without_group_version_discovery(requests: list[str]) -> list[str]:
-    """Drop ``GET /api/v1`` and ``GET /apis/<group>/<version>``: kubectl fetches them one by one only
-    when ``/api`` and ``/apis`` answer plain (not aggregated) discovery."""
-    return [line for line in requests if not re.fullmatch(r"GET /(api/v\w+|apis/[^/]+/v\w+)", line)]
-
-
 @pytest.mark.skipif(not KUBECTL_FIXTURES.is_dir(), reason="recorded fixtures not on this machine")
 async def test_apply_asks_what_it_asks_a_real_server(kubectl: Kubectl, tmp_path: Path) -> None:
     # The namespace is made by another kubectl (its own cache), so the recorded one starts cold.
@@ -142,7 +137,7 @@ async def test_apply_asks_what_it_asks_a_real_server(kubectl: Kubectl, tmp_path:
     manifest = kubectl.write("vm.yaml", vm_manifest(namespace="kv7"))
     result = await kubectl.ok("apply", "-f", str(manifest), "-v=8")
     recorded = _recorded_requests("kubectl apply -f kv7.yaml")
-    assert _without_group_version_discovery(_requests_in_log(result.stderr)) == recorded
+    assert _requests_in_log(result.stderr) == recorded
     assert result.stdout.strip() == "virtualmachine.kubevirt.io/kv-vm created"
     assert "failed to download openapi" not in result.stderr
 
@@ -272,6 +267,24 @@ async def test_discovery_short_names_and_categories(kubectl: Kubectl) -> None:
     assert by_short_name.stdout.strip() == "virtualmachine.kubevirt.io/kv-vm"
     by_category = await kubectl.ok("get", "all", "-o", "name")
     assert "virtualmachine.kubevirt.io/kv-vm" in by_category.stdout.split()
+
+
+async def test_get_prints_the_crd_printer_columns(kubectl: Kubectl) -> None:
+    await kubectl.ok("apply", "-f", str(kubectl.write("vm.yaml", vm_manifest())))
+    listed = (await kubectl.ok("get", "vm")).stdout.splitlines()
+    assert listed[0].split() == ["NAME", "AGE", "STATUS", "READY"]
+    assert listed[1].split()[0] == VM_NAME
+    assert re.fullmatch(r"\d+s", listed[1].split()[1])
+    single = (await kubectl.ok("get", "vm", VM_NAME)).stdout.splitlines()
+    assert single[0].split() == ["NAME", "AGE", "STATUS", "READY"]
+    vmi = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+           "metadata": {"name": VM_NAME, "namespace": "default"},
+           "spec": {"domain": {"devices": {}}}}
+    await kubectl.ok("apply", "-f", str(kubectl.write("vmi.yaml", yaml.safe_dump(vmi))))
+    narrow = (await kubectl.ok("get", "vmi")).stdout.splitlines()[0].split()
+    assert narrow == ["NAME", "AGE", "PHASE", "IP", "NODENAME", "READY"]
+    wide = (await kubectl.ok("get", "vmi", "-o", "wide")).stdout.splitlines()[0].split()
+    assert wide == ["NAME", "AGE", "PHASE", "IP", "NODENAME", "READY", "LIVE-MIGRATABLE", "PAUSED"]
 
 
 async def test_explain_reads_the_crd_schema(kubectl: Kubectl) -> None:
