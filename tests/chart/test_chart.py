@@ -151,7 +151,7 @@ def test_hard_anti_affinity_is_required() -> None:
 # -- webhooks: the chart registers exactly what the code declares ------------------------------------
 
 
-def _webhook_entries(rendered: Rendered) -> dict[str, dict[str, Any]]:
+def _webhook_entries(rendered: Rendered) -> dict[str, list[dict[str, Any]]]:
     return {
         kind: rendered.named(kind, RELEASE)["webhooks"]
         for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
@@ -208,7 +208,7 @@ def test_webhooks_call_the_rendered_service(default_chart: Rendered) -> None:
 
 
 def _granted(rendered: Rendered) -> set[tuple[str, str, str, Scope, tuple[str, ...]]]:
-    grants = set()
+    grants: set[tuple[str, str, str, Scope, tuple[str, ...]]] = set()
     for kind, scope in (("ClusterRole", Scope.CLUSTER), ("Role", Scope.OWN_NAMESPACE)):
         for rule in rendered.one(kind)["rules"]:
             names = tuple(sorted(rule.get("resourceNames", ())))

@@ -58,6 +58,11 @@ def make_settings(folder: Path, **overrides: Any) -> CertificateSettings:
     return CertificateSettings(**fields)
 
 
+def untyped(api: Any) -> Any:
+    """The client's stubs want model objects; the runtime takes plain dicts, which read better here."""
+    return api
+
+
 def now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -178,7 +183,7 @@ def test_secret_data_round_trips_and_names_what_is_missing(tmp_path: Path) -> No
 
 
 def test_ca_bundle_patch_is_guarded_and_empty_when_nothing_differs() -> None:
-    config = {"metadata": {"resourceVersion": "7"},
+    config: dict[str, Any] = {"metadata": {"resourceVersion": "7"},
               "webhooks": [{"clientConfig": {"caBundle": "QUJD"}}, {"clientConfig": {}}]}
     assert ca_bundle_patch(config, "QUJD") == [
         {"op": "test", "path": "/metadata/resourceVersion", "value": "7"},
@@ -210,7 +215,7 @@ async def read_secret(api: ApiClient) -> dict[str, Any]:
 
 async def webhook_ca_bundles(api: ApiClient) -> list[bytes]:
     admission = AdmissionregistrationV1Api(api)
-    configs = [await admission.read_mutating_webhook_configuration(RELEASE),
+    configs: list[Any] = [await admission.read_mutating_webhook_configuration(RELEASE),
                await admission.read_validating_webhook_configuration(RELEASE)]
     return [base64.b64decode(hook.client_config.ca_bundle or "") for config in configs for hook in config.webhooks]
 
@@ -250,7 +255,7 @@ async def test_expiring_certificate_is_rotated_once_and_the_ca_bundle_is_left_al
     # A Secret whose serving certificate has 1 of its 6 minutes left (signed 5 minutes in the past).
     settings = make_settings(tmp_path / "a", validity=datetime.timedelta(minutes=6))
     old = renew(None, Renewal.CA, settings, now())
-    await CoreV1Api(api_client).create_namespaced_secret(NAMESPACE, {
+    await untyped(CoreV1Api(api_client)).create_namespaced_secret(NAMESPACE, {
         "metadata": {"name": SECRET}, "type": "kubernetes.io/tls", "data": old.secret_data()})
     await install_url_webhooks(kubeconfig, "https://127.0.0.1:9443", ca_bundle=old.ca_bundle_pem)
     version_before = (await AdmissionregistrationV1Api(api_client).read_mutating_webhook_configuration(
@@ -273,7 +278,7 @@ async def test_expiring_certificate_is_rotated_once_and_the_ca_bundle_is_left_al
 async def test_a_broken_secret_is_replaced(
     api_client: ApiClient, kubeconfig: Path, service_client: ApiClient, tmp_path: Path,
 ) -> None:
-    await CoreV1Api(api_client).create_namespaced_secret(NAMESPACE, {
+    await untyped(CoreV1Api(api_client)).create_namespaced_secret(NAMESPACE, {
         "metadata": {"name": SECRET}, "data": {"tls.crt": base64.b64encode(b"garbage").decode()}})
     material = await CertificateManager(service_client, make_settings(tmp_path)).ensure()
     assert TlsMaterial.from_secret_data((await read_secret(api_client))["data"]) == material
