@@ -153,7 +153,7 @@ async def all_backfilled(api: ApiClient, namespace: str) -> int:
                for vm in listed["items"])
 
 
-async def main(count: int, workers: int) -> None:
+async def main(count: int, workers: int, webhooks: bool) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -173,7 +173,9 @@ async def main(count: int, workers: int) -> None:
             print(f"setup: {2 * count} halted VMs created in {time.perf_counter() - started:.1f}s")
             await view.start()
             await view.synced.wait()
-            runner = await start_webhooks(api, view, folder)
+            runner = await start_webhooks(api, view, folder) if webhooks else None
+            if not webhooks:
+                print("webhooks: not registered (--no-webhooks)")
 
             raw_rate = await raw_phase(api, count, workers)
             print(f"raw client: {count} backfill patches, {workers} in flight: {raw_rate:.0f} patches/s")
@@ -199,5 +201,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--vms", type=int, default=2000, help="halted VMs per phase (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=8, help="controller workers = raw client concurrency")
+    parser.add_argument("--no-webhooks", action="store_true", help="measure without our admission webhooks")
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.vms, arguments.workers))
+    asyncio.run(main(arguments.vms, arguments.workers, not arguments.no_webhooks))
