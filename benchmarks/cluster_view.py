@@ -37,7 +37,7 @@ def rss_bytes() -> int:
     """Current resident set size (Linux), not the peak."""
     with open("/proc/self/statm") as statm:
         pages = int(statm.read().split()[1])
-    import resource  # noqa: PLC0415 - Linux only, like /proc
+    import resource
     return pages * resource.getpagesize()
 
 
@@ -74,7 +74,8 @@ def vm_object(index: int) -> dict[str, Any]:
                 "evictionStrategy": "LiveMigrateIfPossible",
                 "volumes": [
                     {"name": "rootdisk", "persistentVolumeClaim": {"claimName": f"{name}-rootdisk-x1y2z"}},
-                    {"name": "cloudinitdisk", "cloudInitNoCloud": {"userData": "#cloud-config\npackage_update: true\n"}},
+                    {"name": "cloudinitdisk",
+                     "cloudInitNoCloud": {"userData": "#cloud-config\npackage_update: true\n"}},
                 ],
             },
         },

@@ -290,6 +290,7 @@ class ClusterView:
         self.synced = asyncio.Event()
         self.invalid_objects = 0  # objects dropped because their view could not be built
         self.relists = 0  # lists after the first one (410s, restarts); for tests and metrics
+        self.request_failures = 0  # list/watch requests that failed and were retried after a back-off
 
     # -- rules.ClusterState ---------------------------------------------------------------------
 
@@ -481,10 +482,12 @@ class _Reflector:
                 log.info("%s: %s; re-listing", self._what, exc)
                 self.resource_version = None
             except (_RequestFailed, aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError) as exc:
+                self.view.request_failures += 1
                 delay = self.backoff.next_delay()
                 log.warning("%s: %s; retrying in %.1fs", self._what, exc or type(exc).__name__, delay)
                 await asyncio.sleep(delay)
             except Exception:  # never let one surprise end the watch for good
+                self.view.request_failures += 1
                 delay = self.backoff.next_delay()
                 log.exception("%s: unexpected failure; retrying in %.1fs", self._what, delay)
                 await asyncio.sleep(delay)

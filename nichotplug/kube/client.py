@@ -77,9 +77,8 @@ def api_client_with_token(base: ApiClient, token: str) -> ApiClient:
     Client certificates, basic auth and token-refresh hooks of ``base`` are dropped: the request
     must carry the caller's identity and nothing of ours. The caller must close the returned client.
     """
-    token = token.strip()
-    if token.lower().startswith("bearer "):
-        token = token[len("bearer "):].strip()
+    scheme, _, rest = token.strip().partition(" ")
+    token = rest.strip() if scheme.lower() == "bearer" else token.strip()
     if not token:
         raise ValueError("an empty bearer token cannot authenticate anyone")
     configuration: Configuration = copy.deepcopy(base.configuration)

@@ -186,6 +186,8 @@ class LeaderElector:
                 log.warning("lease %s/%s: HTTP %s %s", self.namespace, self.name, exc.status, exc.reason)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             log.warning("lease %s/%s: API server unreachable: %s", self.namespace, self.name, exc)
+        except Exception as exc:  # e.g. a closed client: still only a failed round, never the end of run()
+            log.warning("lease %s/%s: %s: %s", self.namespace, self.name, type(exc).__name__, exc)
         return False
 
     async def _acquire_or_renew_once(self) -> bool:
@@ -239,19 +241,15 @@ class LeaderElector:
 
     async def _release(self) -> None:
         """Give the Lease up (holder cleared) so a successor need not wait for it to expire."""
-        record = self._observed
-        if record is None or record.holder not in ("", self.identity):
-            return
-        body = self._lease_body(record)
-        body["spec"].update({"holderIdentity": "", "leaseDurationSeconds": 1})
         try:
             async with asyncio.timeout(max(self.retry_period, 1.0)):
                 latest = _record_of(await self._leases.read_namespaced_lease(self.name, self.namespace))
                 if latest.holder != self.identity:
                     return
-                body["metadata"]["resourceVersion"] = latest.resource_version
+                body = self._lease_body(latest)
+                body["spec"].update({"holderIdentity": "", "leaseDurationSeconds": 1})
                 await self._leases.replace_namespaced_lease(self.name, self.namespace, body)
-        except (ApiException, aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # releasing is a courtesy; the lease expires anyway
             log.warning("could not release lease %s/%s: %s", self.namespace, self.name, exc)
 
 

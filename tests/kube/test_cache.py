@@ -1,0 +1,312 @@
+"""ClusterView against the in-process API server: list, watch, re-list, restarts, and what it indexes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import (
+    FAST,
+    OBSERVED_MACS,
+    client_for,
+    create,
+    delete,
+    eventually,
+    merge,
+    nad,
+    vm,
+    vmi,
+)
+from kubernetes_asyncio.client import ApiClient
+
+from nichotplug.kube.cache import (
+    NETWORK_ATTACHMENT_DEFINITION,
+    VIRTUAL_MACHINE,
+    VIRTUAL_MACHINE_INSTANCE,
+    ClusterView,
+)
+from nichotplug.rules.cluster import owner_scope
+from nichotplug.rules.macindex import MacOwner
+from nichotplug.rules.views import NadView, VmiView, VmView
+from nichotplug.testing.server import ApiServer
+
+MAC_A = "02:00:00:00:00:0a"
+MAC_B = "02:00:00:00:00:0b"
+
+
+def owners(view: ClusterView, mac: str) -> set[tuple[str, str, str]]:
+    return {(owner.namespace, owner.vm, owner.interface) for owner in view.owners_of_mac(mac)}
+
+
+async def test_first_list_fills_all_three_kinds_and_indexes_spec_and_annotation_macs(
+    api_client: ApiClient,
+) -> None:
+    # Created before the view starts, so the first list (page size 2: several pages) finds them.
+    await create(api_client, nad("vlan1", "mgmt"))
+    await create(api_client, vm("pinned", [("nic-1", MAC_A.upper(), "default/vlan1")]))
+    await create(api_client, vm("observed", [("nic-1", "", "vlan1"), ("default", "", None)],
+                                annotations={OBSERVED_MACS: '{"nic-1":"02-00-00-00-00-0B"}'}))
+    await create(api_client, vm("other-ns-1", [], namespace="kube-system"))
+    await create(api_client, vmi("pinned", {"nic-1": MAC_A}))
+    view = ClusterView(api_client, settings=FAST)
+    await view.start()
+    try:
+        await view.synced.wait()
+        check_first_list(view)
+    finally:
+        await view.stop()
+
+
+def check_first_list(view: ClusterView) -> None:
+    """What test_first_list... expects once synced: everything, with no waiting for watch events."""
+
+    assert view.counts() == {VIRTUAL_MACHINE: 3, VIRTUAL_MACHINE_INSTANCE: 1, NETWORK_ATTACHMENT_DEFINITION: 1,
+                             "macs": 2}
+    assert view.owners_of_mac(MAC_A) == {MacOwner("default", "pinned", "nic-1", ("default", "vlan1"))}
+    assert view.owners_of_mac(MAC_B) == {MacOwner("default", "observed", "nic-1", ("default", "vlan1"))}
+    assert view.owners_of_mac("02:00:00:00:00:99") == frozenset()
+    nad_view = view.get_nad("default", "vlan1")
+    assert isinstance(nad_view, NadView)
+    assert nad_view.cluster_network == "mgmt"
+    vmi_view = view.get_vmi("default", "pinned")
+    assert isinstance(vmi_view, VmiView)
+    assert vmi_view.phase == "Running"
+    assert vmi_view.interface_macs == {"nic-1": MAC_A}
+    assert view.get_vmi("default", "observed") is None
+    assert sorted(view.vm_keys()) == [("default", "observed"), ("default", "pinned"), ("kube-system", "other-ns-1")]
+
+
+async def test_readiness_waits_for_the_first_list_of_every_kind_and_5xx_on_list_is_retried(
+    apiserver: ApiServer, api_client: ApiClient,
+) -> None:
+    await create(api_client, vm("vm1", [("nic-1", MAC_A, None)]))
+    await create(api_client, nad("vlan1"))
+    nad_lists = apiserver.faults.add(method="GET", path_regex=r"/network-attachment-definitions\?", status=503,
+                                     times=None)
+    view = ClusterView(api_client, settings=FAST)
+    await view.start()
+    try:
+        await eventually(lambda: view.get_vm("default", "vm1") is not None and nad_lists.hits >= 3,
+                         "VMs listed while NAD lists keep failing")
+        assert not view.synced.is_set()
+        assert view.get_nad("default", "vlan1") is None
+
+        apiserver.faults.clear()
+        await view.synced.wait()
+        assert view.get_nad("default", "vlan1") is not None
+    finally:
+        await view.stop()
+    assert not view.synced.is_set()
+
+
+async def test_watch_follows_creates_updates_and_deletes_of_all_kinds_and_tells_listeners(
+    api_client: ApiClient, view: ClusterView,
+) -> None:
+    heard: list[tuple[str, str, Any]] = []
+    view.add_listener(lambda kind, event_type, obj: heard.append((kind, event_type, obj)))
+    await view.synced.wait()
+
+    vm_obj = await create(api_client, vm("vm1", [("nic-1", MAC_A, "vlan1")]))
+    vmi_obj = await create(api_client, vmi("vm1", {"nic-1": MAC_A}, phase="Scheduling"))
+    nad_obj = await create(api_client, nad("vlan1"))
+    await eventually(lambda: view.get_nad("default", "vlan1") is not None, "NAD created")
+    assert view.owners_of_mac(MAC_A)
+    assert view.get_vmi("default", "vm1").phase == "Scheduling"  # type: ignore[union-attr]
+
+    await merge(api_client, vm_obj, {"spec": {"template": {"spec": {"domain": {"devices": {"interfaces": [
+        {"name": "nic-1", "model": "virtio", "bridge": {}, "macAddress": MAC_B}]}}}}}})
+    await merge(api_client, vmi_obj, {"status": {"phase": "Running"}})
+    await eventually(lambda: bool(view.owners_of_mac(MAC_B)), "VM update re-indexed")
+    assert view.owners_of_mac(MAC_A) == frozenset()  # the old MAC is free again
+    await eventually(lambda: view.get_vmi("default", "vm1").phase == "Running", "VMI update")  # type: ignore[union-attr]
+
+    for obj in (vm_obj, vmi_obj, nad_obj):
+        await delete(api_client, obj)
+    await eventually(lambda: view.counts() == {VIRTUAL_MACHINE: 0, VIRTUAL_MACHINE_INSTANCE: 0,
+                                               NETWORK_ATTACHMENT_DEFINITION: 0, "macs": 0}, "all deleted")
+
+    kinds_and_types = [(kind, event_type) for kind, event_type, _ in heard]
+    for kind in (VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE, NETWORK_ATTACHMENT_DEFINITION):
+        assert (kind, "ADDED") in kinds_and_types
+        assert (kind, "DELETED") in kinds_and_types
+    assert (VIRTUAL_MACHINE, "MODIFIED") in kinds_and_types
+    assert all(isinstance(obj, VmView | VmiView | NadView) for _, _, obj in heard)
+    deleted_vm = next(obj for kind, event_type, obj in heard if (kind, event_type) == (VIRTUAL_MACHINE, "DELETED"))
+    assert deleted_vm.name == "vm1"
+
+
+async def test_relabelled_nad_moves_its_owners_to_the_new_cluster_network_scope(
+    api_client: ApiClient, view: ClusterView,
+) -> None:
+    nad_obj = await create(api_client, nad("vlan1", "mgmt"))
+    await create(api_client, vm("vm1", [("nic-1", MAC_A, "vlan1")]))
+    await view.synced.wait()
+    await eventually(lambda: bool(view.owners_of_mac(MAC_A)), "VM indexed")
+    (owner,) = view.owners_of_mac(MAC_A)
+    assert owner_scope(owner.nad, view) == "mgmt"
+
+    await merge(api_client, nad_obj, {"metadata": {"labels": {"network.harvesterhci.io/clusternetwork": "dmz"}}})
+    await eventually(lambda: owner_scope(owner.nad, view) == "dmz", "scope follows the NAD label")
+
+
+async def test_vm_is_kept_slim_only_the_annotations_nichotplug_reads(
+    api_client: ApiClient, view: ClusterView,
+) -> None:
+    annotations = {OBSERVED_MACS: '{"nic-1":"02:00:00:00:00:0a"}',
+                   "kubectl.kubernetes.io/last-applied-configuration": "{" + '"x": 1,' * 2000 + '"y": 2}'}
+    await create(api_client, vm("vm1", [("nic-1", "", "vlan1")], annotations=annotations))
+    await view.synced.wait()
+    await eventually(lambda: view.get_vm("default", "vm1") is not None, "VM listed")
+    cached = view.get_vm("default", "vm1")
+    assert cached is not None
+    assert dict(cached.annotations) == {OBSERVED_MACS: annotations[OBSERVED_MACS]}
+    assert cached.observed_macs == {"nic-1": MAC_A}
+    assert cached.resource_version
+    assert cached.uid
+
+
+async def test_expired_watch_relists_and_forgets_what_was_deleted_meanwhile(
+    small_history_server: ApiServer, tmp_path: Path,
+) -> None:
+    server = small_history_server
+    api = await client_for(server, tmp_path)
+    try:
+        gone = await create(api, vm("gone", [("nic-1", MAC_A, None)]))
+        await create(api, vm("stays", [("nic-1", MAC_B, None)]))
+        view = ClusterView(api, settings=FAST)
+        deleted: list[str] = []
+        view.add_listener(lambda kind, event_type, obj: deleted.append(obj.name) if event_type == "DELETED" else None)
+        await view.start()
+        try:
+            await view.synced.wait()
+            await eventually(lambda: view.get_vm("default", "gone") is not None, "listed")
+            # Cut the view off: its watch ends and every new watch fails, while more changes than
+            # the server's history (3 events) happen.
+            watches = server.faults.add(method="GET", path_regex=r"watch=(?i:true|1)", status=503, times=None)
+            await server.restart()
+            await delete(api, gone)
+            for index in range(5):
+                await create(api, vm(f"new-{index}", []))
+            await eventually(lambda: watches.hits >= 2, "watches refused while cut off")
+            relists_before = view.relists
+
+            server.faults.clear()  # the resumed watch is too old: ERROR 410 Expired, then a re-list
+            await eventually(lambda: view.get_vm("default", "new-4") is not None, "re-listed")
+            assert view.get_vm("default", "gone") is None
+            assert view.owners_of_mac(MAC_A) == frozenset()
+            assert owners(view, MAC_B) == {("default", "stays", "nic-1")}
+            assert "gone" in deleted
+            assert view.relists > relists_before
+        finally:
+            await view.stop()
+    finally:
+        await api.close()
+
+
+async def test_http_410_on_watch_relists(apiserver: ApiServer, api_client: ApiClient, view: ClusterView) -> None:
+    await view.synced.wait()
+    expired = apiserver.faults.add(method="GET", path_regex=r"virtualmachines\?.*watch=(?i:true|1)", status=410)
+    relists_before = view.relists
+    await apiserver.restart()  # ends the open watches; the next VM watch gets HTTP 410
+    await create(api_client, vm("after", [("nic-1", MAC_A, None)]))
+    await eventually(lambda: view.get_vm("default", "after") is not None, "VM created after the 410 is seen")
+    assert expired.hits == 1
+    assert view.relists > relists_before
+
+
+async def test_restarted_api_server_is_survived_and_later_changes_are_seen(
+    apiserver: ApiServer, api_client: ApiClient, view: ClusterView,
+) -> None:
+    await create(api_client, nad("vlan1"))
+    await view.synced.wait()
+    await eventually(lambda: view.get_nad("default", "vlan1") is not None, "listed")
+
+    await apiserver.restart()
+    await create(api_client, vm("after-restart", [("nic-1", MAC_A, "vlan1")]))
+    await create(api_client, vmi("after-restart", {"nic-1": MAC_A}))
+    await eventually(lambda: view.get_vmi("default", "after-restart") is not None
+                     and bool(view.owners_of_mac(MAC_A)), "changes after the restart")
+    assert view.synced.is_set()
+
+
+async def test_api_server_down_for_a_while_then_back(apiserver: ApiServer, api_client: ApiClient,
+                                                     view: ClusterView) -> None:
+    await view.synced.wait()
+    failures_before = view.request_failures
+    await apiserver.stop()
+    await eventually(lambda: view.request_failures >= failures_before + 3, "the view notices the server is gone")
+    await apiserver.start()
+    await create(api_client, vm("back", [("nic-1", MAC_A, None)]))
+    await eventually(lambda: view.get_vm("default", "back") is not None, "VM created once the server is back")
+
+
+# -- apply_event: the one way in (watches and benchmarks use it) ---------------------------------
+
+
+def test_apply_event_rejects_unknown_kinds_and_event_types_and_changes_nothing() -> None:
+    view = ClusterView()
+    with pytest.raises(ValueError, match="does not cache"):
+        view.apply_event("Pod", "ADDED", vm("x", []))
+    with pytest.raises(ValueError, match="unknown watch event type"):
+        view.apply_event(VIRTUAL_MACHINE, "BOOKMARK", vm("x", []))
+    assert view.counts() == {VIRTUAL_MACHINE: 0, VIRTUAL_MACHINE_INSTANCE: 0,
+                             NETWORK_ATTACHMENT_DEFINITION: 0, "macs": 0}
+
+
+def test_an_unreadable_object_is_dropped_and_counted_without_touching_the_others() -> None:
+    view = ClusterView()
+    view.apply_event(VIRTUAL_MACHINE, "ADDED", vm("good", [("nic-1", MAC_A, None)]))
+    view.apply_event(VIRTUAL_MACHINE, "ADDED", vm("bad", [("nic-1", MAC_B, None)]))
+    broken = vm("bad", [("nic-1", MAC_B, None)])
+    broken["spec"]["template"]["spec"]["networks"] = "not a list"
+    view.apply_event(VIRTUAL_MACHINE, "MODIFIED", broken)
+    view.apply_event(VIRTUAL_MACHINE, "ADDED", {"metadata": {"name": ""}})
+
+    assert view.get_vm("default", "bad") is None
+    assert view.owners_of_mac(MAC_B) == frozenset()
+    assert owners(view, MAC_A) == {("default", "good", "nic-1")}
+    assert view.invalid_objects == 2
+
+
+def test_a_failing_listener_does_not_stop_the_others_or_the_cache() -> None:
+    view = ClusterView()
+    heard: list[str] = []
+
+    def broken(kind: str, event_type: str, obj: Any) -> None:
+        raise RuntimeError("listener bug")
+
+    view.add_listener(broken)
+    view.add_listener(lambda kind, event_type, obj: heard.append(event_type))
+    view.apply_event(VIRTUAL_MACHINE, "ADDED", vm("vm1", [("nic-1", MAC_A, None)]))
+    assert heard == ["ADDED"]
+    assert view.get_vm("default", "vm1") is not None
+
+
+def test_an_update_that_changes_nothing_the_rules_read_wakes_nobody() -> None:
+    view = ClusterView()
+    heard: list[str] = []
+    view.add_listener(lambda kind, event_type, obj: heard.append(event_type))
+    running = vmi("vm1", {"nic-1": MAC_A})
+    view.apply_event(VIRTUAL_MACHINE_INSTANCE, "ADDED", running)
+    heartbeat = vmi("vm1", {"nic-1": MAC_A})
+    heartbeat["status"]["nodeName"] = "node-2"  # not something the rules read
+    view.apply_event(VIRTUAL_MACHINE_INSTANCE, "MODIFIED", heartbeat)
+    assert heard == ["ADDED"]
+
+
+def test_vm_and_vmi_share_their_mac_maps_when_equal() -> None:
+    view = ClusterView()
+    view.apply_event(VIRTUAL_MACHINE, "ADDED", vm("vm1", [("nic-1", MAC_A, None)],
+                                                  annotations={OBSERVED_MACS: '{"nic-1":"02:00:00:00:00:0A"}'}))
+    view.apply_event(VIRTUAL_MACHINE_INSTANCE, "ADDED", vmi("vm1", {"nic-1": MAC_A}))
+    cached_vm, cached_vmi = view.get_vm("default", "vm1"), view.get_vmi("default", "vm1")
+    assert cached_vm is not None
+    assert cached_vmi is not None
+    assert cached_vmi.interface_macs == {"nic-1": MAC_A}
+    assert cached_vmi.interface_macs is cached_vm.observed_macs
+
+
+async def test_start_without_a_client_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="without an ApiClient"):
+        await ClusterView().start()

@@ -1,0 +1,146 @@
+"""LeaderElector against the in-process API server's coordination.k8s.io/v1 Leases."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from conftest import client_for, eventually
+from kubernetes_asyncio.client import ApiClient, CoordinationV1Api
+
+from nichotplug.kube.leader import LeaderElector
+from nichotplug.testing.server import ApiServer
+
+# Short terms so take-overs happen within a test: a lease of 2 s, renewed every 0.2 s.
+TERMS = {"lease_duration": 2.0, "renew_deadline": 1.5, "retry_period": 0.2}
+
+
+class Candidate:
+    """An elector running in a task, recording what its callbacks saw."""
+
+    def __init__(self, elector: LeaderElector) -> None:
+        self.elector = elector
+        self.started = 0
+        self.stopped = 0
+        self.work_cancelled = 0
+        self.task: asyncio.Task[None] | None = None
+
+    async def _lead(self) -> None:
+        self.started += 1
+        try:
+            await asyncio.Event().wait()  # the controller's work: runs until leadership ends
+        except asyncio.CancelledError:
+            self.work_cancelled += 1
+            raise
+
+    def _stop(self) -> None:
+        self.stopped += 1
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.elector.run(self._lead, self._stop))
+
+    async def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+
+@pytest_asyncio.fixture
+async def second_client(apiserver: ApiServer, tmp_path: Path) -> AsyncIterator[ApiClient]:
+    """Another replica's own connection to the same API server."""
+    api = await client_for(apiserver, tmp_path)
+    try:
+        yield api
+    finally:
+        await api.close()
+
+
+async def holder(api: ApiClient) -> str:
+    lease = await CoordinationV1Api(api).read_namespaced_lease("nichotplug", "default")
+    return str(lease.spec.holder_identity or "")
+
+
+async def test_two_candidates_one_leader_then_a_clean_hand_over(api_client: ApiClient,
+                                                                second_client: ApiClient) -> None:
+    first = Candidate(LeaderElector(api_client, "nichotplug", "default", "replica-a", **TERMS))
+    second = Candidate(LeaderElector(second_client, "nichotplug", "default", "replica-b", **TERMS))
+    first.start()
+    await eventually(lambda: first.elector.is_leader, "replica-a leads")
+    second.start()
+    try:
+        await eventually(lambda: second.task is not None and second.elector._observed is not None,
+                         "replica-b has looked at the lease")
+        assert (first.elector.is_leader, second.elector.is_leader) == (True, False)
+        assert await holder(api_client) == "replica-a"
+        assert (first.started, second.started) == (1, 0)
+
+        await first.cancel()  # a clean shutdown releases the lease
+        assert (first.stopped, first.work_cancelled) == (1, 1)
+        await eventually(lambda: second.elector.is_leader, "replica-b takes over", within=TERMS["lease_duration"])
+        assert await holder(api_client) == "replica-b"
+        assert second.started == 1
+    finally:
+        await first.cancel()
+        await second.cancel()
+
+
+async def test_a_leader_that_dies_is_replaced_once_its_lease_expires(apiserver: ApiServer, tmp_path: Path,
+                                                                     second_client: ApiClient) -> None:
+    doomed_api = await client_for(apiserver, tmp_path / "doomed")
+    doomed = Candidate(LeaderElector(doomed_api, "nichotplug", "default", "replica-a", **TERMS))
+    survivor = Candidate(LeaderElector(second_client, "nichotplug", "default", "replica-b", **TERMS))
+    doomed.start()
+    await eventually(lambda: doomed.elector.is_leader, "replica-a leads")
+    survivor.start()
+    try:
+        await doomed_api.close()  # replica-a can no longer reach the API server: it cannot renew
+        await eventually(lambda: not doomed.elector.is_leader, "replica-a gives up after its renew deadline")
+        assert doomed.stopped == 1
+        assert doomed.work_cancelled == 1
+        await eventually(lambda: survivor.elector.is_leader, "replica-b takes over",
+                         within=2 * TERMS["lease_duration"])
+        assert await holder(second_client) == "replica-b"
+    finally:
+        await doomed.cancel()
+        await survivor.cancel()
+
+
+async def test_a_lease_taken_by_someone_else_stops_leading_at_once(api_client: ApiClient) -> None:
+    leader = Candidate(LeaderElector(api_client, "nichotplug", "default", "replica-a",
+                                     lease_duration=30.0, renew_deadline=20.0, retry_period=0.2))
+    leader.start()
+    try:
+        await eventually(lambda: leader.elector.is_leader, "replica-a leads")
+        leases = CoordinationV1Api(api_client)
+        lease = await leases.read_namespaced_lease("nichotplug", "default")
+        lease.spec.holder_identity = "intruder"
+        await leases.replace_namespaced_lease("nichotplug", "default", lease)
+
+        # Far sooner than the 20 s renew deadline: seeing another holder ends leadership.
+        await eventually(lambda: leader.stopped == 1, "on_stopped_leading called", within=5.0)
+        assert not leader.elector.is_leader
+        assert leader.work_cancelled == 1
+        assert await holder(api_client) == "intruder"
+    finally:
+        await leader.cancel()
+
+
+@pytest.mark.parametrize(("lease", "renew", "retry"), [(10, 10, 2), (15, 10, 0), (15, 10, 12), (5, 10, 2)])
+def test_inconsistent_durations_are_refused(api_client: ApiClient, lease: float, renew: float,
+                                            retry: float) -> None:
+    with pytest.raises(ValueError, match="retry_period < renew_deadline < lease_duration"):
+        LeaderElector(api_client, "nichotplug", "default", "a", lease, renew, retry)
+
+
+def test_identity_and_namespace_come_from_the_pod(api_client: ApiClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_NAME", "nichotplug-7d9f-abcde")
+    monkeypatch.setenv("POD_NAMESPACE", "harvester-system")
+    elector = LeaderElector(api_client, "nichotplug")
+    assert (elector.identity, elector.namespace) == ("nichotplug-7d9f-abcde", "harvester-system")
+    with pytest.raises(ValueError, match="name"):
+        LeaderElector(api_client, "")
