@@ -15,11 +15,14 @@ import importlib
 import logging
 import signal
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from nichotplug.certs import CERT_FILE, KEY_FILE
 from nichotplug.rules.cluster import ClusterState
 from nichotplug.webhook.codec import MAX_BODY_BYTES
 from nichotplug.webhook.http import Readiness, add_health_routes, add_webhook_routes
@@ -35,20 +38,59 @@ DRAIN_SECONDS = 15.0
 Stopper = Callable[[], Awaitable[None]]
 
 
+class InFlight:
+    """Counts the requests being handled, so that a shutdown can wait for them.
+
+    aiohttp's own graceful shutdown is not enough: once it starts, it stops reading
+    from open connections, so a request whose body is still arriving is cut off
+    (tests/webhook/test_serve.py shows it). ``drain`` waits here first.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @web.middleware
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        self.count += 1
+        self._idle.clear()
+        try:
+            return await handler(request)
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self._idle.set()
+
+    async def wait_idle(self, grace_seconds: float) -> bool:
+        """True once no request is in flight; False if ``grace_seconds`` passed first."""
+        try:
+            async with asyncio.timeout(grace_seconds):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
 def build_webhook_app(
     cluster: ClusterState,
     *,
     synced: asyncio.Event | None = None,
     tls: CertReloader | None = None,
     readiness: Readiness | None = None,
+    in_flight: InFlight | None = None,
 ) -> web.Application:
     """The TLS app: both webhooks, ``/healthz`` and ``/readyz``.
 
     Ready when ``synced`` is set (the cluster view has listed everything) and
     ``tls`` has a certificate in service; a check that is not given is not
     required. Extra checks go into ``readiness`` (``serve`` adds "not draining").
+    ``in_flight`` counts the requests in progress, for :func:`drain`.
     """
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    middlewares = [in_flight.middleware] if in_flight is not None else []
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
     readiness = readiness or Readiness()
     if synced is not None:
         readiness.add("cluster view not synced yet", synced.is_set)
@@ -95,12 +137,19 @@ async def start_controller(api_client: Any, cluster: Any, args: argparse.Namespa
 
 
 async def start_self_managed_certs(api_client: Any, args: argparse.Namespace) -> Stopper | None:
-    """Create/rotate the serving certificate in a Secret (``nichotplug.kube.certificates``) if asked."""
+    """Create/rotate the serving certificate in a Secret (``nichotplug.kube.certificates``) if asked.
+
+    The manager writes the pair to ``--tls-cert-file``/``--tls-key-file`` (a private temporary folder
+    when they are not given, filled into ``args`` here), where the CertReloader picks up each rotation.
+    """
     if not args.self_managed_certs:
         return None
     module = _optional_module("nichotplug.kube.certificates")
     if module is None or not hasattr(module, "start_certificate_manager"):
-        raise SystemExit("--self-managed-certs is not available in this build")
+        raise RuntimeError("--self-managed-certs is not available in this build")
+    if not args.tls_cert_file:
+        folder = Path(tempfile.mkdtemp(prefix="nichotplug-tls-"))
+        args.tls_cert_file, args.tls_key_file = str(folder / CERT_FILE), str(folder / KEY_FILE)
     stopper: Stopper = await module.start_certificate_manager(api_client=api_client, args=args)
     return stopper
 
@@ -109,14 +158,24 @@ async def start_self_managed_certs(api_client: Any, args: argparse.Namespace) ->
 
 
 def _check_args(args: argparse.Namespace) -> str | None:
-    if not (args.tls_cert_file and args.tls_key_file):
-        # With --self-managed-certs these are where the certificate manager keeps the pair it rotates.
-        return "give --tls-cert-file and --tls-key-file: admission webhooks are served over TLS only"
+    if bool(args.tls_cert_file) != bool(args.tls_key_file):
+        return "give both --tls-cert-file and --tls-key-file, or neither"
+    if not args.tls_cert_file and not args.self_managed_certs:
+        return "give --tls-cert-file and --tls-key-file (or --self-managed-certs): webhooks are served over TLS only"
     for name in ("port", "metrics_port"):
         port = getattr(args, name)
         if not 0 <= port <= 65535 or (name == "port" and port == 0):
             return f"--{name.replace('_', '-')} {port} is not a usable port"
     return None
+
+
+async def drain(runner: web.AppRunner, in_flight: InFlight, grace_seconds: float = DRAIN_SECONDS) -> None:
+    """Stop accepting connections, let the requests in flight finish (bodies still arriving included), close."""
+    for site in list(runner.sites):
+        await site.stop()
+    if not await in_flight.wait_idle(grace_seconds):
+        log.warning("%d request(s) still in flight after %.0f s; closing anyway", in_flight.count, grace_seconds)
+    await runner.cleanup()
 
 
 async def _start_site(runner: web.AppRunner, host: str, port: int, **kwargs: Any) -> None:
@@ -137,7 +196,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         if cert_stopper is not None:
             cleanups.append(cert_stopper)
         tls = CertReloader(args.tls_cert_file, args.tls_key_file)
-        await tls.start(require_loaded=not args.self_managed_certs)
+        await tls.start()
         cleanups.append(tls.stop)
         view = ClusterView(api_client)
         await view.start()
@@ -146,7 +205,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         draining = False
         readiness = Readiness()
         readiness.add("shutting down", lambda: not draining)
-        app = build_webhook_app(view, synced=view.synced, tls=tls, readiness=readiness)
+        in_flight = InFlight()
+        app = build_webhook_app(view, synced=view.synced, tls=tls, readiness=readiness, in_flight=in_flight)
         setup_action_routes(app, api_client, args, view)
         controller_stopper = await start_controller(api_client, view, args)
         if controller_stopper is not None:
@@ -157,9 +217,9 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
             metrics_runner = web.AppRunner(metrics_app(), access_log=None)
             await _start_site(metrics_runner, args.host, args.metrics_port)
             cleanups.append(metrics_runner.cleanup)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=DRAIN_SECONDS)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await _start_site(runner, args.host, args.port, ssl_context=tls.context)
-        cleanups.append(runner.cleanup)
+        cleanups.append(lambda: drain(runner, in_flight))
         log.info("serving webhooks on https://%s:%d, metrics on :%d", args.host, args.port, args.metrics_port)
 
         await stop.wait()

@@ -26,12 +26,12 @@ from nichotplug.webhook.codec import (
     encode_review,
 )
 from nichotplug.webhook.engine import Verdict, review
+from nichotplug.webhook.registration import MUTATION_PATH, VALIDATION_PATH
 from nichotplug.webhook.review import AdmissionRequest, WebhookName
 
 log = logging.getLogger(__name__)
 
-MUTATION_PATH = "/v1/webhook/mutation"
-VALIDATION_PATH = "/v1/webhook/validation"
+# The paths are declared with the webhook registrations, so the chart and the server cannot disagree.
 WEBHOOK_PATHS: dict[WebhookName, str] = {"mutation": MUTATION_PATH, "validation": VALIDATION_PATH}
 
 _KNOWN_REASONS = metrics.known_reasons()
@@ -84,23 +84,18 @@ class WebhookHandler:
 
 
 def _log_verdict(level: int, webhook: WebhookName, admission: AdmissionRequest, verdict: Verdict) -> None:
-    response = verdict.response
-    status = response.get("status")
+    kind = admission["kind"]["kind"]
+    namespace, name = admission.get("namespace", ""), admission.get("name", "")
+    user = admission.get("userInfo", {}).get("username", "")
+    status = verdict.response.get("status")
     detail = f": {status['code']} {status['message']}" if status else ""
     log.log(
-        level,
-        "%s %s %s %s/%s by %s (uid %s): %s (%s)%s",
-        webhook, admission["operation"], admission["kind"]["kind"], admission.get("namespace", ""),
-        admission.get("name", ""), admission.get("userInfo", {}).get("username", ""), admission["uid"],
+        level, "%s %s %s %s/%s by %s (uid %s): %s (%s)%s",
+        webhook, admission["operation"], kind, namespace, name, user, admission["uid"],
         verdict.result, verdict.reason, detail,
-        extra={
-            "webhook": webhook,
-            "object": admission["kind"]["kind"],
-            "namespace": admission.get("namespace", ""),
-            "name": admission.get("name", ""),
-            "user": admission.get("userInfo", {}).get("username", ""),
-            "uid": admission["uid"],
-        },
+        # For structured log handlers; prefixed because LogRecord already owns "name".
+        extra={"admission_webhook": webhook, "admission_object": kind, "admission_namespace": namespace,
+               "admission_name": name, "admission_user": user, "admission_uid": admission["uid"]},
     )
 
 

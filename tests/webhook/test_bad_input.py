@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -223,3 +224,23 @@ async def test_mutation_rule_crash_allows_without_patch_logged_and_counted(
 async def test_get_on_a_webhook_path_is_405(base_url: str, session: aiohttp.ClientSession) -> None:
     async with session.get(base_url + VALIDATION_PATH) as response:
         assert response.status == 405
+
+
+async def test_every_decision_is_logged_with_object_namespace_name_user_and_uid(
+    base_url: str, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="nichotplug.webhook")
+    allowed = json.dumps(admission_review(vm(macs=("02:00:00:00:00:01",)), uid="uid-allowed")).encode()
+    denied = json.dumps(admission_review(vm(macs=("02:00:00:00:00:aa",)), uid="uid-denied")).encode()
+    for body in (allowed, denied):
+        status, _ = await post(session, base_url + VALIDATION_PATH, body)
+        assert status == 200
+    records = {record.admission_uid: record for record in caplog.records if hasattr(record, "admission_uid")}
+    assert set(records) == {"uid-allowed", "uid-denied"}
+    for record in records.values():
+        assert (record.admission_object, record.admission_namespace, record.admission_name, record.admission_user) \
+            == ("VirtualMachine", "default", "vm1", "alice")
+    assert records["uid-allowed"].levelno == logging.DEBUG
+    assert records["uid-denied"].levelno == logging.INFO
+    assert "validation CREATE VirtualMachine default/vm1 by alice (uid uid-denied): denied (mac-collision): 409" \
+        in records["uid-denied"].getMessage()

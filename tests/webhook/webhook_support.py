@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Collection, Coroutine
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -13,8 +12,9 @@ from aiohttp.test_utils import TestServer
 
 from nichotplug.rules.cluster import MacOwner
 from nichotplug.rules.views import NadView, VmiView
+from nichotplug.testing.fixtures import SHARED_FIXTURES
 
-FIXTURES = Path("/work/shared/fixtures/admission")
+FIXTURES = SHARED_FIXTURES / "admission"
 
 ServeFn = Callable[[web.Application], Coroutine[Any, Any, TestServer]]
 

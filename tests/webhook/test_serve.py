@@ -1,0 +1,226 @@
+"""``nichotplug serve`` as a real process, registered with the in-process API server, driven by kubectl.
+
+One story: the server becomes ready once its cluster view has synced; ``kubectl
+create`` of a VM without MACs stores it with MACs (our mutation); a second VM
+reusing one of them is refused with our 409 message as kubectl prints it;
+/metrics counted both; SIGTERM lets a request that is in flight finish, then the
+process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from webhook_support import admission_review, check_review, vm
+
+from nichotplug.certs import CertBundle, make_bundle, write_bundle
+from nichotplug.cli import main
+from nichotplug.testing.server import ApiServer
+from nichotplug.webhook.registration import VALIDATION_PATH, webhook_configurations
+
+pytestmark = [pytest.mark.kubectl, pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class ServeProcess:
+    """``python -m nichotplug serve`` with its stderr collected line by line."""
+
+    def __init__(self, process: asyncio.subprocess.Process, port: int, metrics_port: int) -> None:
+        self.process = process
+        self.port = port
+        self.metrics_port = metrics_port
+        self.lines: list[str] = []
+        self._new_line = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.process.stderr is not None
+        async for raw in self.process.stderr:
+            self.lines.append(raw.decode(errors="replace").rstrip())
+            self._new_line.set()
+
+    async def wait_for_line(self, text: str) -> None:
+        async with asyncio.timeout(20):
+            while not any(text in line for line in self.lines):
+                self._new_line.clear()
+                await self._new_line.wait()
+
+    async def stop(self) -> int:
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            code = await self.process.wait()
+        await self._reader
+        return code
+
+
+async def _kubectl(kubeconfig: Path, workdir: Path, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        "kubectl", "--kubeconfig", str(kubeconfig), "--cache-dir", str(workdir / "kubectl-cache"), *args,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate(stdin.encode() if stdin else None)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+def serving_bundle(tmp_path: Path) -> CertBundle:
+    bundle = make_bundle(dns_names=["localhost"], ip_addresses=["127.0.0.1"])
+    write_bundle(bundle, tmp_path / "certs")
+    return bundle
+
+
+@pytest.fixture
+async def served(apiserver: ApiServer, kubeconfig: Path, tmp_path: Path,
+                 serving_bundle: CertBundle) -> AsyncIterator[ServeProcess]:
+    port, metrics_port = _free_port(), _free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nichotplug", "serve", "--kubeconfig", str(kubeconfig), "--host", "127.0.0.1",
+        "--port", str(port), "--metrics-port", str(metrics_port), "--no-controller",
+        "--tls-cert-file", str(tmp_path / "certs" / "tls.crt"), "--tls-key-file", str(tmp_path / "certs" / "tls.key"),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    served = ServeProcess(process, port, metrics_port)
+    yield served
+    print("\n".join(served.lines))  # the server's log, shown when the test fails
+    if process.returncode is None:
+        process.kill()
+        await process.wait()
+
+
+async def _wait_ready(session: aiohttp.ClientSession, served: ServeProcess) -> None:
+    async with asyncio.timeout(30):
+        while True:
+            assert served.process.returncode is None, "\n".join(served.lines)
+            try:
+                async with session.get(f"https://127.0.0.1:{served.port}/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass  # not listening yet
+            await asyncio.sleep(0.1)
+
+
+def _vm_manifest(name: str, mac: str | None) -> str:
+    obj = vm(name, (mac, None))
+    return json.dumps(obj)
+
+
+async def test_serve_end_to_end_with_kubectl_then_drain_on_sigterm(
+    served: ServeProcess, kubeconfig: Path, tmp_path: Path, serving_bundle: CertBundle
+) -> None:
+    client_ssl = ssl.create_default_context(cadata=serving_bundle.ca_cert_pem.decode())
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl)) as session:
+        await _wait_ready(session, served)
+
+        for configuration in webhook_configurations(
+            "nichotplug", ca_bundle=serving_bundle.ca_cert_pem, url=f"https://127.0.0.1:{served.port}",
+        ):
+            code, _, err = await _kubectl(kubeconfig, tmp_path, "create", "-f", "-", stdin=json.dumps(configuration))
+            assert code == 0, err
+
+        # Our mutation gives both interfaces a MAC on the way into storage.
+        code, _, err = await _kubectl(kubeconfig, tmp_path, "create", "-f", "-", stdin=_vm_manifest("first", None))
+        assert code == 0, err
+        code, out, err = await _kubectl(kubeconfig, tmp_path, "get", "vm", "first", "-o", "json")
+        assert code == 0, err
+        interfaces: list[dict[str, Any]] = json.loads(out)["spec"]["template"]["spec"]["domain"]["devices"][
+            "interfaces"]
+        taken = interfaces[0]["macAddress"]
+        assert all(interface.get("macAddress") for interface in interfaces), interfaces
+
+        # A second VM reusing that MAC is refused once the view has seen "first" (it watches, so retry).
+        async with asyncio.timeout(20):
+            while True:
+                code, _, err = await _kubectl(kubeconfig, tmp_path, "create", "-f", "-",
+                                              stdin=_vm_manifest("second", taken))
+                if code != 0:
+                    break
+                await _kubectl(kubeconfig, tmp_path, "delete", "vm", "second")
+        assert 'admission webhook "validate-vm.nichotplug.harvesterhci.io" denied the request' in err, err
+        assert taken in err
+        assert "first" in err
+
+        async with aiohttp.ClientSession() as plain, plain.get(
+            f"http://127.0.0.1:{served.metrics_port}/metrics"
+        ) as response:
+            metrics = await response.text()
+        decisions = {
+            (s.labels["webhook"], s.labels["result"], s.labels["reason"]): s.value
+            for family in text_string_to_metric_families(metrics) for s in family.samples
+            if s.name == "nichotplug_admission_decisions_total" and s.labels["operation"] == "CREATE"
+        }
+        assert decisions["mutation", "patched", "macs-assigned"] == 2  # "first", then "second"'s nic1
+        assert decisions["validation", "denied", "mac-collision"] == 1
+
+        # SIGTERM while a request is half sent: it is still answered, then the process exits 0.
+        body = json.dumps(admission_review(vm("third", ("02:00:00:00:00:33",)))).encode()
+        first_half_sent, rest_may_go = asyncio.Event(), asyncio.Event()
+
+        async def slow_body() -> AsyncIterator[bytes]:
+            yield body[:100]
+            first_half_sent.set()
+            await rest_may_go.wait()
+            yield body[100:]
+
+        async def post_slowly() -> tuple[int, Any]:
+            async with session.post(f"https://127.0.0.1:{served.port}{VALIDATION_PATH}", data=slow_body(),
+                                    headers={"Content-Type": "application/json"}) as response:
+                return response.status, await response.json()
+
+        in_flight = asyncio.create_task(post_slowly())
+        await first_half_sent.wait()
+        await asyncio.sleep(0.2)  # let the server start the handler; its log line below is the real signal
+        served.process.send_signal(signal.SIGTERM)
+        await served.wait_for_line("stopping: draining requests in flight")
+        rest_may_go.set()
+        status, answer = await in_flight
+        assert status == 200
+        assert check_review(answer, uid="uid-1", webhook="validation")["allowed"] is True
+        assert await served.stop() == 0, "\n".join(served.lines)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--tls-cert-file", "/nonexistent/tls.crt"], "give both --tls-cert-file and --tls-key-file, or neither"),
+    ([], "give --tls-cert-file and --tls-key-file (or --self-managed-certs): webhooks are served over TLS only"),
+    (["--tls-cert-file", "a", "--tls-key-file", "b", "--port", "70000"], "--port 70000 is not a usable port"),
+])
+def test_serve_refuses_unusable_arguments_with_one_clear_line(
+    extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", *extra]) == 2
+    assert capsys.readouterr().err.strip() == f"nichotplug serve: {message}"
+
+
+async def test_serve_without_credentials_or_certificate_says_which(tmp_path: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nichotplug", "serve", "--kubeconfig", str(tmp_path / "missing"),
+        "--tls-cert-file", str(tmp_path / "tls.crt"), "--tls-key-file", str(tmp_path / "tls.key"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "KUBECONFIG": str(tmp_path / "missing")},
+    )
+    _, err = await process.communicate()
+    assert process.returncode == 1
+    assert "nichotplug serve: KubeConfigError: no Kubernetes credentials" in err.decode()
