@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 REVIEW_API_VERSION = "admission.k8s.io/v1"
 DEFAULT_TIMEOUT_SECONDS = 10
+MAX_TIMEOUT_SECONDS = 30
 # Requests on these groups never go through webhooks, so a broken webhook cannot lock the
 # cluster out of fixing its own configuration (as in kube-apiserver).
 EXEMPT_GROUPS = frozenset({"admissionregistration.k8s.io"})
@@ -244,7 +245,10 @@ def _webhook_url(webhook: Mapping[str, Any]) -> str:
 
 
 def _timeout_seconds(webhook: Mapping[str, Any]) -> int:
-    return int(webhook.get("timeoutSeconds") or DEFAULT_TIMEOUT_SECONDS)
+    timeout = webhook.get("timeoutSeconds", DEFAULT_TIMEOUT_SECONDS)
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= MAX_TIMEOUT_SECONDS:
+        raise _CallFailed(f"timeoutSeconds must be an integer from 1 to {MAX_TIMEOUT_SECONDS}, not {timeout!r}")
+    return timeout
 
 
 def _ssl_context(webhook: Mapping[str, Any]) -> ssl.SSLContext:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,10 +13,11 @@ from admission_webhooks import ScriptedWebhook, configuration, tls_bundle, webho
 from nichotplug.certs import CertBundle
 from nichotplug.testing.admission import AdmissionAttributes, AdmissionError, UserInfo, admit
 from nichotplug.testing.errors import StatusError
+from nichotplug.testing.fixtures import SHARED_FIXTURES
 from nichotplug.testing.resources import BUILTIN_RESOURCES, ResourceInfo
 
-ADMISSION_FIXTURES = Path("/work/shared/fixtures/admission")
-APISERVER_FIXTURES = Path("/work/shared/fixtures/apiserver")
+ADMISSION_FIXTURES = SHARED_FIXTURES / "admission"
+APISERVER_FIXTURES = SHARED_FIXTURES / "apiserver"
 needs_fixtures = pytest.mark.skipif(not ADMISSION_FIXTURES.is_dir(), reason="recorded fixtures not on this machine")
 
 VMS = ResourceInfo(group="kubevirt.io", version="v1", plural="virtualmachines", singular="virtualmachine",
@@ -462,10 +462,20 @@ async def test_an_unreachable_webhook_under_fail(bundle: CertBundle) -> None:
         f'Internal error occurred: failed calling webhook "gone": failed to call webhook: Post "{url}?timeout=10s": ')
 
 
-async def test_a_garbled_ca_bundle_is_a_call_failure(hook: ScriptedWebhook) -> None:
-    config = configuration(MUTATING, "m", webhook("tls", hook.url("allow"), "not base64!"))
+@pytest.mark.parametrize("ca_bundle", ["not base64!", "aGVsbG8="])  # the second is base64 of "hello"
+async def test_a_garbled_ca_bundle_is_a_call_failure(hook: ScriptedWebhook, ca_bundle: str) -> None:
+    config = configuration(MUTATING, "m", webhook("tls", hook.url("allow"), ca_bundle))
     with pytest.raises(StatusError, match="caBundle is not a base64 PEM certificate bundle"):
         await run(attributes(), [config])
+    assert hook.calls == []
+
+
+@pytest.mark.parametrize("seconds", [0, 31, "10", 2.5, True])
+async def test_an_impossible_timeout_is_a_call_failure(hook: ScriptedWebhook, seconds: object) -> None:
+    config = configuration(MUTATING, "m", webhook("t", hook.url("allow"), hook.ca_bundle, timeoutSeconds=seconds))
+    with pytest.raises(StatusError, match="timeoutSeconds must be an integer from 1 to 30"):
+        await run(attributes(), [config])
+    assert hook.calls == []
 
 
 @pytest.mark.parametrize(("client_config", "explanation"), [
