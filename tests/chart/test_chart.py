@@ -11,6 +11,8 @@ import pytest
 from nichotplug.cli import build_parser
 from nichotplug.controller.loop import run_controller
 from nichotplug.kube.certificates import parse_duration, settings_from_args
+from nichotplug.rules.cluster import StaticCluster
+from nichotplug.service import build_webhook_app
 from nichotplug.webhook.registration import (
     MUTATING_WEBHOOK,
     VALIDATING_WEBHOOK,
@@ -94,6 +96,15 @@ def test_service_ports_reach_the_container(default_chart: Rendered) -> None:
     assert ports["https"]["port"] == 443
     assert port_number(default_chart, ports["https"]["targetPort"]) == args.port == 9443
     assert port_number(default_chart, ports["metrics"]["targetPort"]) == args.metrics_port
+
+
+def test_probe_paths_are_routes_of_the_served_app(default_chart: Rendered) -> None:
+    app = build_webhook_app(StaticCluster(vms=[], vmis=[], nads=[]))
+    routes = {resource.canonical for resource in app.router.resources()}
+    for name in ("readinessProbe", "livenessProbe"):
+        assert container(default_chart)[name]["httpGet"]["path"] in routes
+    for webhook in (MUTATING_WEBHOOK, VALIDATING_WEBHOOK):
+        assert webhook.path in routes
 
 
 def test_probes_use_https_on_the_serving_port(default_chart: Rendered) -> None:
