@@ -348,3 +348,17 @@ async def test_serve_seam_keeps_checking_until_stopped(
         assert (tmp_path / "tls.crt").read_bytes() == first
     finally:
         await stop()
+
+
+async def test_serve_seam_refuses_a_bad_validity_before_touching_the_cluster(
+    api_client: ApiClient, service_client: ApiClient, tmp_path: Path,
+) -> None:
+    args = build_parser().parse_args([
+        "serve", "--self-managed-certs", "--namespace", NAMESPACE, "--tls-secret", SECRET,
+        "--tls-cert-file", str(tmp_path / "tls.crt"), "--tls-key-file", str(tmp_path / "tls.key"),
+        "--cert-validity", "forever",
+    ])
+    with pytest.raises(ValueError, match="'forever' is not a duration"):
+        await start_certificate_manager(api_client=service_client, args=args)
+    assert (await CoreV1Api(api_client).list_namespaced_secret(NAMESPACE)).items == []
+    assert not (tmp_path / "tls.crt").exists()
