@@ -10,11 +10,12 @@ import pytest
 import yaml
 
 from nichotplug.testing import discovery, openapi
+from nichotplug.testing.fixtures import SHARED_FIXTURES
 from nichotplug.testing.resources import BUILTIN_RESOURCES, ResourceInfo, resources_from_crd
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "nichotplug" / "testing" / "crds"
-KUBECTL_FIXTURES = Path("/work/shared/fixtures/kubectl")
-APISERVER_FIXTURES = Path("/work/shared/fixtures/apiserver")
+KUBECTL_FIXTURES = SHARED_FIXTURES / "kubectl"
+APISERVER_FIXTURES = SHARED_FIXTURES / "apiserver"
 
 needs_fixtures = pytest.mark.skipif(not KUBECTL_FIXTURES.is_dir(), reason="recorded fixtures not on this machine")
 
