@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from nichotplug.controller import metrics
 from nichotplug.controller.reconciler import VmCache, split_key, vm_ref
 from nichotplug.kube.events import EventRecorder
 from nichotplug.rules.cluster import ClusterState, owner_scope
-from nichotplug.rules.macindex import MacOwner, vm_mac_claims
+from nichotplug.rules.macindex import MacOwner
 from nichotplug.rules.views import VmView
 
 log = logging.getLogger(__name__)
@@ -42,14 +42,21 @@ class DuplicateMac:
         return f"MAC {self.mac} is used more than once on {where}: {users}"
 
 
+def _claimed_macs(vm: VmView) -> Iterator[str]:
+    """The MACs ``vm`` claims, in the index's spelling (spec MAC, else the recorded one)."""
+    for interface in vm.interfaces:
+        mac = interface.mac or vm.observed_macs.get(interface.name, "")
+        if mac:
+            # Valid MACs normalise by case and separator only; an invalid one is in no index.
+            yield mac.lower().replace("-", ":")
+
+
 def duplicates_of(vm: VmView, cluster: ClusterState, seen_macs: set[str]) -> list[DuplicateMac]:
     """The duplicates involving ``vm``'s MACs that are not in ``seen_macs`` yet (which it extends)."""
     found: list[DuplicateMac] = []
-    for mac, _owner in vm_mac_claims(vm):
-        if mac in seen_macs:
-            continue
+    for mac in _claimed_macs(vm):
         owners = cluster.owners_of_mac(mac)
-        if len(owners) < 2:
+        if len(owners) < 2 or mac in seen_macs:
             continue
         seen_macs.add(mac)
         by_scope: dict[str, list[MacOwner]] = defaultdict(list)

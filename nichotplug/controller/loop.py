@@ -53,7 +53,7 @@ class MacController:
 
     def __init__(
         self, api: ApiClient, cache: VmCache, *, events: EventRecorder | None = None, workers: int = 4,
-        resync_period: float = 300.0, audit_period: float = 60.0, denied_backoff: float = 300.0,
+        resync_period: float = 300.0, audit_period: float = 300.0, denied_backoff: float = 300.0,
         retry_base_delay: float = 0.05, retry_max_delay: float = 60.0, name: str = "mac",
     ) -> None:
         if workers < 1:
@@ -168,7 +168,7 @@ class MacController:
 async def run_controller(
     api: ApiClient, view: VmCache, *, namespace: str, identity: str,
     lease_name: str = "nichotplug-controller", lease_duration: float = 15.0, renew_deadline: float = 10.0,
-    retry_period: float = 2.0, workers: int = 4, resync_period: float = 300.0, audit_period: float = 60.0,
+    retry_period: float = 2.0, workers: int = 4, resync_period: float = 300.0, audit_period: float = 300.0,
     denied_backoff: float = 300.0, events: EventRecorder | None = None, controller: MacController | None = None,
 ) -> None:
     """Run the MAC controller whenever this replica holds the Lease ``namespace/lease_name``; until cancelled.
