@@ -7,8 +7,9 @@ Per VM, the index holds its valid spec MACs and, for interfaces without a spec M
 observed-MAC annotation records for them (KubeVirt keeps giving the guest that MAC until the spec
 says otherwise). Interfaces set ``state: absent`` still count: they keep their MAC until unplugged.
 
-Memory matters (the webhook keeps an index of every VM in the cluster): a MAC with one owner, the
-usual case, stores the bare ``MacOwner``; only shared MACs store a frozenset.
+Memory matters (the webhook keeps an index of every VM in the cluster): MACs are keyed as 48-bit
+integers (half the size of their text), a MAC with one owner, the usual case, stores the bare
+``MacOwner`` and only shared MACs store a frozenset.
 """
 
 from __future__ import annotations
@@ -33,9 +34,13 @@ class MacOwner(NamedTuple):
 
 
 def vm_mac_claims(vm: VmView) -> Iterator[tuple[str, MacOwner]]:
-    """(normalised MAC, owner) for every MAC the VM uses; unreadable spec MACs are skipped."""
+    """(normalised MAC, owner) for every MAC the VM uses; unreadable spec MACs are skipped.
+
+    Names are interned: an index of 100,000 VMs holds each namespace, interface name and NAD
+    reference once instead of once per VM.
+    """
     namespace = sys.intern(vm.namespace)
-    name = sys.intern(vm.name)
+    name = vm.name
     for interface in vm.interfaces:
         mac = interface.mac
         if mac:
@@ -48,10 +53,28 @@ def vm_mac_claims(vm: VmView) -> Iterator[tuple[str, MacOwner]]:
             if not mac:
                 continue
         network = vm.network(interface.name)
-        nad = network.nad if network is not None else None
-        if nad is not None:
-            nad = (sys.intern(nad[0]), sys.intern(nad[1]))
-        yield mac, MacOwner(namespace, name, interface.name, nad)
+        nad = _shared_nad(network.nad) if network is not None and network.nad is not None else None
+        yield mac, MacOwner(namespace, name, sys.intern(interface.name), nad)
+
+
+_NAD_REFS: dict[tuple[str, str], tuple[str, str]] = {}
+
+
+def _shared_nad(nad: tuple[str, str]) -> tuple[str, str]:
+    """One tuple object per NAD reference (there are few NADs and many interfaces on them)."""
+    shared = _NAD_REFS.get(nad)
+    if shared is None:
+        if len(_NAD_REFS) > 65536:
+            _NAD_REFS.clear()  # a bound against a pathological number of distinct references
+        shared = _NAD_REFS.setdefault(nad, (sys.intern(nad[0]), sys.intern(nad[1])))
+    return shared
+
+
+def _mac_key(mac: str) -> int:
+    """The 48-bit number of a normalised MAC (ValueError for other text)."""
+    if len(mac) != 17:
+        raise ValueError(mac)
+    return int(mac.replace(":", ""), 16)
 
 
 class MacIndex:
@@ -60,8 +83,9 @@ class MacIndex:
     __slots__ = ("_by_mac", "_by_vm")
 
     def __init__(self) -> None:
-        self._by_mac: dict[str, MacOwner | frozenset[MacOwner]] = {}
-        self._by_vm: dict[tuple[str, str], tuple[tuple[str, MacOwner], ...]] = {}
+        self._by_mac: dict[int, MacOwner | frozenset[MacOwner]] = {}
+        # (namespace, name) -> the owners it indexed; their MACs are the _by_mac keys they sit under
+        self._by_vm: dict[tuple[str, str], tuple[tuple[int, ...], tuple[MacOwner, ...]]] = {}
 
     def __len__(self) -> int:
         return len(self._by_mac)
@@ -69,31 +93,37 @@ class MacIndex:
     def update_vm(self, vm: VmView | Mapping[str, Any]) -> None:
         """Index (or re-index) a VM from its view or its dict; raises InvalidObject for a garbage dict."""
         view = vm if isinstance(vm, VmView) else VmView.from_dict(vm)
-        claims = tuple(vm_mac_claims(view))
+        pairs = list(vm_mac_claims(view))
+        macs = tuple(_mac_key(mac) for mac, _owner in pairs)
+        owners = tuple(owner for _mac, owner in pairs)
         key = (view.namespace, view.name)
-        if self._by_vm.get(key) == claims:
+        if self._by_vm.get(key) == (macs, owners):
             return  # most watch events (status, annotations) do not change the MACs
         self.remove_vm(*key)
-        if not claims:
+        if not pairs:
             return
-        self._by_vm[key] = claims
-        for mac, owner in claims:
-            self._add(mac, owner)
+        self._by_vm[key] = (macs, owners)
+        for mac_key, owner in zip(macs, owners, strict=True):
+            self._add(mac_key, owner)
 
     def remove_vm(self, namespace: str, name: str) -> None:
-        for mac, owner in self._by_vm.pop((namespace, name), ()):
+        macs, owners = self._by_vm.pop((namespace, name), ((), ()))
+        for mac, owner in zip(macs, owners, strict=True):
             self._discard(mac, owner)
 
     def owners(self, mac: str) -> frozenset[MacOwner]:
-        """Every interface using ``mac`` (normalised form expected)."""
-        entry = self._by_mac.get(mac)
+        """Every interface using ``mac`` (normalised form expected; any other text has no owners)."""
+        try:
+            entry = self._by_mac.get(_mac_key(mac))
+        except ValueError:
+            return frozenset()
         if entry is None:
             return frozenset()
         if isinstance(entry, MacOwner):
             return frozenset((entry,))
         return entry
 
-    def _add(self, mac: str, owner: MacOwner) -> None:
+    def _add(self, mac: int, owner: MacOwner) -> None:
         entry = self._by_mac.get(mac)
         if entry is None:
             self._by_mac[mac] = owner
@@ -102,7 +132,7 @@ class MacIndex:
         else:
             self._by_mac[mac] = entry | {owner}
 
-    def _discard(self, mac: str, owner: MacOwner) -> None:
+    def _discard(self, mac: int, owner: MacOwner) -> None:
         entry = self._by_mac.get(mac)
         if entry is None:
             return

@@ -91,3 +91,17 @@ def test_scope_is_the_nad_cluster_network_label() -> None:
 def test_scope_of_a_missing_nad_or_the_pod_network_is_empty() -> None:
     cluster = StaticCluster()
     assert (owner_scope(("default", "gone"), cluster), owner_scope(None, cluster)) == ("", "")
+
+
+def test_owners_of_text_that_is_not_a_normalised_mac_is_empty() -> None:
+    index = MacIndex()
+    index.update_vm(vm())
+    assert (index.owners("02-00-00-00-00-02"), index.owners("nonsense")) == (frozenset(), frozenset())
+
+
+def test_an_unchanged_vm_update_keeps_the_same_owners() -> None:
+    index = MacIndex()
+    index.update_vm(vm())
+    before = index.owners("02:00:00:00:00:02")
+    index.update_vm(vm(annotations={"note": "status-only change"}))
+    assert index.owners("02:00:00:00:00:02") == before
