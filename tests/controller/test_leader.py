@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
+from prometheus_client import REGISTRY
 
 from nichotplug.controller import MacController, run_controller
 
@@ -72,11 +73,13 @@ async def test_a_leader_that_cannot_renew_stops_reconciling_at_once(
         async def leading() -> bool:
             return controller.queue is not None
         await wait_for(leading)
+        assert REGISTRY.get_sample_value("nichotplug_leader", {"name": "nichotplug-controller"}) == 1
         apiserver.faults.add(method="PUT", path_regex=LEASE_PATH, status=500, times=None)
 
         async def stopped() -> bool:
             return controller.queue is None
         await wait_for(stopped, within=LEASE["renew_deadline"] + 2)
+        assert REGISTRY.get_sample_value("nichotplug_leader", {"name": "nichotplug-controller"}) == 0
         await cluster.create_vm(vm_body("vm1", macs={"default": None}, annotation={"default": MAC_A}))
         await asyncio.sleep(0.6)  # two resync periods: a controller still reconciling would backfill
         assert await cluster.spec_macs("vm1") == {"default": None}

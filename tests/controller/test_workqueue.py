@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from prometheus_client import REGISTRY
 
 from nichotplug.controller.workqueue import ShutDown, WorkQueue
 
@@ -14,8 +15,10 @@ async def test_a_key_added_twice_before_processing_is_handed_out_once() -> None:
     queue.add("ns/a")
     queue.add("ns/b")
     queue.add("ns/a")
+    assert REGISTRY.get_sample_value("nichotplug_workqueue_depth", {"name": "t-dedup"}) == 2
     assert [await queue.get(), await queue.get()] == ["ns/a", "ns/b"]
     assert len(queue) == 0
+    assert REGISTRY.get_sample_value("nichotplug_workqueue_depth", {"name": "t-dedup"}) == 0
 
 
 async def test_a_key_re_added_while_processing_waits_then_comes_back_once() -> None:
@@ -36,6 +39,7 @@ async def test_backoff_doubles_per_failure_is_capped_and_forget_resets_it() -> N
     queue = WorkQueue("t-backoff", base_delay=0.01, max_delay=0.05)
     delays = [queue.add_rate_limited("ns/a") for _ in range(5)]
     assert delays == [0.01, 0.02, 0.04, 0.05, 0.05]
+    assert REGISTRY.get_sample_value("nichotplug_workqueue_retries_total", {"name": "t-backoff"}) == 5
     assert queue.failures("ns/a") == 5
     queue.forget("ns/a")
     assert queue.add_rate_limited("ns/a") == 0.01
@@ -83,3 +87,25 @@ async def test_a_cancelled_waiter_passes_its_wake_up_on() -> None:
     queue.add("ns/a")
     first.cancel()
     assert await asyncio.wait_for(second, 2) == "ns/a"
+
+
+async def test_a_controller_without_workers_is_refused(api_client: object) -> None:
+    from nichotplug.controller import MacController
+    from nichotplug.kube.cache import ClusterView
+
+    with pytest.raises(ValueError, match="at least one worker"):
+        MacController(api_client, ClusterView(), workers=0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("key", "parts"), [("ns/a", ("ns", "a")), (("ns", "a"), ("ns", "a"))])
+def test_keys_split_into_namespace_and_name(key: object, parts: tuple[str, str]) -> None:
+    from nichotplug.controller.reconciler import split_key
+
+    assert split_key(key) == parts
+
+
+def test_a_key_that_is_not_a_key_is_refused_clearly() -> None:
+    from nichotplug.controller.reconciler import split_key
+
+    with pytest.raises(ValueError, match="not a namespace/name key"):
+        split_key(["ns", "a", "b"])
