@@ -46,10 +46,19 @@ def vm_shaped(draw: st.DrawFn) -> Any:
 objects = json_values | vm_shaped()
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(st.sampled_from(["CREATE", "UPDATE", "DELETE", "bogus"]), objects, objects)
 def test_rules_never_raise_and_always_give_a_known_reason(operation: str, obj: Any, old: Any) -> None:
     req = AdmissionInput(operation, "default", "vm1", obj, old)
     decisions = (mutate_vm(req, CLUSTER), validate_vm(req, CLUSTER))
     assert all(decision.reason in REASONS and (decision.allowed or decision.code in (403, 409, 500))
                for decision in decisions)
+
+
+@settings(max_examples=40, deadline=None)
+@given(vm_shaped(), json_values)
+def test_metadata_only_writes_never_raise(obj: Any, metadata: Any) -> None:
+    new = {**obj, "metadata": metadata}
+    req = AdmissionInput("UPDATE", "default", "vm1", new, obj)
+    decision = validate_vm(req, CLUSTER)
+    assert (decision.reason in REASONS, decision.allowed or decision.code == 403) == (True, True)
