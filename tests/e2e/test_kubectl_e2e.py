@@ -1,0 +1,290 @@
+"""nichotplug end to end: the real ``nichotplug serve`` process, registered with the in-process
+API server, driven by the real ``kubectl`` as an operator drives it.
+
+The service runs as a subprocess with certificates from ``nichotplug certs``; the API server calls
+its webhooks over verified TLS. What is asserted is what the operator sees: the MACs kubectl shows,
+the refusal kubectl prints, and that a refused edit changed nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+import yaml
+
+from nichotplug.testing.server import ApiServer
+from nichotplug.webhook.registration import VALIDATING_WEBHOOK, webhook_configurations
+
+pytestmark = [pytest.mark.kubectl,
+              pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")]
+
+DENIED = f'admission webhook "{VALIDATING_WEBHOOK.name}" denied the request: '
+
+
+@dataclass
+class Done:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def run(*argv: str, env: dict[str, str] | None = None, limit_seconds: float = 60) -> Done:
+    """Run a command without blocking the event loop the API server answers on."""
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})})
+    out, err = await asyncio.wait_for(process.communicate(), limit_seconds)
+    assert process.returncode is not None
+    return Done(process.returncode, out.decode(), err.decode())
+
+
+@dataclass
+class Cluster:
+    server: ApiServer
+    kubeconfig: Path
+    workdir: Path
+
+    async def kubectl(self, *args: str, env: dict[str, str] | None = None) -> Done:
+        return await run("kubectl", "--kubeconfig", str(self.kubeconfig),
+                         "--cache-dir", str(self.workdir / "kube-cache"), *args, env=env)
+
+    async def apply(self, obj: dict[str, Any]) -> Done:
+        path = self.workdir / f"{obj['metadata']['name']}-{obj['kind']}.yaml"
+        path.write_text(yaml.safe_dump(obj))
+        return await self.kubectl("apply", "-f", str(path))
+
+    async def get_vm(self, name: str) -> dict[str, Any]:
+        done = await self.kubectl("get", "vm", name, "-o", "json")
+        assert done.returncode == 0, done.stderr
+        vm: dict[str, Any] = json.loads(done.stdout)
+        return vm
+
+    async def edit_vm(self, name: str, new_interface: dict[str, Any], network: dict[str, Any]) -> Done:
+        """``kubectl edit vm`` with an EDITOR that appends an interface and its network to the file."""
+        editor = self.workdir / "editor.py"
+        editor.write_text(
+            "import sys, yaml\n"
+            "path = sys.argv[-1]\n"
+            "vm = yaml.safe_load(open(path))\n"
+            "spec = vm['spec']['template']['spec']\n"
+            f"spec['domain']['devices']['interfaces'].append({new_interface!r})\n"
+            f"spec['networks'].append({network!r})\n"
+            "open(path, 'w').write(yaml.safe_dump(vm))\n"
+        )
+        return await self.kubectl("edit", "vm", name, env={"KUBE_EDITOR": f"{sys.executable} {editor}"})
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def wait_ready(url: str, ca_file: Path, process: asyncio.subprocess.Process) -> None:
+    context = ssl.create_default_context(cafile=str(ca_file))
+    async with aiohttp.ClientSession() as session:
+        for _ in range(300):
+            assert process.returncode is None, "nichotplug serve exited before it became ready"
+            try:
+                async with session.get(f"{url}/readyz", ssl=context) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("nichotplug serve did not become ready in 30 s")
+
+
+@pytest_asyncio.fixture
+async def cluster(apiserver: ApiServer, tmp_path: Path) -> AsyncIterator[Cluster]:
+    """The API server with nichotplug serving (as a process) and registered, plus two networks."""
+    kubeconfig = apiserver.write_kubeconfig(tmp_path / "kubeconfig")
+    certs = tmp_path / "certs"
+    made = await run(sys.executable, "-m", "nichotplug", "certs", "--out", str(certs), "--ip", "127.0.0.1")
+    assert made.returncode == 0, made.stderr
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nichotplug", "serve", "--kubeconfig", str(kubeconfig), "--host", "127.0.0.1",
+        "--port", str(port), "--metrics-port", "0", "--tls-cert-file", str(certs / "tls.crt"),
+        "--tls-key-file", str(certs / "tls.key"), "--namespace", "default", "--no-controller",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        url = f"https://127.0.0.1:{port}"
+        await wait_ready(url, certs / "ca.crt", process)
+        state = Cluster(apiserver, kubeconfig, tmp_path)
+        for config in webhook_configurations("nichotplug", url=url, ca_bundle=(certs / "ca.crt").read_bytes()):
+            applied = await state.apply(config)
+            assert applied.returncode == 0, applied.stderr
+        for nad in (bridge_nad("vlan1", "bridge"), bridge_nad("overlay", "kube-ovn")):
+            applied = await state.apply(nad)
+            assert applied.returncode == 0, applied.stderr
+        yield state
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+        # SIGTERM drains and exits cleanly: anything else is a crash worth seeing.
+        assert process.returncode == 0, stderr.decode()[-3000:]
+
+
+def bridge_nad(name: str, cni_type: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": name, "namespace": "default",
+                     "labels": {"network.harvesterhci.io/clusternetwork": "mgmt"}},
+        "spec": {"config": json.dumps({"cniVersion": "0.3.1", "name": name, "type": cni_type, "bridge": "mgmt-br"})},
+    }
+
+
+def vm_manifest(name: str, *, macs: dict[str, str] | None = None, run_strategy: str = "Always") -> dict[str, Any]:
+    macs = macs or {}
+    interfaces: list[dict[str, Any]] = [
+        {"name": "default", "masquerade": {}, "model": "virtio"},
+        {"name": "nic-1", "bridge": {}, "model": "virtio"},
+    ]
+    for interface in interfaces:
+        if interface["name"] in macs:
+            interface["macAddress"] = macs[interface["name"]]
+    return {
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"runStrategy": run_strategy, "template": {"spec": {
+            "domain": {"devices": {"interfaces": interfaces}, "memory": {"guest": "1Gi"}},
+            "networks": [{"name": "default", "pod": {}},
+                         {"name": "nic-1", "multus": {"networkName": "default/vlan1"}}],
+        }}},
+    }
+
+
+def macs_of(vm: dict[str, Any]) -> dict[str, str | None]:
+    return {i["name"]: i.get("macAddress") for i in vm["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"]}
+
+
+async def start_running(cluster: Cluster, name: str) -> dict[str, Any]:
+    """Create a VM with MACs and play KubeVirt: a running, ready, live-migratable VMI and status Running."""
+    applied = await cluster.apply(vm_manifest(name))
+    assert applied.returncode == 0, applied.stderr
+    vm = await cluster.get_vm(name)
+    vmi = {
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"domain": {"devices": {}}},
+        "status": {"phase": "Running",
+                   "conditions": [{"type": "Ready", "status": "True"}, {"type": "LiveMigratable", "status": "True"}],
+                   "interfaces": [{"name": n, "mac": m} for n, m in macs_of(vm).items()]},
+    }
+    assert (await cluster.apply(vmi)).returncode == 0
+    patched = await cluster.kubectl("patch", "vm", name, "--subresource=status", "--type=merge",
+                                    "-p", '{"status": {"printableStatus": "Running"}}')
+    assert patched.returncode == 0, patched.stderr
+    await wait_until_hotpluggable(cluster, name)
+    return await cluster.get_vm(name)
+
+
+async def wait_until_hotpluggable(cluster: Cluster, name: str) -> None:
+    """The webhook judges from its watch cache: wait until a valid hot-plug passes a server dry run."""
+    probe = json.dumps([
+        {"op": "add", "path": "/spec/template/spec/domain/devices/interfaces/-",
+         "value": {"name": "probe", "model": "virtio", "bridge": {}}},
+        {"op": "add", "path": "/spec/template/spec/networks/-",
+         "value": {"name": "probe", "multus": {"networkName": "default/vlan1"}}},
+    ])
+    for _ in range(50):
+        done = await cluster.kubectl("patch", "vm", name, "--dry-run=server", "--type=json", "-p", probe)
+        if done.returncode == 0:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"a valid hot-plug into {name} was still refused after 10 s: {done.stderr}")
+
+
+async def test_kubectl_apply_of_a_vm_without_macs_gets_generated_ones(cluster: Cluster) -> None:
+    applied = await cluster.apply(vm_manifest("fresh", run_strategy="Halted"))
+    assert applied.returncode == 0, applied.stderr
+
+    macs = macs_of(await cluster.get_vm("fresh"))
+
+    assert set(macs) == {"default", "nic-1"}
+    assert all(mac and int(mac[:2], 16) & 0b11 == 0b10 for mac in macs.values()), macs
+    assert len(set(macs.values())) == 2
+
+
+async def test_kubectl_edit_adding_a_non_bridge_nic_to_a_running_vm_is_refused(cluster: Cluster) -> None:
+    before = await start_running(cluster, "runner")
+
+    done = await cluster.edit_vm("runner", {"name": "extra", "model": "virtio", "masquerade": {}},
+                                 {"name": "extra", "multus": {"networkName": "default/vlan1"}})
+
+    assert done.returncode != 0
+    assert DENIED in done.stderr, done.stderr
+    assert "extra" in done.stderr
+    assert "bridge" in done.stderr
+    after = await cluster.get_vm("runner")
+    assert macs_of(after) == macs_of(before)
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+
+
+async def test_kubectl_edit_hot_plugging_a_virtio_bridge_nic_is_accepted_with_a_mac(cluster: Cluster) -> None:
+    await start_running(cluster, "runner")
+
+    done = await cluster.edit_vm("runner", {"name": "dynif1", "model": "virtio", "bridge": {}},
+                                 {"name": "dynif1", "multus": {"networkName": "default/vlan1"}})
+
+    assert done.returncode == 0, done.stderr
+    macs = macs_of(await cluster.get_vm("runner"))
+    assert list(macs) == ["default", "nic-1", "dynif1"]
+    assert macs["dynif1"]
+    assert int(macs["dynif1"][:2], 16) & 0b11 == 0b10
+
+
+async def test_kubectl_edit_hot_plugging_onto_an_overlay_network_is_refused(cluster: Cluster) -> None:
+    await start_running(cluster, "runner")
+
+    done = await cluster.edit_vm("runner", {"name": "dynif1", "model": "virtio", "bridge": {}},
+                                 {"name": "dynif1", "multus": {"networkName": "default/overlay"}})
+
+    assert done.returncode != 0
+    assert DENIED in done.stderr, done.stderr
+    assert "default/overlay" in done.stderr
+
+
+async def test_a_duplicate_mac_on_the_same_cluster_network_is_refused(cluster: Cluster) -> None:
+    applied = await cluster.apply(vm_manifest("first", run_strategy="Halted"))
+    assert applied.returncode == 0, applied.stderr
+    taken = macs_of(await cluster.get_vm("first"))["nic-1"]
+    assert taken is not None
+
+    done = await cluster.apply(vm_manifest("second", macs={"nic-1": taken.upper()}, run_strategy="Halted"))
+
+    assert done.returncode != 0
+    assert DENIED in done.stderr, done.stderr
+    assert taken in done.stderr
+    assert "default/first" in done.stderr
+    missing = await cluster.kubectl("get", "vm", "second")
+    assert missing.returncode != 0
+    assert "NotFound" in missing.stderr
+
+
+async def test_json_patch_unplugging_the_masquerade_interface_is_refused(cluster: Cluster) -> None:
+    await start_running(cluster, "runner")
+
+    done = await cluster.kubectl(
+        "patch", "vm", "runner", "--type=json",
+        "-p", '[{"op": "add", "path": "/spec/template/spec/domain/devices/interfaces/0/state", "value": "absent"}]')
+
+    assert done.returncode != 0
+    assert DENIED in done.stderr, done.stderr
+    assert "interface default of VM default/runner uses masquerade binding" in done.stderr
