@@ -76,7 +76,7 @@ def apply_patch(kind: str, live: Mapping[str, Any], patch: Any) -> dict[str, Any
 
 def apply_json_patch(live: Mapping[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
     try:
-        result = jsonpatch.JsonPatch(ops).apply(_copy(live))
+        result = jsonpatch.JsonPatch(ops).apply(_copy(live), in_place=True)
     except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
         # kube-apiserver answers a failed test or a missing path with a bare 422 (fixtures 06, 08, 09).
         raise patch_rejected() from exc

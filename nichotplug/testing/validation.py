@@ -7,7 +7,9 @@ schema translated from OpenAPI v3 to JSON Schema (``nullable``, ``x-kubernetes-i
 Errors come back as the ``details.causes`` of a 422 Invalid (fixture 13).
 
 Compiled validators are cached per schema content: the VirtualMachine schema is 600 KB and a
-benchmark pushes thousands of writes through the same one.
+benchmark pushes thousands of writes through the same one. The verdict comes from
+``jsonschema_rs`` (microseconds for a VM, where ``jsonschema`` takes milliseconds); only an
+invalid object goes through ``jsonschema`` again, for the field-by-field causes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jsonschema
+import jsonschema_rs
 import orjson
 
 from nichotplug.testing.errors import StatusError, invalid
@@ -83,6 +86,7 @@ class SchemaValidator:
         # metadata is ObjectMeta: the API server checks it itself (name rules below), not the CRD schema.
         json_schema.get("properties", {}).pop("metadata", None)
         self._validator = jsonschema.Draft4Validator(json_schema)
+        self._verdict = jsonschema_rs.Draft4Validator(json_schema)
         self._has_cel_rules = _has_cel_rules(schema)
 
     def prune(self, obj: dict[str, Any]) -> list[str]:
@@ -100,6 +104,8 @@ class SchemaValidator:
         return unknown
 
     def causes(self, obj: Mapping[str, Any]) -> list[Cause]:
+        if self._verdict.is_valid(obj):
+            return []
         found: list[Cause] = []
         for error in self._validator.iter_errors(obj):
             found.extend(_causes_of(error))

@@ -11,8 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import os
 import secrets
-import uuid
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,8 +26,26 @@ SYSTEM_METADATA = ("uid", "creationTimestamp", "deletionTimestamp", "deletionGra
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # apimachinery's: no vowels, no look-alikes
 
 
+_last_stamp: tuple[int, str] = (0, "")
+
+
 def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """The current UTC second as Kubernetes writes timestamps (formatted once per second: it is hot)."""
+    global _last_stamp
+    second = int(time.time())
+    if _last_stamp[0] != second:
+        stamp = datetime.datetime.fromtimestamp(second, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        _last_stamp = (second, stamp)
+    return _last_stamp[1]
+
+
+def new_uid() -> str:
+    """A random (version 4) UUID string; uuid.uuid4() was the slowest step of a bulk load."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def deep_copy(value: Any) -> Any:
@@ -52,7 +71,7 @@ def prepare_create(obj: dict[str, Any], *, namespace: str, keeps_status: bool) -
         meta.pop("namespace", None)
     for key in SYSTEM_METADATA:
         meta.pop(key, None)
-    meta["uid"] = str(uuid.uuid4())
+    meta["uid"] = new_uid()
     meta["creationTimestamp"] = now_rfc3339()
     meta["generation"] = 1
     if not keeps_status:
