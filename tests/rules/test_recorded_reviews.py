@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 from typing import Any
 
 import jsonpatch
@@ -17,8 +16,9 @@ from rules_factory import nad, vmi
 from nichotplug.rules.admission import AdmissionInput, mutate_vm, validate_vm
 from nichotplug.rules.cluster import StaticCluster
 from nichotplug.rules.decision import REASONS
+from nichotplug.testing.fixtures import SHARED_FIXTURES
 
-FIXTURES = Path("/work/shared/fixtures/admission")
+FIXTURES = SHARED_FIXTURES / "admission"
 pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason="recorded admission fixtures are not on this machine")
 
 VM_REVIEWS = sorted(p.name for p in FIXTURES.glob("*-virtualmachines-*.json")) if FIXTURES.is_dir() else []
