@@ -86,3 +86,26 @@ async def test_a_leader_that_cannot_renew_stops_reconciling_at_once(
 
         apiserver.faults.clear()
         await wait_for(lambda: backfilled(cluster, "vm1", MAC_A), within=3 * LEASE["lease_duration"] + 2)
+
+
+async def test_the_serve_seam_runs_the_controller_and_releases_the_lease_on_stop(
+    api_client: ApiClient, cluster: Cluster, monkeypatch: Any,
+) -> None:
+    import argparse
+
+    from kubernetes_asyncio.client import CoordinationV1Api
+
+    from nichotplug.controller.run import start_controller
+
+    monkeypatch.setenv("POD_NAME", "nichotplug-0")
+    await cluster.create_vm(vm_body("vm1", macs={"default": None}, annotation={"default": MAC_A}))
+    async with started_view(api_client) as view:
+        stop = await start_controller(api_client=api_client, cluster=view, args=argparse.Namespace(namespace="default"))
+        try:
+            await wait_for(lambda: backfilled(cluster, "vm1", MAC_A))
+            lease = await CoordinationV1Api(api_client).read_namespaced_lease("nichotplug-controller", "default")
+            assert lease.spec.holder_identity == "nichotplug-0"
+        finally:
+            await stop()
+    lease = await CoordinationV1Api(api_client).read_namespaced_lease("nichotplug-controller", "default")
+    assert not lease.spec.holder_identity  # released: the next replica need not wait for it to expire
