@@ -12,7 +12,6 @@ import base64
 import json
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,8 +19,9 @@ import pytest_asyncio
 from api_helpers import VMS, RawClient
 
 from nichotplug.testing import ApiServer
+from nichotplug.testing.fixtures import SHARED_FIXTURES
 
-FIXTURES = Path("/work/shared/fixtures/apiserver")
+FIXTURES = SHARED_FIXTURES / "apiserver"
 pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason="recorded fixtures not on this machine")
 
 # Fixtures that need more than the generic replay (a webhook, a watch): tested elsewhere.
