@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Collection, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import aiohttp
 from kubernetes_asyncio.client import ApiClient
@@ -40,6 +40,7 @@ from nichotplug.rules.cluster import ClusterState, MacOwner, StaticCluster
 from nichotplug.rules.views import InvalidObject, NadView, VmiView, VmView
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 KUBEVIRT: Final = ("kubevirt.io", "v1")
 VMS: Final = "virtualmachines"
@@ -135,7 +136,7 @@ def refusal_from_kube_error(error: KubeError, what: str) -> ActionRefusal:
     return ActionRefusal(status, error.reason or "ServerError", error.message)
 
 
-async def _guard(what: str, call: Any) -> Any:
+async def _guard(what: str, call: Awaitable[T]) -> T:
     """Await ``call``; API and transport errors become :class:`ActionFailed`."""
     try:
         return await call
