@@ -1,3 +1,4 @@
+# syntax=docker/dockerfile:1
 # nichotplug: `nichotplug serve` (admission webhooks, action API, MAC controller) for Harvester.
 # Build: docker build -t rancher/harvester-nichotplug:0.1.0 .
 
