@@ -8,6 +8,8 @@ from typing import Any
 
 import jsonpatch
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rules_factory import KUBE_OVN_CONFIG, iface, multus_net, nad, pod_net, vm, vmi
 
 from nichotplug.rules import actions
@@ -368,3 +370,29 @@ def test_unreadable_vm_is_refused_not_crashed() -> None:
     assert result.status == 409
     assert "interfaces must be an array" in result.message
     assert actions.find_hotunpluggable(machine, vmi(), StaticCluster()) == []
+
+
+# -- arbitrary bodies -------------------------------------------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=8,
+)
+BODIES = st.dictionaries(
+    st.sampled_from(["interfaceName", "networkName", "macAddress", "other"]),
+    JSON_VALUES | st.sampled_from(["dynif1", "vlan1", "default/vlan1", "nic-1", "02:00:00:00:00:09", ""]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=BODIES)
+def test_any_body_gives_a_patch_or_a_clear_refusal(body: dict[str, Any]) -> None:
+    machine = vm()
+    state = cluster(machine)
+    for result in (plan_add_nic(machine, vmi(), body, state), plan_remove_nic(machine, vmi(), body, state)):
+        if isinstance(result, ActionRefusal):
+            assert result.status in (404, 409, 422)
+            assert result.message
+        else:
+            jsonpatch.apply_patch(machine, result)  # every patch applies to the VM it was planned for
