@@ -133,31 +133,38 @@ def nad_object(name: str) -> dict[str, Any]:
 
 
 def build(vm_count: int, with_vmis: bool = True) -> tuple[ClusterView, float]:
-    """A view fed vm_count VMs (and their VMIs); returns it and the seconds the feeding took."""
+    """A view fed vm_count VMs (and their VMIs); returns it and the CPU seconds spent in apply_event.
+
+    CPU time (not wall time) because the machine is shared; generating the objects is not counted.
+    """
     view = ClusterView()
-    started = time.perf_counter()
+    spent = 0.0
     for name in NADS:
         view.apply_event(NETWORK_ATTACHMENT_DEFINITION, "ADDED", nad_object(name))
     for index in range(vm_count):
-        view.apply_event(VIRTUAL_MACHINE, "ADDED", vm_object(index))
+        vm, vmi = vm_object(index), vmi_object(index)
+        started = time.process_time()
+        view.apply_event(VIRTUAL_MACHINE, "ADDED", vm)
         if with_vmis:
-            view.apply_event(VIRTUAL_MACHINE_INSTANCE, "ADDED", vmi_object(index))
-    return view, time.perf_counter() - started
+            view.apply_event(VIRTUAL_MACHINE_INSTANCE, "ADDED", vmi)
+        spent += time.process_time() - started
+    return view, spent
 
 
-def lookup_cost_ns(view: ClusterView, vm_count: int, lookups: int = 200_000) -> float:
-    """Mean nanoseconds per owners_of_mac over random existing MACs (plus some absent ones)."""
+def lookup_cost_ns(view: ClusterView, vm_count: int, lookups: int = 100_000, repeats: int = 7) -> float:
+    """Nanoseconds per owners_of_mac over random existing MACs (and some absent ones), best of repeats."""
     rng = random.Random(7)
     macs = [mac_of(rng.randrange(vm_count), rng.randrange(INTERFACES_PER_VM)) for _ in range(1000)]
     macs += [mac_of(vm_count + 10 + i, 0) for i in range(100)]  # not in the view
+    queries = [macs[i % len(macs)] for i in range(lookups)]
     owners_of_mac = view.owners_of_mac
-    started = time.perf_counter_ns()
-    found = 0
-    for i in range(lookups):
-        found += len(owners_of_mac(macs[i % len(macs)]))
-    elapsed = time.perf_counter_ns() - started
-    assert found > 0
-    return elapsed / lookups
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter_ns()
+        found = sum(len(owners_of_mac(mac)) for mac in queries)
+        best = min(best, (time.perf_counter_ns() - started) / lookups)
+        assert found > 0
+    return best
 
 
 def main() -> None:
@@ -174,7 +181,7 @@ def main() -> None:
     print(f"cluster view of {args.vms:,} VMs ({INTERFACES_PER_VM} interfaces) + {args.vms:,} VMIs: "
           f"{counts['macs']:,} MACs indexed")
     print(f"  RSS growth: {grown / 2**20:.1f} MiB (process RSS {rss_bytes() / 2**20:.1f} MiB)")
-    print(f"  build: {seconds:.2f} s, {seconds / (2 * args.vms) * 1e6:.1f} us per apply_event")
+    print(f"  build: {seconds:.2f} s CPU in apply_event, {seconds / (2 * args.vms) * 1e6:.1f} us per event")
     del view
     gc.collect()
 
