@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
@@ -122,12 +122,12 @@ class MacController:
             namespace, name = split_key(key)
             queue.add(f"{namespace}/{name}")
 
-    async def _every(self, period: float, action: Any) -> None:
+    async def _every(self, period: float, action: Callable[[], Awaitable[object] | None]) -> None:
         while True:
             await asyncio.sleep(period)
             try:
                 result = action()
-                if asyncio.iscoroutine(result):
+                if result is not None:
                     await result
             except asyncio.CancelledError:
                 raise
@@ -178,10 +178,8 @@ async def run_controller(
     ``controller`` to run a prepared :class:`MacController` (then ``workers`` and the periods given
     here are ignored).
     """
-    if controller is None:
-        controller = MacController(api, view, events=events, workers=workers, resync_period=resync_period,
-                                   audit_period=audit_period, denied_backoff=denied_backoff)
-    term = controller
+    term = controller or MacController(api, view, events=events, workers=workers, resync_period=resync_period,
+                                       audit_period=audit_period, denied_backoff=denied_backoff)
     elector = LeaderElector(api, lease_name, namespace, identity, lease_duration=lease_duration,
                             renew_deadline=renew_deadline, retry_period=retry_period)
     leader_gauge = metrics.LEADER.labels(name=lease_name)

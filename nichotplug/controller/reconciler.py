@@ -194,7 +194,7 @@ class MacReconciler:
         return Outcome.DENIED
 
     async def _report(self, key: str, vm: VmView, plan: BackfillPlan) -> None:
-        """Turn what the plan found into Events (and metrics), each distinct one once per VM."""
+        """Turn what the plan found into Events (and metrics), each once while it stays true."""
         reports: list[tuple[str, str, str]] = []
         if plan.annotation_error:
             metrics.ANNOTATION_ERRORS.inc()
@@ -208,12 +208,13 @@ class MacReconciler:
             reports.append(("Normal", "MacNotObserved",
                             f"interface(s) {', '.join(plan.not_observed)} have no MAC in the spec and none was "
                             "observed yet; start the VM once so their MACs can be recorded"))
-        if not reports:
-            return
-        seen = self._reported.setdefault(key, set())
+        # Remember only what is still true, so a problem that was fixed and comes back is told again.
+        previous = self._reported.pop(key, set())
+        current = {(reason, message) for _, reason, message in reports}
+        if current:
+            self._reported[key] = current
         for type_, reason, message in reports:
-            if (reason, message) in seen:
+            if (reason, message) in previous:
                 continue
-            seen.add((reason, message))
             (log.warning if type_ == "Warning" else log.info)("VM %s: %s: %s", key, reason, message)
             await self._events.emit(vm_ref(vm), type_, reason, message)
