@@ -273,3 +273,15 @@ async def test_our_validating_webhook_refusing_a_duplicate_mac_is_reported_once_
 
 async def _denials(cluster: Cluster, name: str) -> list[str]:
     return [event[2] for event in await cluster.events(name) if event[1] == "MacWriteDenied"]
+
+
+async def test_recording_keeps_the_vms_other_annotations(api_client: ApiClient, cluster: Cluster) -> None:
+    body = vm_body("vm1", macs={"default": None}, run_strategy="Always")
+    body["metadata"]["annotations"] = {"harvesterhci.io/vmRunStrategy": "Always", "team": "blue"}
+    await cluster.create_vm(body)
+    await cluster.create_vmi(vmi_body("vm1", {"default": MAC_A}))
+    async with running_controller(api_client):
+        await wait_for(lambda: cluster.annotation("vm1"))
+    annotations = (await cluster.get_vm("vm1"))["metadata"]["annotations"]
+    assert annotations["team"] == "blue"
+    assert annotations["harvesterhci.io/vmRunStrategy"] == "Always"
