@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from nichotplug.kube.cache import (
     ClusterView,
 )
 from nichotplug.rules.cluster import owner_scope
-from nichotplug.rules.macindex import MacOwner
+from nichotplug.rules.macindex import MacIndex, MacOwner
 from nichotplug.rules.views import NadView, VmiView, VmView
 from nichotplug.testing.server import ApiServer
 
@@ -310,3 +312,30 @@ def test_vm_and_vmi_share_their_mac_maps_when_equal() -> None:
 async def test_start_without_a_client_is_refused() -> None:
     with pytest.raises(RuntimeError, match="without an ApiClient"):
         await ClusterView().start()
+
+
+def test_mac_owners_match_the_rules_mac_index_through_random_updates_and_deletes() -> None:
+    """The view's compact MAC index answers exactly what rules.macindex.MacIndex answers."""
+
+
+    rng = random.Random(3)
+    macs = [f"02:00:00:00:00:{i:02x}" for i in range(12)]
+    networks = [None, "vlan1", "other/vlan2"]
+    view, reference = ClusterView(), MacIndex()
+    for _step in range(400):
+        name = f"vm{rng.randrange(8)}"
+        if rng.random() < 0.2:
+            view.apply_event(VIRTUAL_MACHINE, "DELETED", vm(name, []))
+            reference.remove_vm("default", name)
+            continue
+        interfaces = []
+        for index in range(rng.randrange(4)):
+            mac = rng.choice([*macs, ""])
+            interfaces.append((f"nic-{index}", mac.upper() if rng.random() < 0.2 else mac, rng.choice(networks)))
+        observed = {f"nic-{index}": rng.choice(macs) for index in range(rng.randrange(3))}
+        obj = vm(name, interfaces, annotations={OBSERVED_MACS: json.dumps(observed)} if observed else None)
+        view.apply_event(VIRTUAL_MACHINE, "MODIFIED", obj)
+        reference.update_vm(obj)
+        for mac in macs:
+            assert view.owners_of_mac(mac) == reference.owners(mac), mac
+    assert view.counts()["macs"] == len(reference)
