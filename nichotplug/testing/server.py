@@ -60,7 +60,7 @@ from nichotplug.testing.errors import (
 from nichotplug.testing.faults import Faults
 from nichotplug.testing.resources import BUILTIN_RESOURCES, ResourceInfo, resources_from_crd
 from nichotplug.testing.selectors import Matcher, combine, field_matcher, label_matcher
-from nichotplug.testing.store import Entry, GroupResource, Store, StoreEvent, TooOld, Watcher
+from nichotplug.testing.store import ADDED, DELETED, MODIFIED, Entry, GroupResource, Store, StoreEvent, TooOld, Watcher
 
 CRD_DIR = Path(__file__).parent / "crds"
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
@@ -593,8 +593,9 @@ class ApiServer:
         # Initial events go out in large writes: one write per event took seconds for 100,000 objects.
         batch: list[bytes] = []
         for event in initial:
-            if matcher is None or matcher(event.entry.head):
-                batch.append(self._event_line(info, event))
+            event_type = _visible_type(event, matcher)
+            if event_type is not None:
+                batch.append(self._event_line(info, event, event_type))
             if len(batch) >= 1000:
                 await response.write(b"".join(batch))
                 batch = []
@@ -623,12 +624,13 @@ class ApiServer:
 
     async def _send_event(self, response: web.StreamResponse, info: ResourceInfo, event: StoreEvent,
                           matcher: Matcher | None) -> None:
-        if matcher is not None and not matcher(event.entry.head):
-            return
-        await response.write(self._event_line(info, event))
+        event_type = _visible_type(event, matcher)
+        if event_type is not None:
+            await response.write(self._event_line(info, event, event_type))
 
-    def _event_line(self, info: ResourceInfo, event: StoreEvent) -> bytes:
-        return b'{"type":"' + event.type.encode() + b'","object":' + self._raw(info, event.entry) + b"}\n"
+    def _event_line(self, info: ResourceInfo, event: StoreEvent, event_type: str = "") -> bytes:
+        kind = (event_type or event.type).encode()
+        return b'{"type":"' + kind + b'","object":' + self._raw(info, event.entry) + b"}\n"
 
     async def _send_bookmark(self, response: web.StreamResponse, info: ResourceInfo,
                              initial_events_end: bool = False) -> None:
@@ -870,6 +872,17 @@ class ApiServer:
         call.warnings.extend(result.warnings)
         admitted: dict[str, Any] | None = result.obj
         return admitted if admitted is not None else (obj if obj is not None else {})
+
+
+def _visible_type(event: StoreEvent, matcher: Matcher | None) -> str | None:
+    """The event type a selective watch shows, or None when it does not see the change."""
+    if matcher is None:
+        return event.type
+    matches_now = matcher(event.entry.head)
+    if event.type == MODIFIED and event.previous is not None and matcher(event.previous) != matches_now:
+        # As the watch cache does: an object entering the selection is ADDED, one leaving it DELETED.
+        return ADDED if matches_now else DELETED
+    return event.type if matches_now else None
 
 
 _BUILTIN_GROUP_RESOURCES = frozenset((info.group, info.plural) for info in BUILTIN_RESOURCES)

@@ -58,6 +58,7 @@ class StoreEvent:
     namespace: str
     type: str
     entry: Entry
+    previous: Mapping[str, Any] | None = None  # the head before a MODIFIED, for selector transitions
 
 
 @dataclass(eq=False)
@@ -140,12 +141,13 @@ class Store:
         meta = obj["metadata"]
         key = (meta.get("namespace", ""), meta["name"])
         bucket = self._entries.setdefault(gr, {})
-        event_type = MODIFIED if key in bucket else ADDED
-        if event_type == ADDED:
+        old = bucket.get(key)
+        if old is None:
             self._sorted_keys.pop(gr, None)
         meta["resourceVersion"] = str(self._next_version())
         entry = bucket[key] = Entry.of(obj)
-        self._publish(StoreEvent(self.resource_version, gr, key[0], event_type, entry))
+        self._publish(StoreEvent(self.resource_version, gr, key[0], ADDED if old is None else MODIFIED, entry,
+                                 None if old is None else old.head))
         return obj
 
     def remove(self, gr: GroupResource, namespace: str, name: str) -> dict[str, Any] | None:

@@ -142,6 +142,20 @@ async def test_restart_cuts_open_watches_and_keeps_data(raw: RawClient, apiserve
     assert resumed[0]["object"]["spec"]["runStrategy"] == "Always"
 
 
+async def test_objects_entering_and_leaving_a_label_selection(raw: RawClient) -> None:
+    await raw.call("POST", VMS, vm("vm1"))
+    rv = raw.server.store.resource_version
+    collecting = asyncio.create_task(_collect(raw.stream(f"{VMS}?watch=true&resourceVersion={rv}&labelSelector=on"), 2))
+    await raw.call("PATCH", f"{VMS}/vm1", {"metadata": {"labels": {"on": "1"}}}, content_type=MERGE)
+    await raw.call("PATCH", f"{VMS}/vm1", {"metadata": {"labels": {"on": "1", "other": "x"}}}, content_type=MERGE)
+    await raw.call("PATCH", f"{VMS}/vm1", {"metadata": {"labels": None}}, content_type=MERGE)
+    events = await asyncio.wait_for(collecting, 10)
+    assert [e["type"] for e in events] == ["ADDED", "MODIFIED"]
+    left = await _collect(raw.stream(f"{VMS}?watch=true&resourceVersion={rv}&labelSelector=on"), 3)
+    assert [e["type"] for e in left] == ["ADDED", "MODIFIED", "DELETED"]
+    assert "labels" not in left[2]["object"]["metadata"]
+
+
 async def test_watch_of_one_object_by_name(raw: RawClient) -> None:
     collecting = asyncio.create_task(_collect(raw.stream(f"{VMS}?watch=true&fieldSelector=metadata.name%3Dwanted"), 1))
     await asyncio.sleep(0.05)
