@@ -1,8 +1,8 @@
 """Building kubernetes-asyncio ``ApiClient`` objects: the service's own, and one per caller.
 
-``load_api_client`` picks the service's credentials the way kubectl and client-go do: the pod's
-service account when running in a cluster, else a kubeconfig (explicit path, ``$KUBECONFIG``, then
-``~/.kube/config``). ``api_client_with_token`` derives a client that talks to the same server with the
+``load_api_client`` picks the service's credentials the way controller-runtime does: an explicit
+kubeconfig, ``$KUBECONFIG``, the pod's service account when running in a cluster, then
+``~/.kube/config``. ``api_client_with_token`` derives a client that talks to the same server with the
 same CA but authenticates as the caller (their bearer token, never our client certificate), so the
 API server's RBAC judges the caller's action-API requests, not this service's account.
 """
@@ -26,21 +26,18 @@ class KubeConfigError(RuntimeError):
     """No usable Kubernetes credentials were found; the message says where we looked."""
 
 
-def running_in_cluster(environ: os._Environ[str] | dict[str, str] = os.environ) -> bool:
+def running_in_cluster() -> bool:
     """True when the process runs in a pod with a mounted service account token."""
-    return bool(environ.get(SERVICE_HOST_ENV)) and (SERVICE_ACCOUNT_DIR / "token").is_file()
+    return bool(os.environ.get(SERVICE_HOST_ENV)) and (SERVICE_ACCOUNT_DIR / "token").is_file()
 
 
 def _kubeconfig_candidates(explicit: str | os.PathLike[str] | None) -> list[Path]:
-    """Kubeconfig files in the order kubectl would consider them."""
+    """The kubeconfig files to consider, in order: the explicit one, else those of ``$KUBECONFIG``."""
     if explicit is not None:
         return [Path(explicit)]
     from_env = os.environ.get("KUBECONFIG", "")
-    # $KUBECONFIG may list several files; kubernetes-asyncio merges them when given the whole list,
-    # but the first existing one is what holds the current context in practice.
-    paths = [Path(p) for p in from_env.split(os.pathsep) if p]
-    paths.append(Path.home() / ".kube" / "config")
-    return paths
+    # $KUBECONFIG may list several files; the first existing one holds the context we use.
+    return [Path(p) for p in from_env.split(os.pathsep) if p]
 
 
 async def load_api_client(
@@ -48,16 +45,22 @@ async def load_api_client(
 ) -> ApiClient:
     """An ``ApiClient`` with this service's own credentials.
 
-    An explicit ``kubeconfig`` wins; otherwise the in-cluster service account when running in a
-    pod; otherwise ``$KUBECONFIG`` or ``~/.kube/config``. Raises :class:`KubeConfigError` with the
-    places tried when none works. The caller owns the client and must ``await client.close()``.
+    The order is controller-runtime's: an explicit ``kubeconfig``, then ``$KUBECONFIG``, then the
+    in-cluster service account when running in a pod, then ``~/.kube/config``. Raises
+    :class:`KubeConfigError` naming the places tried when none works. The caller owns the client and
+    must ``await client.close()``.
     """
-    configuration = Configuration()
-    if kubeconfig is None and context is None and running_in_cluster():
-        kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        return ApiClient(configuration=configuration)
     candidates = _kubeconfig_candidates(kubeconfig)
     existing = [path for path in candidates if path.is_file()]
+    configuration = Configuration()
+    if not existing and kubeconfig is None and running_in_cluster():
+        kube_config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration, token_filename=str(SERVICE_ACCOUNT_DIR / "token"),
+            cert_filename=str(SERVICE_ACCOUNT_DIR / "ca.crt"))
+        return ApiClient(configuration=configuration)
+    if not existing and kubeconfig is None:
+        candidates.append(Path.home() / ".kube" / "config")
+        existing = [path for path in candidates if path.is_file()]
     if not existing:
         tried = ", ".join(str(path) for path in candidates)
         raise KubeConfigError(f"no Kubernetes credentials: not in a pod and no kubeconfig at {tried}")

@@ -78,3 +78,26 @@ async def test_client_with_token_acts_as_the_caller_not_as_us(apiserver: ApiServ
 async def test_an_empty_token_is_refused(api_client: ApiClient, token: str) -> None:
     with pytest.raises(ValueError, match="empty bearer token"):
         api_client_with_token(api_client, token)
+
+
+async def test_in_cluster_service_account_is_used_in_a_pod(apiserver: ApiServer, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from nichotplug.kube import client as kube_client
+
+    mounted = tmp_path / "serviceaccount"
+    mounted.mkdir()
+    (mounted / "token").write_text(VIEWER_TOKEN)
+    (mounted / "ca.crt").write_bytes(apiserver.ca_pem)
+    monkeypatch.setattr(kube_client, "SERVICE_ACCOUNT_DIR", mounted)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(apiserver.port))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # a ~/.kube/config must not win over the pod's account
+
+    api = await load_api_client()
+    try:
+        assert api.configuration.host == f"https://127.0.0.1:{apiserver.port}"
+        assert (await VersionApi(api).get_code()).git_version
+        assert not await whoami_can_create_namespaces(api)  # it is the viewer whose token is mounted
+    finally:
+        await api.close()
