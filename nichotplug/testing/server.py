@@ -97,6 +97,13 @@ def _optional_module(name: str) -> ModuleType | None:
         return None
 
 
+MAX_WRITE_ATTEMPTS = 5
+
+
+class _ChangedMeanwhile(Exception):
+    """The object changed while a write was in admission: the write starts again from the new one."""
+
+
 @dataclass(frozen=True)
 class Target:
     """What a resource URL names."""
@@ -683,13 +690,20 @@ class ApiServer:
         return self.store.put((info.group, info.plural), obj)
 
     async def _update(self, call: Call) -> web.StreamResponse:
+        target = call.target
         body = _decode_object(await call.request.read(), call.request.content_type)
-        old = self._existing(call.target)
         body_rv = (body.get("metadata") or {}).get("resourceVersion")
-        if body_rv and body_rv != old["metadata"]["resourceVersion"]:
-            raise conflict(call.target.info.plural, call.target.info.group, call.target.name)
-        result, status = await self._write_update(call, old, body)
-        return _json_response(self._render(call.target.info, result), status=status, warnings=call.warnings)
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            old = self._existing(target)
+            if body_rv and body_rv != old["metadata"]["resourceVersion"]:
+                raise conflict(target.info.plural, target.info.group, target.name)
+            call.warnings.clear()
+            try:
+                result, status = await self._write_update(call, old, writes.deep_copy(body))
+            except _ChangedMeanwhile:
+                continue
+            return _json_response(self._render(target.info, result), status=status, warnings=call.warnings)
+        raise conflict(target.info.plural, target.info.group, target.name)
 
     async def _patch(self, call: Call) -> web.StreamResponse:
         target, info = call.target, call.target.info
@@ -699,19 +713,26 @@ class ApiServer:
             raise invalid("PatchOptions", "meta.k8s.io", "", [{
                 "reason": "FieldValueRequired", "message": "Required value: is required for apply patch",
                 "field": "fieldManager"}])
-        old = self.store.get(target.gr, target.namespace, target.name)
-        if old is None:
-            if kind != patching.APPLY_PATCH or target.subresource:
-                raise not_found(info.plural, info.group, target.name)
-            created = await self._create_object(call, {**patch, "metadata": {**(patch.get("metadata") or {}),
-                                                                             "name": target.name}})
-            return _json_response(self._render(info, created), status=201, warnings=call.warnings)
-        patched = patching.apply_patch(kind, self._render(info, old), patch)
-        patched_rv = (patched.get("metadata") or {}).get("resourceVersion")
-        if patched_rv and patched_rv != old["metadata"]["resourceVersion"]:
-            raise conflict(info.plural, info.group, target.name)
-        result, status = await self._write_update(call, old, patched)
-        return _json_response(self._render(info, result), status=status, warnings=call.warnings)
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            old = self.store.get(target.gr, target.namespace, target.name)
+            if old is None:
+                if kind != patching.APPLY_PATCH or target.subresource:
+                    raise not_found(info.plural, info.group, target.name)
+                created = await self._create_object(call, {**patch, "metadata": {**(patch.get("metadata") or {}),
+                                                                                 "name": target.name}})
+                return _json_response(self._render(info, created), status=201, warnings=call.warnings)
+            # Like etcd's GuaranteedUpdate: a patch is applied to the object as it is when it is stored.
+            patched = patching.apply_patch(kind, self._render(info, old), patch)
+            patched_rv = (patched.get("metadata") or {}).get("resourceVersion")
+            if patched_rv and patched_rv != old["metadata"]["resourceVersion"]:
+                raise conflict(info.plural, info.group, target.name)
+            call.warnings.clear()
+            try:
+                result, status = await self._write_update(call, old, patched)
+            except _ChangedMeanwhile:
+                continue
+            return _json_response(self._render(info, result), status=status, warnings=call.warnings)
+        raise conflict(info.plural, info.group, target.name)
 
     async def _write_update(self, call: Call, old: dict[str, Any],
                             new: dict[str, Any]) -> tuple[Mapping[str, Any], int]:
@@ -734,6 +755,9 @@ class ApiServer:
         new = await self._admit(call, "UPDATE", new, old, validating=True)
         writes.bump_generation(new, old, has_status=has_status)
         new["apiVersion"] = old["apiVersion"]
+        if self.store.version_of(target.gr, target.namespace, target.name) != old["metadata"]["resourceVersion"]:
+            raise _ChangedMeanwhile  # someone else wrote while the webhooks were being called
+
         if writes.unchanged(new, old):
             return old, 200
         if call.dry_run:
@@ -750,6 +774,8 @@ class ApiServer:
         writes.check_preconditions(options, old, info.qualified_name)
         await self._admit(call, "DELETE", None, old, options=options)
         await self._admit(call, "DELETE", None, old, options=options, validating=True)
+        old = self._existing(target)  # as it is now, after the webhooks' awaits
+        writes.check_preconditions(options, old, info.qualified_name)
         result = self._delete_object(call, old)
         if result is not None:
             return _json_response(self._render(info, result), warnings=call.warnings)

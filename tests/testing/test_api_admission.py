@@ -3,6 +3,7 @@ create/update/patch/delete in the real order (mutate -> schema validation -> val
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -145,3 +146,25 @@ async def test_unreachable_webhook_with_fail_policy_refuses_the_write(raw: RawCl
     assert answer.status == 500
     assert answer.body["message"].startswith('Internal error occurred: failed calling webhook "v.test"')
     assert apiserver.store.count(("kubevirt.io", "virtualmachines")) == 0
+
+
+async def test_concurrent_patches_during_slow_admission_are_both_kept(raw: RawClient, hook: ScriptedWebhook) -> None:
+    await raw.call("POST", VMS, vm("vm1"))
+    await _register(raw, "ValidatingWebhookConfiguration", "v",
+                    webhook("v.test", hook.url("slow", seconds="0.2"), hook.ca_bundle, timeout_seconds=10))
+    first, second = await asyncio.gather(
+        raw.call("PATCH", f"{VMS}/vm1", {"metadata": {"labels": {"a": "1"}}}, content_type=MERGE),
+        raw.call("PATCH", f"{VMS}/vm1", {"metadata": {"labels": {"b": "2"}}}, content_type=MERGE))
+    assert (first.status, second.status) == (200, 200)
+    assert (await raw.call("GET", f"{VMS}/vm1")).body["metadata"]["labels"] == {"a": "1", "b": "2"}
+
+
+async def test_concurrent_update_with_the_same_resource_version_conflicts(
+        raw: RawClient, hook: ScriptedWebhook) -> None:
+    stored = (await raw.call("POST", VMS, vm("vm1"))).body
+    await _register(raw, "ValidatingWebhookConfiguration", "v",
+                    webhook("v.test", hook.url("slow", seconds="0.2"), hook.ca_bundle, timeout_seconds=10))
+    one, two = (json.loads(json.dumps(stored)) for _ in range(2))
+    one["metadata"]["labels"], two["metadata"]["labels"] = {"a": "1"}, {"b": "2"}
+    answers = await asyncio.gather(raw.call("PUT", f"{VMS}/vm1", one), raw.call("PUT", f"{VMS}/vm1", two))
+    assert sorted(a.status for a in answers) == [200, 409]
