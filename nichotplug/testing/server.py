@@ -17,6 +17,7 @@ import asyncio
 import base64
 import functools
 import importlib
+import logging
 import ssl
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -62,6 +63,7 @@ from nichotplug.testing.resources import BUILTIN_RESOURCES, ResourceInfo, resour
 from nichotplug.testing.selectors import Matcher, combine, field_matcher, label_matcher
 from nichotplug.testing.store import ADDED, DELETED, MODIFIED, Entry, GroupResource, Store, StoreEvent, TooOld, Watcher
 
+log = logging.getLogger(__name__)
 CRD_DIR = Path(__file__).parent / "crds"
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 CRD_GR: GroupResource = ("apiextensions.k8s.io", "customresourcedefinitions")
@@ -374,6 +376,10 @@ class ApiServer:
             return self._serve_non_resource(request, user)
         except StatusError as error:
             return _status_response(error)
+        except Exception as error:  # a bug here must still answer a Status, as kube-apiserver's panic filter does
+            log.exception("internal error serving %s %s", request.method, request.path_qs)
+            return _status_response(StatusError(500, "InternalError", f"Internal error occurred: {error}", {
+                "causes": [{"message": str(error)}]}))
 
     def _is_resource_path(self, path: str) -> bool:
         parts = [p for p in path.split("/") if p]
@@ -740,6 +746,8 @@ class ApiServer:
         target, info = call.target, call.target.info
         self._check_type(new, info)
         new_meta = new.get("metadata") or {}
+        if new_meta.get("namespace", target.namespace) != target.namespace:
+            raise bad_request("the namespace of the provided object does not match the namespace sent on the request")
         if new_meta.get("name", target.name) != target.name:
             raise bad_request(f"the name of the object ({new_meta.get('name')}) does not match the name on the URL "
                               f"({target.name})")
@@ -838,6 +846,7 @@ class ApiServer:
     # -- checks -------------------------------------------------------------------------------
     def _check_type(self, obj: dict[str, Any], info: ResourceInfo) -> None:
         """apiVersion/kind must name this resource; built-ins may leave them out (typed clients do)."""
+        writes.check_metadata_shape(obj)
         is_custom = _is_custom(info)
         if is_custom and not obj.get("kind"):
             raise bad_request(f"Object 'Kind' is missing in '{orjson.dumps(obj).decode()[:200]}'")

@@ -56,6 +56,47 @@ def generated_name(prefix: str) -> str:
     return prefix + "".join(secrets.choice(_GENERATE_ALPHABET) for _ in range(5))
 
 
+_METADATA_SHAPES: dict[str, tuple[type, str]] = {
+    "name": (str, "string"), "generateName": (str, "string"), "namespace": (str, "string"),
+    "labels": (dict, "map[string]string"), "annotations": (dict, "map[string]string"),
+    "finalizers": (list, "[]string"), "ownerReferences": (list, "[]v1.OwnerReference"),
+}
+
+
+def check_metadata_shape(obj: Mapping[str, Any]) -> None:
+    """ObjectMeta fields of the wrong JSON type are a 400, as Go's decoder reports them."""
+    meta = obj.get("metadata")
+    if meta is None:
+        return
+    if not isinstance(meta, dict):
+        raise bad_request(f"json: cannot unmarshal {_json_kind(meta)} into Go struct field of type v1.ObjectMeta")
+    for key, (expected, go_type) in _METADATA_SHAPES.items():
+        value: Any = meta.get(key)
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            well_formed = expected is dict and all(isinstance(v, str) for v in value.values())
+        elif isinstance(value, list):
+            well_formed = expected is list and (go_type != "[]string" or all(isinstance(v, str) for v in value))
+        else:
+            well_formed = isinstance(value, expected)
+        if not well_formed:
+            raise bad_request(f"json: cannot unmarshal {_json_kind(value)} into Go struct field "
+                              f"ObjectMeta.metadata.{key} of type {go_type}")
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "bool"
+    return "number"
+
+
 def prepare_create(obj: dict[str, Any], *, namespace: str, keeps_status: bool) -> None:
     """Stamp a new object's system metadata in place (before admission, like the real server)."""
     meta = obj.setdefault("metadata", {})

@@ -257,14 +257,37 @@ async def test_bad_bodies_are_bad_requests_and_change_nothing(raw: RawClient, ap
     assert apiserver.store.count(("kubevirt.io", "virtualmachines")) == 0
 
 
+@pytest.mark.parametrize("metadata", [
+    {"name": "x", "labels": ["a"]},
+    {"name": "x", "labels": {"a": 1}},
+    {"name": "x", "annotations": "a=b"},
+    {"name": "x", "finalizers": [1]},
+    {"name": 7},
+])
+async def test_malformed_metadata_is_bad_request(raw: RawClient, apiserver: ApiServer,
+                                                 metadata: dict[str, Any]) -> None:
+    created = await raw.call("POST", VMS, {**vm("x"), "metadata": metadata})
+    assert created.status == 400
+    assert created.body["message"].startswith("json: cannot unmarshal")
+    await raw.call("POST", VMS, vm("vm1"))
+    patched = await raw.call("PATCH", f"{VMS}/vm1", {"metadata": {k: v for k, v in metadata.items() if k != "name"}
+                                                     or {"labels": ["a"]}}, content_type=MERGE)
+    assert patched.status == 400
+    assert apiserver.store.count(("kubevirt.io", "virtualmachines")) == 1
+
+
 async def test_unknown_resource_is_not_found(raw: RawClient) -> None:
     answer = await raw.call("GET", "/apis/kubevirt.io/v1/namespaces/default/gadgets")
     assert answer.status == 404
     assert answer.body["message"] == "the server could not find the requested resource"
 
 
-async def test_put_with_mismatched_name_is_refused(raw: RawClient) -> None:
-    await raw.call("POST", VMS, vm("vm1"))
+async def test_put_with_mismatched_name_or_namespace_is_refused(raw: RawClient) -> None:
+    stored = (await raw.call("POST", VMS, vm("vm1"))).body
+    moved = await raw.call("PUT", f"{VMS}/vm1", vm("vm1", "kube-system"))
+    assert moved.status == 400
+    assert "namespace of the provided object does not match" in moved.body["message"]
     answer = await raw.call("PUT", f"{VMS}/vm1", vm("vm2"))
+    assert (await raw.call("GET", f"{VMS}/vm1")).body == stored
     assert answer.status == 400
     assert "does not match the name on the URL" in answer.body["message"]
