@@ -31,6 +31,7 @@ EventType = Literal["Normal", "Warning"]
 EVENT_TYPES: frozenset[str] = frozenset({"Normal", "Warning"})
 MAX_MESSAGE_CHARS = 1024  # client-go truncates Event messages to this length too
 REMEMBERED_EVENTS = 4096  # how many distinct events we remember for aggregation (LRU)
+REQUEST_TIMEOUT_SECONDS = 10.0  # an API outage must not leave callers queued behind a hung write
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +133,8 @@ class EventRecorder:
 
     async def _bump(self, written: _Written) -> None:
         body = {"count": written.count + 1, "lastTimestamp": _now()}
-        options: dict[str, Any] = {"_content_type": MERGE_PATCH}  # the client's stubs omit it
+        options: dict[str, Any] = {"_content_type": MERGE_PATCH,  # the client's stubs omit it
+                                   "_request_timeout": REQUEST_TIMEOUT_SECONDS}
         try:
             await self._core.patch_namespaced_event(written.name, written.namespace, body, **options)
         except ApiException as exc:
@@ -153,7 +155,7 @@ class EventRecorder:
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
         try:
-            await self._core.create_namespaced_event(namespace, body)
+            await self._core.create_namespaced_event(namespace, body, _request_timeout=REQUEST_TIMEOUT_SECONDS)
         except ApiException as exc:
             raise as_kube_error(exc) from exc
         return _Written(namespace=namespace, name=name, count=1)
