@@ -105,3 +105,27 @@ async def test_builtin_list_through_core_api(api_client: Any) -> None:
         metadata=client.V1ObjectMeta(name="one", labels={"app": "x"})))
     listed = await core.list_config_map_for_all_namespaces(label_selector="app=x")
     assert [cm.metadata.name for cm in listed.items] == ["one"]
+
+
+async def test_preloaded_objects_are_listed_in_pages(apiserver: ApiServer, raw: RawClient) -> None:
+    assert apiserver.preload(vm(f"vm{i:04d}", f"bulk{i % 3}") for i in range(900)) == 900
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await raw.call("GET", f"/apis/kubevirt.io/v1/virtualmachines?limit=250&continue={token}")
+        seen += [f"{i['metadata']['namespace']}/{i['metadata']['name']}" for i in page.body["items"]]
+        token = page.body["metadata"]["continue"]
+        if not token:
+            break
+    assert len(seen) == len(set(seen)) == 900
+    assert seen == sorted(seen)
+    selector = "kubernetes.io/metadata.name%20in%20(bulk0,bulk2)"
+    namespaces = await raw.call("GET", f"/api/v1/namespaces?labelSelector={selector}")
+    assert [n["metadata"]["name"] for n in namespaces.body["items"]] == ["bulk0", "bulk2"]
+
+
+def test_preload_refuses_objects_the_server_does_not_serve() -> None:
+    server = ApiServer(crds=False)
+    with pytest.raises(ValueError, match="no served resource"):
+        server.preload([vm("vm1")])
+    assert server.store.count(("kubevirt.io", "virtualmachines")) == 0
