@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -47,6 +48,7 @@ class WebhookHandler:
         self._in_flight = metrics.IN_FLIGHT.labels(webhook)
         self._latency = metrics.LATENCY.labels(webhook)
         self._ok = metrics.REQUESTS.labels(webhook, "200")
+        self._decisions: dict[tuple[str, str, str], Any] = {}  # (operation, result, reason) -> counter child
 
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -76,7 +78,11 @@ class WebhookHandler:
 
     def _count(self, admission: AdmissionRequest, verdict: Verdict) -> None:
         reason = verdict.reason if verdict.reason in _KNOWN_REASONS else metrics.REASON_OTHER
-        metrics.DECISIONS.labels(self.webhook, admission["operation"], verdict.result, reason).inc()
+        key = (admission["operation"], verdict.result, reason)
+        counter = self._decisions.get(key)
+        if counter is None:  # bounded: operations, results and reasons are all closed sets
+            counter = self._decisions[key] = metrics.DECISIONS.labels(self.webhook, *key)
+        counter.inc()
         # Allowed-unchanged is the hot path: logged at DEBUG so a busy cluster's log is not all webhook.
         level = logging.DEBUG if verdict.result == metrics.RESULT_ALLOWED else logging.INFO
         if log.isEnabledFor(level):

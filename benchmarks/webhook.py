@@ -1,0 +1,398 @@
+"""Benchmark: the validating webhook over TLS against a bare aiohttp server (numbers, not a test).
+
+This process builds a ``ClusterView`` of N VirtualMachines (4 bridge interfaces
+each, fed through ``ClusterView.apply_event``, the path the watches use) and
+serves ``/v1/webhook/validation`` from it over TLS. A bare aiohttp server in
+its own process only parses the review and answers allowed. A third process
+loads each in turn with an aiohttp client: C keep-alive TLS connections, a
+fixed duration after a warm-up, every request a CREATE of a VM whose four MACs
+the rules look up in the view. Printed: requests/s, p50 and p99 latency seen by
+the client, the ratio to the bare server, and the RSS of the view's process.
+Variants: uvloop vs asyncio, orjson vs the standard json module.
+
+Run: ``.venv/bin/python benchmarks/webhook.py [--vms 100000] [--seconds 4] [--connections 16]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import resource
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+INTERFACES = 4
+NAMESPACES = 50
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+def mac_of(vm_index: int, interface: int) -> str:
+    value = (0x02 << 40) | (vm_index << 8) | interface
+    return ":".join(f"{(value >> shift) & 0xFF:02x}" for shift in range(40, -8, -8))
+
+
+def vm_object(index: int, *, name: str | None = None) -> dict[str, Any]:
+    """A Harvester VM: 4 virtio bridge NICs on multus networks, MACs in the spec and the annotation."""
+    interfaces = [{"name": f"nic-{i}", "model": "virtio", "bridge": {}, "macAddress": mac_of(index, i)}
+                  for i in range(INTERFACES)]
+    return {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachine",
+        "metadata": {
+            "name": name or f"vm-{index:06d}", "namespace": f"tenant-{index % NAMESPACES}",
+            "uid": f"5ff8d5af-b287-41d2-aec0-{index:012d}", "resourceVersion": str(1000 + index),
+            "labels": {"harvesterhci.io/creator": "harvester"},
+            "annotations": {"harvesterhci.io/mac-address": json.dumps(
+                {iface["name"]: iface["macAddress"] for iface in interfaces}, separators=(",", ":"))},
+        },
+        "spec": {
+            "runStrategy": "RerunOnFailure",
+            "template": {"spec": {
+                "domain": {"devices": {"interfaces": interfaces}, "memory": {"guest": "4Gi"}},
+                "networks": [{"name": f"nic-{i}", "multus": {"networkName": f"default/vlan{i}"}}
+                             for i in range(INTERFACES)],
+            }},
+        },
+        "status": {"printableStatus": "Running"},
+    }
+
+
+def review_body(vm_count: int) -> bytes:
+    """A validating review the real API server would send: CREATE of a new VM, MACs not yet in use."""
+    request = {
+        "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+        "kind": {"group": "kubevirt.io", "version": "v1", "kind": "VirtualMachine"},
+        "resource": {"group": "kubevirt.io", "version": "v1", "resource": "virtualmachines"},
+        "requestKind": {"group": "kubevirt.io", "version": "v1", "kind": "VirtualMachine"},
+        "requestResource": {"group": "kubevirt.io", "version": "v1", "resource": "virtualmachines"},
+        "name": "new-vm", "namespace": "tenant-0", "operation": "CREATE",
+        "userInfo": {"username": "admin", "groups": ["system:masters", "system:authenticated"]},
+        "object": vm_object(vm_count + 1, name="new-vm"), "oldObject": None, "dryRun": False,
+        "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions", "fieldManager": "kubectl-create"},
+    }
+    return json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}).encode()
+
+
+def server_context(cert_dir: Path) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_dir / "tls.crt", cert_dir / "tls.key")
+    return context
+
+
+# ---------------------------------------------------------------- role: bare server
+
+
+def run_bare(port: int, cert_dir: Path, loop: str, use_orjson: bool) -> None:
+    """The baseline: parse the review, answer allowed with its uid. Nothing else."""
+    loads: Callable[[bytes], Any]
+    dumps: Callable[[Any], bytes]
+    if use_orjson:
+        import orjson
+
+        loads, dumps = orjson.loads, orjson.dumps
+    else:
+        loads, dumps = json.loads, lambda value: json.dumps(value).encode()
+
+    async def validate(request: web.Request) -> web.Response:
+        review = loads(await request.read())
+        answer = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                  "response": {"uid": review["request"]["uid"], "allowed": True}}
+        return web.Response(body=dumps(answer), content_type="application/json")
+
+    async def serve_forever() -> None:  # until the orchestrator terminates this process
+        app = web.Application()
+        app.router.add_post("/v1/webhook/validation", validate)
+        app_runner = web.AppRunner(app, access_log=None)
+        await app_runner.setup()
+        await web.TCPSite(app_runner, "127.0.0.1", port, ssl_context=server_context(cert_dir)).start()
+        await asyncio.Event().wait()
+
+    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+        runner.run(serve_forever())
+
+
+# ---------------------------------------------------------------- role: load generator
+
+
+async def load(url: str, body: bytes, ca_file: Path, connections: int, warmup: float, seconds: float) -> dict[str, Any]:
+    context = ssl.create_default_context(cafile=str(ca_file))
+    latencies: list[float] = []
+    measuring = False
+    stop = False
+    total = 0
+    headers = {"Content-Type": "application/json"}
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while not stop:
+            started = time.perf_counter()
+            async with session.post(url, data=body, headers=headers) as response:
+                answer = await response.read()
+            if response.status != 200 or b'"allowed":true' not in answer.replace(b" ", b""):
+                raise RuntimeError(f"unexpected answer {response.status}: {answer[:300]!r}")
+            nonlocal total
+            total += 1
+            if measuring:
+                latencies.append(time.perf_counter() - started)
+
+    connector = aiohttp.TCPConnector(ssl=context, limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        tasks = [asyncio.create_task(worker(session)) for _ in range(connections)]
+        await asyncio.sleep(warmup)
+        measuring = True
+        cpu_before, started = time.process_time(), time.perf_counter()
+        await asyncio.sleep(seconds)
+        measuring = False
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_before
+        stop = True
+        await asyncio.gather(*tasks)
+    latencies.sort()
+    return {
+        "requests": len(latencies), "rps": len(latencies) / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1000, "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+        "client_cpu": cpu / elapsed, "total_requests": total,
+    }
+
+
+def run_load(args: argparse.Namespace) -> None:
+    body = Path(args.body).read_bytes()
+    with asyncio.Runner(loop_factory=loop_factory("uvloop")) as runner:
+        result = runner.run(load(args.url, body, Path(args.ca), args.connections, args.warmup, args.seconds))
+    print(json.dumps(result))
+
+
+def measure(url: str, body_file: Path, ca_file: Path, args: argparse.Namespace) -> dict[str, Any]:
+    completed = subprocess.run(
+        [sys.executable, __file__, "--role", "load", "--url", url, "--body", str(body_file), "--ca", str(ca_file),
+         "--connections", str(args.connections), "--warmup", str(args.warmup), "--seconds", str(args.seconds)],
+        capture_output=True, text=True, check=False, timeout=args.seconds + args.warmup + 60,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"load generator failed:\n{completed.stderr}")
+    result: dict[str, Any] = json.loads(completed.stdout)
+    return result
+
+
+# ---------------------------------------------------------------- role: orchestrator (holds the view)
+
+
+def build_view(vm_count: int) -> Any:
+    from nichotplug.kube.cache import NETWORK_ATTACHMENT_DEFINITION, VIRTUAL_MACHINE, ClusterView
+
+    view = ClusterView()
+    for i in range(INTERFACES):
+        config = json.dumps({"cniVersion": "0.3.1", "name": f"vlan{i}", "type": "bridge", "bridge": "mgmt-br",
+                             "vlan": 100 + i})
+        view.apply_event(NETWORK_ATTACHMENT_DEFINITION, "ADDED", {
+            "metadata": {"name": f"vlan{i}", "namespace": "default",
+                         "labels": {"network.harvesterhci.io/clusternetwork": "mgmt"}},
+            "spec": {"config": config}})
+    for index in range(vm_count):
+        view.apply_event(VIRTUAL_MACHINE, "ADDED", vm_object(index))
+    return view
+
+
+@contextlib.contextmanager
+def stdlib_json_codec() -> Any:
+    """Run our webhook with the standard json module instead of orjson (the codec's only JSON calls)."""
+    from nichotplug.webhook import codec
+
+    class StdlibJson:
+        JSONDecodeError = json.JSONDecodeError
+
+        @staticmethod
+        def loads(data: bytes) -> Any:
+            return json.loads(data)
+
+        @staticmethod
+        def dumps(value: Any) -> bytes:
+            return json.dumps(value, separators=(",", ":")).encode()
+
+    namespace = vars(codec)  # the module's globals: decode_review/encode_review look orjson up there
+    original = namespace["orjson"]
+    namespace["orjson"] = StdlibJson
+    try:
+        yield
+    finally:
+        namespace["orjson"] = original
+
+
+async def serve_ours_and_measure(view: Any, port: int, cert_dir: Path, body_file: Path,
+                                 args: argparse.Namespace) -> dict[str, Any]:
+    from nichotplug.service import build_webhook_app
+
+    runner = web.AppRunner(build_webhook_app(view), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_context(cert_dir)).start()
+    try:
+        cpu_before = time.process_time()
+        result = await asyncio.to_thread(measure, f"https://127.0.0.1:{port}/v1/webhook/validation",
+                                         body_file, cert_dir / "ca.crt", args)
+        result["server_cpu_s"] = time.process_time() - cpu_before
+        return result
+    finally:
+        await runner.cleanup()
+
+
+def measure_bare(port: int, cert_dir: Path, body_file: Path, args: argparse.Namespace, *, loop: str,
+                 use_orjson: bool) -> dict[str, Any]:
+    bare = subprocess.Popen(
+        [sys.executable, __file__, "--role", "bare", "--port", str(port), "--certs", str(cert_dir), "--loop", loop]
+        + ([] if use_orjson else ["--stdlib-json"]),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # wait until it listens
+            try:
+                with ssl.create_default_context(cafile=str(cert_dir / "ca.crt")).wrap_socket(
+                    __import__("socket").create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1"
+                ):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        cpu_before = process_cpu_seconds(bare.pid)
+        result = measure(f"https://127.0.0.1:{port}/v1/webhook/validation", body_file, cert_dir / "ca.crt", args)
+        result["server_cpu_s"] = process_cpu_seconds(bare.pid) - cpu_before
+        return result
+    finally:
+        bare.terminate()
+        bare.wait(timeout=30)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def line(label: str, result: dict[str, Any], bare: dict[str, Any] | None = None) -> str:
+    """Wall-clock figures, and server CPU per request (the figure that survives a busy machine)."""
+    cpu_us = result["server_cpu_s"] / result["total_requests"] * 1e6
+    text = (f"  {label:<31} {result['rps']:7.0f} req/s  p50 {result['p50_ms']:6.2f} ms  "
+            f"p99 {result['p99_ms']:6.2f} ms  server CPU {cpu_us:5.0f} us/req "
+            f"(= {1e6 / cpu_us:5.0f} req/s per core)")
+    if bare is not None:
+        bare_cpu_us = bare["server_cpu_s"] / bare["total_requests"] * 1e6
+        text += (f"\n  {'':<31} vs bare: throughput {result['rps'] / bare['rps']:.2f}x, "
+                 f"p50 {result['p50_ms'] / bare['p50_ms']:.2f}x, per-core capacity {bare_cpu_us / cpu_us:.2f}x")
+    return text
+
+
+def orchestrate(args: argparse.Namespace) -> None:
+    from nichotplug.certs import make_bundle, write_bundle
+
+    with tempfile.TemporaryDirectory(prefix="nichotplug-bench-") as folder:
+        cert_dir = Path(folder)
+        write_bundle(make_bundle(dns_names=["localhost"], ip_addresses=["127.0.0.1"]), cert_dir)
+        body_file = cert_dir / "review.json"
+        body_file.write_bytes(review_body(args.vms))
+
+        import nichotplug.kube.cache
+        import nichotplug.service  # noqa: F401 - imported first so the RSS growth is the view's alone
+
+        gc.collect()
+        rss_before = rss_mib()
+        started = time.perf_counter()
+        view = build_view(args.vms)
+        build_seconds = time.perf_counter() - started
+        gc.collect()
+        rss_view = rss_mib()
+        if not args.no_freeze:
+            gc.freeze()  # what serve does once the view has synced: full GCs stop walking the view
+        print(f"cluster view: {args.vms:,} VMs x {INTERFACES} interfaces via ClusterView.apply_event "
+              f"in {build_seconds:.1f} s; {view.counts()['macs']:,} MACs indexed")
+        print(f"  RSS of this process: {rss_before:.0f} MiB before, {rss_view:.0f} MiB with the view "
+              f"(+{rss_view - rss_before:.0f} MiB)")
+        print(f"load: {args.connections} keep-alive TLS connections from a second process, "
+              f"{args.warmup:g} s warm-up + {args.seconds:g} s, review of {len(body_file.read_bytes()):,} bytes")
+
+        def ours(loop: str, use_orjson: bool) -> dict[str, Any]:
+            codec = contextlib.nullcontext() if use_orjson else stdlib_json_codec()
+            with codec, asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+                return runner.run(serve_ours_and_measure(view, free_port(), cert_dir, body_file, args))
+
+        # Interleaved rounds: other load on the machine hits both sides alike.
+        for round_number in range(1, args.rounds + 1):
+            print(f"round {round_number}:")
+            bare = measure_bare(free_port(), cert_dir, body_file, args, loop="uvloop", use_orjson=True)
+            print(line("bare aiohttp (uvloop, orjson)", bare))
+            print(line("nichotplug (uvloop, orjson)", ours("uvloop", True), bare))
+        if not args.quick:
+            print("variants:")
+            print(line("nichotplug (asyncio, orjson)", ours("asyncio", True), bare))
+            print(line("nichotplug (uvloop, json)", ours("uvloop", False), bare))
+            print(line("bare aiohttp (asyncio, json)",
+                       measure_bare(free_port(), cert_dir, body_file, args, loop="asyncio", use_orjson=False)))
+        print(f"  RSS after the runs: {rss_mib():.0f} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--role", choices=["orchestrate", "bare", "load"], default="orchestrate")
+    parser.add_argument("--vms", type=int, default=100_000)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved bare/ours rounds")
+    parser.add_argument("--quick", action="store_true", help="only bare vs ours on uvloop + orjson")
+    parser.add_argument("--no-freeze", action="store_true", help="do not gc.freeze() the built view")
+    # internal, for the child processes
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--certs", type=Path)
+    parser.add_argument("--loop", default="uvloop")
+    parser.add_argument("--stdlib-json", action="store_true")
+    parser.add_argument("--url")
+    parser.add_argument("--body")
+    parser.add_argument("--ca")
+    args = parser.parse_args()
+    if args.role == "bare":
+        run_bare(args.port, args.certs, args.loop, not args.stdlib_json)
+    elif args.role == "load":
+        run_load(args)
+    else:
+        os.environ.setdefault("PYTHONHASHSEED", "0")
+        orchestrate(args)
+
+
+if __name__ == "__main__":
+    main()
