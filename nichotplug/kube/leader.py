@@ -8,10 +8,11 @@ cannot renew for ``renew_deadline`` (shorter than the lease, so it stops before 
 start), or sees another holder, it stops leading at once: the ``on_started_leading`` task is
 cancelled and ``on_stopped_leading`` is called. Then it becomes a candidate again.
 
-We do not use kubernetes-asyncio's ``leaderelection`` package: checked against it (v36), a
-connection error escapes its ``run()`` and ends the election, ``retry_period`` must be at least one
-second (tests would take minutes), it writes local wall time with a ``Z`` suffix, and it logs a
-stack trace on every lost race.
+We do not use kubernetes-asyncio's ``leaderelection`` package: run against the in-process API
+server (v36), stopping the server while it leads makes its ``run()`` end with
+``ClientConnectorError`` without calling ``onstopped_leading`` (the work would go on unguarded); its
+``retry_period`` must be at least one second; it writes local wall time with a ``Z`` suffix; and it
+logs a stack trace on every lost race.
 """
 
 from __future__ import annotations

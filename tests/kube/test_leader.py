@@ -144,3 +144,23 @@ def test_identity_and_namespace_come_from_the_pod(api_client: ApiClient, monkeyp
     assert (elector.identity, elector.namespace) == ("nichotplug-7d9f-abcde", "harvester-system")
     with pytest.raises(ValueError, match="name"):
         LeaderElector(api_client, "")
+
+
+async def test_api_server_outage_stops_leading_and_the_election_resumes_after(apiserver: ApiServer,
+                                                                               api_client: ApiClient) -> None:
+    leader = Candidate(LeaderElector(api_client, "nichotplug", "default", "replica-a", **TERMS))
+    leader.start()
+    try:
+        await eventually(lambda: leader.elector.is_leader, "replica-a leads")
+        await apiserver.stop()
+        await eventually(lambda: leader.stopped == 1, "leadership ends when the lease cannot be renewed")
+        assert leader.work_cancelled == 1
+        assert leader.task is not None
+        assert not leader.task.done()  # still campaigning, not crashed
+
+        await apiserver.start()
+        await eventually(lambda: leader.elector.is_leader, "leads again once the server is back",
+                         within=3 * TERMS["lease_duration"])
+        assert leader.started == 2
+    finally:
+        await leader.cancel()
