@@ -28,6 +28,11 @@ from nichotplug.testing.errors import StatusError, invalid
 Cause = dict[str, str]
 
 _ROOT_FIELDS = ("apiVersion", "kind", "metadata")
+OBJECT_META_FIELDS = frozenset({
+    "name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation", "creationTimestamp",
+    "deletionTimestamp", "deletionGracePeriodSeconds", "labels", "annotations", "ownerReferences", "finalizers",
+    "managedFields",
+})
 _SKIPPED_KEYWORDS = frozenset({"description", "example", "externalDocs", "nullable", "format", "default"})
 _NESTED_ONE = ("items", "additionalProperties", "not")
 _NESTED_MAP = ("properties", "patternProperties", "definitions")
@@ -93,6 +98,11 @@ class SchemaValidator:
         """Drop undeclared fields in place; returns their paths (``spec.foo``) in document order."""
         unknown: list[str] = []
         properties = self.schema.get("properties") or {}
+        metadata = obj.get("metadata")
+        if isinstance(metadata, dict):
+            for key in [k for k in metadata if k not in OBJECT_META_FIELDS]:
+                unknown.append(f"metadata.{key}")
+                del metadata[key]
         for key in list(obj):
             if key in _ROOT_FIELDS:
                 continue

@@ -65,10 +65,10 @@ def test_valid_values_pass() -> None:
 
 
 def test_pruning_drops_undeclared_fields_and_reports_them() -> None:
-    obj = {"apiVersion": "x/v1", "kind": "W", "metadata": {"name": "w"}, "extra": 1,
+    obj = {"apiVersion": "x/v1", "kind": "W", "metadata": {"name": "w", "colour": "red"}, "extra": 1,
            "spec": {"size": 1, "bogus": True, "free": {"kept": 1}, "items": [{"n": "a", "z": 2}]}}
     unknown = SchemaValidator(WIDGET_SCHEMA).prune(obj)
-    assert unknown == ["extra", "spec.bogus", "spec.items[0].z"]
+    assert unknown == ["metadata.colour", "extra", "spec.bogus", "spec.items[0].z"]
     assert obj == {"apiVersion": "x/v1", "kind": "W", "metadata": {"name": "w"},
                    "spec": {"size": 1, "free": {"kept": 1}, "items": [{"n": "a"}]}}
 
