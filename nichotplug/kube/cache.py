@@ -137,8 +137,8 @@ def slim_vm(obj: Mapping[str, Any], keep_annotations: Collection[str]) -> Mappin
     if not isinstance(metadata, dict) or not isinstance(spec, dict):
         return obj
     annotations = metadata.get("annotations")
-    if isinstance(annotations, dict):
-        annotations = {key: annotations[key] for key in keep_annotations if key in annotations}
+    if isinstance(annotations, dict):  # an empty result becomes None: the view then shares one empty map
+        annotations = {key: annotations[key] for key in keep_annotations if key in annotations} or None
     template_spec = _dig(spec, "template", "spec")
     slim_spec: dict[str, Any] = {key: spec[key] for key in ("running", "runStrategy") if key in spec}
     if isinstance(template_spec, dict):
@@ -483,7 +483,7 @@ class ClusterView:
             except Exception:
                 log.exception("cluster view listener %r failed on %s %s", listener, kind, event_type)
 
-    def replace(self, kind: str, keys_listed: set[Key]) -> None:
+    def _forget_unlisted(self, kind: str, keys_listed: set[Key]) -> None:
         """After a complete list of ``kind``: forget every cached object the list did not contain."""
         for key in [key for key in self._stores[kind] if key not in keys_listed]:
             self._delete(kind, key)
@@ -588,7 +588,9 @@ class _Reflector:
             try:
                 try:
                     await self._check_status(response)
-                except _Expired:
+                except _Expired as exc:
+                    if token is None:
+                        raise _RequestFailed(f"list refused: {exc}") from exc
                     # The continue token expired: start the list again from the first page.
                     token = None
                     listed.clear()
@@ -604,7 +606,7 @@ class _Reflector:
             metadata = page.get("metadata") or {}
             token = metadata.get("continue") or None
             if token is None:
-                self.view.replace(self.resource.kind, listed)
+                self.view._forget_unlisted(self.resource.kind, listed)
                 self.resource_version = str(metadata.get("resourceVersion") or "")
                 self.view._mark_listed(self.resource.kind)
                 log.info("%s: listed %d at resourceVersion %s", self._what, len(listed), self.resource_version)

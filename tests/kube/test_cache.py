@@ -339,3 +339,19 @@ def test_mac_owners_match_the_rules_mac_index_through_random_updates_and_deletes
         for mac in macs:
             assert view.owners_of_mac(mac) == reference.owners(mac), mac
     assert view.counts()["macs"] == len(reference)
+
+
+async def test_an_expired_continue_token_restarts_the_paged_list(apiserver: ApiServer, api_client: ApiClient) -> None:
+    for index in range(5):  # three pages of two
+        await create(api_client, vm(f"vm{index}", [("nic-1", f"02:00:00:00:01:{index:02x}", None)]))
+    expired_page = apiserver.faults.add(method="GET", path_regex=r"virtualmachines\?.*continue=", status=410)
+    refused_first_page = apiserver.faults.add(method="GET", path_regex=r"virtualmachines\?limit=2$", status=410)
+    view = ClusterView(api_client, settings=FAST)
+    await view.start()
+    try:
+        await view.synced.wait()
+        assert (expired_page.hits, refused_first_page.hits) == (1, 1)
+        assert len(view.vm_keys()) == 5
+        assert view.counts()["macs"] == 5
+    finally:
+        await view.stop()
