@@ -18,6 +18,7 @@ import base64
 import functools
 import importlib
 import logging
+import secrets
 import ssl
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -139,7 +140,13 @@ class Call:
 
 
 class ApiServer:
-    """See the module docstring and ARCHITECTURE.md ("nichotplug.testing")."""
+    """An in-process kube-apiserver (see the module docstring and ARCHITECTURE.md "nichotplug.testing").
+
+    ``users`` maps bearer tokens to callers (default: a read-only ``viewer``); ``rbac`` maps user
+    names to static :class:`Rule` lists; stored RBAC objects apply as well. ``crds=True`` installs
+    the bundled KubeVirt and NAD CRDs (or pass CRD objects). ``watch_history`` is how many changes
+    a watch can resume across before it gets 410 Expired. The admin token is generated per server.
+    """
 
     def __init__(
         self,
@@ -170,7 +177,7 @@ class ApiServer:
             self._store_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
         if crds is True:
             for shared in _shared_bundled_crds():
-                # Stored objects are never mutated, so servers can share the (large) spec.
+                # The parsed spec is shared by every server's ResourceInfo schemas: nothing mutates it.
                 self._install(dict(shared, metadata=dict(shared["metadata"])))
         else:
             for crd in crds or ():
@@ -202,7 +209,7 @@ class ApiServer:
 
     def service_account_token(self, namespace: str, name: str) -> str:
         """A bearer token that authenticates as ``system:serviceaccount:<namespace>:<name>``."""
-        token = f"sa-{namespace}-{name}-" + base64.urlsafe_b64encode(writes.generated_name("").encode()).decode()
+        token = f"sa-{namespace}-{name}-{secrets.token_urlsafe(16)}"
         username, groups = service_account_user(namespace, name)
         self.authn.add(token, username, groups)
         return token
