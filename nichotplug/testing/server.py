@@ -768,6 +768,7 @@ class ApiServer:
         writes.carry_system_metadata(new, old)
         self._validate(info, new, old=old)
         new = await self._admit(call, "UPDATE", new, old, validating=True)
+        writes.check_no_new_finalizers(new, old, info)
         writes.bump_generation(new, old, has_status=has_status)
         new["apiVersion"] = old["apiVersion"]
         if self.store.version_of(target.gr, target.namespace, target.name) != old["metadata"]["resourceVersion"]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from nichotplug.testing.errors import StatusError, bad_request
+from nichotplug.testing.errors import StatusError, bad_request, invalid
 
 # Fields of ObjectMeta only the server sets; a client's values are ignored (or rejected).
 SYSTEM_METADATA = ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation")
@@ -164,6 +164,21 @@ def unchanged(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
     volatile = ("resourceVersion", "managedFields")
     return (_without(new, "metadata") == _without(old, "metadata")
             and _without(new["metadata"], *volatile) == _without(old["metadata"], *volatile))
+
+
+def check_no_new_finalizers(new: Mapping[str, Any], old: Mapping[str, Any], info: Any) -> None:
+    """An object being deleted may lose finalizers but not gain them (422, as the real server says)."""
+    if not old["metadata"].get("deletionTimestamp"):
+        return
+    before = set(old["metadata"].get("finalizers") or ())
+    added = [f for f in new["metadata"].get("finalizers") or () if f not in before]
+    if added:
+        listed = ", ".join(f'"{f}"' for f in added)
+        raise invalid(info.kind, info.group, old["metadata"]["name"], [{
+            "reason": "FieldValueForbidden",
+            "message": "Forbidden: no new finalizers can be added if the object is being deleted, "
+                       f"found new finalizers []string{{{listed}}}",
+            "field": "metadata.finalizers"}])
 
 
 def drop_empty_metadata(obj: dict[str, Any]) -> None:

@@ -191,6 +191,21 @@ async def test_delete_with_finalizers_marks_then_removing_the_last_finalizer_del
     assert caught.value.status == 404
 
 
+async def test_object_being_deleted_cannot_gain_finalizers(custom: Any) -> None:
+    body = vm("vm1")
+    body["metadata"]["finalizers"] = ["example.com/keep"]
+    await custom.create_namespaced_custom_object(*KV, "default", "virtualmachines", body)
+    await custom.delete_namespaced_custom_object(*KV, "default", "virtualmachines", "vm1")
+    with pytest.raises(ApiException) as caught:
+        await custom.patch_namespaced_custom_object(
+            *KV, "default", "virtualmachines", "vm1",
+            {"metadata": {"finalizers": ["example.com/keep", "example.com/more"]}}, _content_type=MERGE)
+    assert caught.value.status == 422
+    assert 'found new finalizers []string{"example.com/more"}' in _status(caught.value)["message"]
+    fetched = await custom.get_namespaced_custom_object(*KV, "default", "virtualmachines", "vm1")
+    assert fetched["metadata"]["finalizers"] == ["example.com/keep"]
+
+
 async def test_delete_precondition_mismatch_is_conflict(custom: Any) -> None:
     await custom.create_namespaced_custom_object(*KV, "default", "virtualmachines", vm("vm1"))
     with pytest.raises(ApiException) as caught:
