@@ -143,16 +143,24 @@ def run_bare(port: int, cert_dir: Path, loop: str, use_orjson: bool) -> None:
 # ---------------------------------------------------------------- role: load generator
 
 
-async def load(url: str, body: bytes, ca_file: Path, connections: int, warmup: float, seconds: float) -> dict[str, Any]:
+async def load(url: str, body: bytes, ca_file: Path, connections: int, warmup: float, seconds: float,
+               rate: float = 0.0) -> dict[str, Any]:
+    """Closed loop (each connection sends its next request when the answer is in) or, with ``rate``,
+    paced: each connection sends every ``connections / rate`` seconds, as a not-saturated API server does."""
     context = ssl.create_default_context(cafile=str(ca_file))
+    interval = connections / rate if rate > 0 else 0.0
     latencies: list[float] = []
     measuring = False
     stop = False
     total = 0
     headers = {"Content-Type": "application/json"}
 
-    async def worker(session: aiohttp.ClientSession) -> None:
+    async def worker(session: aiohttp.ClientSession, offset: float) -> None:
+        next_send = time.perf_counter() + offset
         while not stop:
+            if interval:
+                next_send += interval
+                await asyncio.sleep(max(0.0, next_send - time.perf_counter()))
             started = time.perf_counter()
             async with session.post(url, data=body, headers=headers) as response:
                 answer = await response.read()
@@ -165,7 +173,7 @@ async def load(url: str, body: bytes, ca_file: Path, connections: int, warmup: f
 
     connector = aiohttp.TCPConnector(ssl=context, limit=connections)
     async with aiohttp.ClientSession(connector=connector) as session:
-        tasks = [asyncio.create_task(worker(session)) for _ in range(connections)]
+        tasks = [asyncio.create_task(worker(session, interval * i / connections)) for i in range(connections)]
         await asyncio.sleep(warmup)
         measuring = True
         cpu_before, started = time.process_time(), time.perf_counter()
@@ -185,14 +193,16 @@ async def load(url: str, body: bytes, ca_file: Path, connections: int, warmup: f
 def run_load(args: argparse.Namespace) -> None:
     body = Path(args.body).read_bytes()
     with asyncio.Runner(loop_factory=loop_factory("uvloop")) as runner:
-        result = runner.run(load(args.url, body, Path(args.ca), args.connections, args.warmup, args.seconds))
+        result = runner.run(load(args.url, body, Path(args.ca), args.connections, args.warmup, args.seconds,
+                                 args.rate))
     print(json.dumps(result))
 
 
 def measure(url: str, body_file: Path, ca_file: Path, args: argparse.Namespace) -> dict[str, Any]:
     completed = subprocess.run(
         [sys.executable, __file__, "--role", "load", "--url", url, "--body", str(body_file), "--ca", str(ca_file),
-         "--connections", str(args.connections), "--warmup", str(args.warmup), "--seconds", str(args.seconds)],
+         "--connections", str(args.connections), "--warmup", str(args.warmup), "--seconds", str(args.seconds),
+         "--rate", str(args.rate)],
         capture_output=True, text=True, check=False, timeout=args.seconds + args.warmup + 60,
     )
     if completed.returncode != 0:
@@ -357,8 +367,16 @@ def orchestrate(args: argparse.Namespace) -> None:
             bare = measure_bare(free_port(), cert_dir, body_file, args, loop="uvloop", use_orjson=True)
             print(line("bare aiohttp (uvloop, orjson)", bare))
             print(line("nichotplug (uvloop, orjson)", ours("uvloop", True), bare))
+        # Paced at half the bare server's closed-loop rate: the latency an API server sees when not saturating us.
+        paced = argparse.Namespace(**{**vars(args), "rate": round(bare["rps"] / 2)})
+        print(f"paced at {paced.rate} req/s (half the bare server's closed-loop rate):")
+        paced_bare = measure_bare(free_port(), cert_dir, body_file, paced, loop="uvloop", use_orjson=True)
+        print(line("bare aiohttp (uvloop, orjson)", paced_bare))
+        with asyncio.Runner(loop_factory=loop_factory("uvloop")) as runner:
+            paced_ours = runner.run(serve_ours_and_measure(view, free_port(), cert_dir, body_file, paced))
+        print(line("nichotplug (uvloop, orjson)", paced_ours, paced_bare))
         if not args.quick:
-            print("variants:")
+            print("variants (closed loop):")
             print(line("nichotplug (asyncio, orjson)", ours("asyncio", True), bare))
             print(line("nichotplug (uvloop, json)", ours("uvloop", False), bare))
             print(line("bare aiohttp (asyncio, json)",
@@ -374,6 +392,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved bare/ours rounds")
+    parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)  # set per phase
     parser.add_argument("--quick", action="store_true", help="only bare vs ours on uvloop + orjson")
     parser.add_argument("--no-freeze", action="store_true", help="do not gc.freeze() the built view")
     # internal, for the child processes

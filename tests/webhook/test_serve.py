@@ -1,6 +1,6 @@
 """``nichotplug serve`` as a real process, registered with the in-process API server, driven by kubectl.
 
-One story: the server becomes ready once its cluster view has synced; ``kubectl
+One story (controller and action API running too): the server becomes ready once its cluster view has synced; ``kubectl
 create`` of a VM without MACs stores it with MACs (our mutation); a second VM
 reusing one of them is refused with our 409 message as kubectl prints it;
 /metrics counted both; SIGTERM lets a request that is in flight finish, then the
@@ -97,7 +97,7 @@ async def served(apiserver: ApiServer, kubeconfig: Path, tmp_path: Path,
     port, metrics_port = _free_port(), _free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "nichotplug", "serve", "--kubeconfig", str(kubeconfig), "--host", "127.0.0.1",
-        "--port", str(port), "--metrics-port", str(metrics_port), "--no-controller",
+        "--port", str(port), "--metrics-port", str(metrics_port), "--namespace", "default",
         "--tls-cert-file", str(tmp_path / "certs" / "tls.crt"), "--tls-key-file", str(tmp_path / "certs" / "tls.key"),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -129,7 +129,7 @@ def _vm_manifest(name: str, mac: str | None) -> str:
 
 
 async def test_serve_end_to_end_with_kubectl_then_drain_on_sigterm(
-    served: ServeProcess, kubeconfig: Path, tmp_path: Path, serving_bundle: CertBundle
+    served: ServeProcess, apiserver: ApiServer, kubeconfig: Path, tmp_path: Path, serving_bundle: CertBundle
 ) -> None:
     client_ssl = ssl.create_default_context(cadata=serving_bundle.ca_cert_pem.decode())
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl)) as session:
@@ -174,6 +174,14 @@ async def test_serve_end_to_end_with_kubectl_then_drain_on_sigterm(
         }
         assert decisions["mutation", "patched", "macs-assigned"] == 2  # "first", then "second"'s nic1
         assert decisions["validation", "denied", "mac-collision"] == 1
+
+        # The action API is mounted on the same TLS port and acts with the caller's token.
+        async with session.post(
+            f"https://127.0.0.1:{served.port}/v1/harvester/vm/default/first?action=findHotunpluggableNics",
+            headers={"Authorization": f"Bearer {apiserver.admin_token}"},
+        ) as response:
+            assert response.status == 200, await response.text()
+            assert await response.json() == {"interfaces": []}  # "first" is not running: nothing to unplug
 
         # SIGTERM while a request is half sent: it is still answered, then the process exits 0.
         body = json.dumps(admission_review(vm("third", ("02:00:00:00:00:33",)))).encode()
