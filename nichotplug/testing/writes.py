@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from nichotplug.testing.errors import StatusError, bad_request, invalid
+from nichotplug.testing.resources import ResourceInfo
 
 # Fields of ObjectMeta only the server sets; a client's values are ignored (or rejected).
 SYSTEM_METADATA = ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation")
@@ -166,7 +167,7 @@ def unchanged(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
             and _without(new["metadata"], *volatile) == _without(old["metadata"], *volatile))
 
 
-def check_no_new_finalizers(new: Mapping[str, Any], old: Mapping[str, Any], info: Any) -> None:
+def check_no_new_finalizers(new: Mapping[str, Any], old: Mapping[str, Any], info: ResourceInfo) -> None:
     """An object being deleted may lose finalizers but not gain them (422, as the real server says)."""
     if not old["metadata"].get("deletionTimestamp"):
         return
