@@ -999,20 +999,19 @@ def _options_for(operation: str, query: Mapping[str, str]) -> dict[str, Any]:
     return options
 
 
-def _bytes_response(body: bytes, status: int = 200, warnings: Sequence[str] = ()) -> web.Response:
-    response = _json_response({}, status=status, warnings=warnings)
-    response.body = body
-    return response
-
-
-def _json_response(body: Mapping[str, Any], status: int = 200, warnings: Sequence[str] = (),
-                   content_type: str = JSON) -> web.Response:
+def _bytes_response(body: bytes, status: int = 200, warnings: Sequence[str] = (),
+                    content_type: str = JSON) -> web.Response:
     headers: CIMultiDict[str] = CIMultiDict({"Content-Type": content_type})
     for text in warnings:
         # An HTTP quoted-string, escaped as kube-apiserver's NewWarningHeader does.
         escaped = text.replace("\\", "\\\\").replace('"', '\\"')
         headers.add("Warning", f'299 - "{escaped}"')
-    return web.Response(body=orjson.dumps(body), status=status, headers=headers)
+    return web.Response(body=body, status=status, headers=headers)
+
+
+def _json_response(body: Mapping[str, Any], status: int = 200, warnings: Sequence[str] = (),
+                   content_type: str = JSON) -> web.Response:
+    return _bytes_response(orjson.dumps(body), status, warnings, content_type)
 
 
 def _status_response(error: StatusError, warnings: Sequence[str] = ()) -> web.Response:
