@@ -83,7 +83,7 @@ async def test_two_candidates_one_leader_then_a_clean_hand_over(api_client: ApiC
         assert (first.stopped, first.work_cancelled) == (1, 1)
         await eventually(lambda: second.elector.is_leader, "replica-b takes over", within=TERMS["lease_duration"])
         assert await holder(api_client) == "replica-b"
-        assert second.started == 1
+        await eventually(lambda: second.started == 1, "replica-b's work starts")
     finally:
         await first.cancel()
         await second.cancel()
@@ -161,6 +161,6 @@ async def test_api_server_outage_stops_leading_and_the_election_resumes_after(ap
         await apiserver.start()
         await eventually(lambda: leader.elector.is_leader, "leads again once the server is back",
                          within=3 * TERMS["lease_duration"])
-        assert leader.started == 2
+        await eventually(lambda: leader.started == 2, "the work starts again")  # a task: runs just after
     finally:
         await leader.cancel()
