@@ -84,6 +84,16 @@ def namespace_not_found(namespace: str) -> StatusError:
     return not_found("namespaces", "", namespace)
 
 
+def namespace_terminating(resource: str, group: str, name: str, namespace: str) -> StatusError:
+    qualified = f"{resource}.{group}" if group else resource
+    subject = f'{qualified} "{name}"' if name else qualified
+    details = _details(resource, group, name)
+    details["causes"] = [{"reason": "NamespaceTerminating", "message": f"namespace {namespace} is being terminated",
+                          "field": "metadata.namespace"}]
+    return StatusError(403, "Forbidden", f"{subject} is forbidden: unable to create new content in namespace "
+                       f"{namespace} because it is being terminated", details)
+
+
 def unauthorized() -> StatusError:
     return StatusError(401, "Unauthorized", "Unauthorized")
 

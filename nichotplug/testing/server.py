@@ -55,6 +55,7 @@ from nichotplug.testing.errors import (
     invalid,
     method_not_allowed,
     namespace_not_found,
+    namespace_terminating,
     not_found,
     not_found_resource,
     unauthorized,
@@ -677,8 +678,8 @@ class ApiServer:
         meta = obj.get("metadata")
         if isinstance(meta, dict) and meta.get("namespace") and meta["namespace"] != target.namespace:
             raise bad_request("the namespace of the provided object does not match the namespace sent on the request")
-        if info.namespaced and not self.store.exists(NAMESPACE_GR, "", target.namespace):
-            raise namespace_not_found(target.namespace)
+        if info.namespaced:
+            self._check_namespace_open(target.namespace, info, (obj.get("metadata") or {}).get("name", ""))
         writes.prepare_create(obj, namespace=target.namespace, keeps_status="status" not in info.subresources)
         self._prune(call, obj)
         obj = await self._admit(call, "CREATE", obj, None)
@@ -690,6 +691,13 @@ class ApiServer:
         if call.dry_run:
             return obj
         return self._put(info, obj)
+
+    def _check_namespace_open(self, namespace: str, info: ResourceInfo, name: str) -> None:
+        namespace_obj = self.store.get(NAMESPACE_GR, "", namespace)
+        if namespace_obj is None:
+            raise namespace_not_found(namespace)
+        if namespace_obj["metadata"].get("deletionTimestamp"):
+            raise namespace_terminating(info.plural, info.group, name, namespace)
 
     def _put(self, info: ResourceInfo, obj: dict[str, Any]) -> dict[str, Any]:
         """Store an object in its storage version, with the side effects of special resources."""
@@ -806,6 +814,8 @@ class ApiServer:
     def _delete_object(self, call: Call, old: dict[str, Any]) -> Mapping[str, Any] | None:
         """Delete or mark deleting; returns the object when it stays (finalizers), else None."""
         info = call.target.info
+        if (info.group, info.plural) == NAMESPACE_GR:
+            return old if call.dry_run else self._terminate_namespace(old)
         if old["metadata"].get("finalizers"):
             if old["metadata"].get("deletionTimestamp") or call.dry_run:
                 return old
@@ -817,14 +827,41 @@ class ApiServer:
     def _remove(self, info: ResourceInfo, obj: Mapping[str, Any]) -> dict[str, Any] | None:
         meta = obj["metadata"]
         gr = (info.group, info.plural)
-        if gr == NAMESPACE_GR:
-            for other in self.store.group_resources():
-                for key in self.store.keys(other, meta["name"]):
-                    self.store.remove(other, *key)
         if gr == CRD_GR:
             self._unregister(obj)
             self.store.drop_resource((obj["spec"]["group"], obj["spec"]["names"]["plural"]))
-        return self.store.remove(gr, meta.get("namespace", ""), meta["name"])
+        removed = self.store.remove(gr, meta.get("namespace", ""), meta["name"])
+        if meta.get("namespace"):
+            self._finish_namespace(meta["namespace"])
+        return removed
+
+    def _terminate_namespace(self, namespace_obj: dict[str, Any]) -> Mapping[str, Any]:
+        """Namespace deletion as the namespace controller does it: Terminating, contents deleted, then gone.
+
+        Objects with finalizers are only marked; the namespace goes once the last of them does.
+        """
+        name = namespace_obj["metadata"]["name"]
+        if not namespace_obj["metadata"].get("deletionTimestamp"):
+            terminating = writes.mark_deleting(namespace_obj)
+            terminating["status"] = {"phase": "Terminating"}
+            namespace_obj = self.store.put(NAMESPACE_GR, terminating)
+        for gr in self.store.group_resources():
+            for obj in list(self.store.objects(gr, name)) if gr != NAMESPACE_GR else ():
+                if not obj["metadata"].get("finalizers"):
+                    self.store.remove(gr, name, obj["metadata"]["name"])
+                elif not obj["metadata"].get("deletionTimestamp"):
+                    self.store.put(gr, writes.mark_deleting(obj))
+        self._finish_namespace(name)
+        return namespace_obj
+
+    def _finish_namespace(self, name: str) -> None:
+        """Remove a terminating namespace once nothing is left in it."""
+        namespace_obj = self.store.get(NAMESPACE_GR, "", name)
+        if namespace_obj is None or not namespace_obj["metadata"].get("deletionTimestamp"):
+            return
+        if any(self.store.keys(gr, name) for gr in self.store.group_resources() if gr != NAMESPACE_GR):
+            return
+        self.store.remove(NAMESPACE_GR, "", name)
 
     async def _delete_collection(self, call: Call) -> web.StreamResponse:
         target = call.target

@@ -225,12 +225,34 @@ async def test_delete_collection_by_label(custom: Any) -> None:
     assert [item["metadata"]["name"] for item in left["items"]] == ["c"]
 
 
-async def test_deleting_a_namespace_deletes_its_objects(core: Any, custom: Any) -> None:
+async def test_deleting_a_namespace_deletes_its_objects(core: Any, custom: Any, raw: RawClient) -> None:
     await core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="gone")))
     await custom.create_namespaced_custom_object(*KV, "gone", "virtualmachines", vm("vm1", "gone"))
-    await core.delete_namespace("gone")
+    answer = await raw.call("DELETE", "/api/v1/namespaces/gone")
+    assert answer.status == 200
+    assert answer.body["status"] == {"phase": "Terminating"}
     listed = await custom.list_cluster_custom_object(*KV, "virtualmachines")
     assert listed["items"] == []
+    assert (await raw.call("GET", "/api/v1/namespaces/gone")).status == 404
+
+
+async def test_namespace_with_finalized_content_stays_terminating_until_it_is_empty(
+        custom: Any, raw: RawClient) -> None:
+    await raw.call("POST", "/api/v1/namespaces", {"metadata": {"name": "slow"}})
+    body = vm("vm1", "slow")
+    body["metadata"]["finalizers"] = ["example.com/keep"]
+    await custom.create_namespaced_custom_object(*KV, "slow", "virtualmachines", body)
+    await raw.call("DELETE", "/api/v1/namespaces/slow")
+    assert (await raw.call("GET", "/api/v1/namespaces/slow")).body["status"]["phase"] == "Terminating"
+    refused = await raw.call("POST", "/apis/kubevirt.io/v1/namespaces/slow/virtualmachines", vm("vm2", "slow"))
+    assert refused.status == 403
+    assert refused.body["message"] == ('virtualmachines.kubevirt.io "vm2" is forbidden: unable to create new content '
+                                       "in namespace slow because it is being terminated")
+    kept = await custom.get_namespaced_custom_object(*KV, "slow", "virtualmachines", "vm1")
+    assert kept["metadata"]["deletionTimestamp"]
+    await custom.patch_namespaced_custom_object(*KV, "slow", "virtualmachines", "vm1",
+                                                {"metadata": {"finalizers": None}}, _content_type=MERGE)
+    assert (await raw.call("GET", "/api/v1/namespaces/slow")).status == 404
 
 
 async def test_crd_created_through_the_api_is_served(custom: Any, api_client: Any) -> None:
