@@ -423,7 +423,7 @@ class ClusterView:
             log.exception("dropping %s %s/%s from the cluster view: its view failed", kind, key[0], key[1])
             self._delete(kind, key)
             return
-        self._store(kind, key, view)
+        self._store(kind, (view.namespace, view.name), view)  # the view's strings: shared with its VM
 
     def _view_of(self, kind: str, obj: Mapping[str, Any]) -> View:
         if kind == VIRTUAL_MACHINE:
@@ -455,7 +455,8 @@ class ClusterView:
         elif macs:
             macs = _observed_map(macs, vm.interfaces if vm is not None else ())
         return dataclasses.replace(
-            view, namespace=sys.intern(view.namespace), phase=sys.intern(view.phase), interface_macs=macs,
+            view, namespace=sys.intern(view.namespace), name=vm.name if vm is not None else view.name,
+            phase=sys.intern(view.phase), interface_macs=macs,
             live_migratable_reason=sys.intern(view.live_migratable_reason))
 
     def _store(self, kind: str, key: Key, view: View) -> None:
