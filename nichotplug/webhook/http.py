@@ -63,6 +63,13 @@ class WebhookHandler:
             self._count(admission, verdict)
             self._ok.inc()
             return web.Response(body=body, content_type=JSON_CONTENT_TYPE)
+        except Exception:
+            # A bug in this layer (the engine already contains the rules' own): answer a Status the API
+            # server can show; it then applies the webhook's failurePolicy (validation fails closed).
+            log.exception("%s webhook: internal error answering a request", self.webhook)
+            metrics.REQUESTS.labels(self.webhook, "500").inc()
+            internal = BadReview(500, "internal-error", "nichotplug could not answer this review (internal error)")
+            return web.Response(status=500, body=encode_error(internal), content_type=JSON_CONTENT_TYPE)
         finally:
             self._in_flight.dec()
             self._latency.observe(time.perf_counter() - started)
