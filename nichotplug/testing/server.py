@@ -21,7 +21,7 @@ import logging
 import secrets
 import ssl
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -75,6 +75,7 @@ VALIDATING_GR: GroupResource = ("admissionregistration.k8s.io", "validatingwebho
 RBAC_GROUP = "rbac.authorization.k8s.io"
 JSON = "application/json"
 MAX_BODY = 256 * 1024 * 1024
+GO_TRUE = ("1", "t", "T", "true", "TRUE", "True")  # what Go's strconv.ParseBool reads as true
 
 
 @functools.cache
@@ -584,7 +585,7 @@ class ApiServer:
         rv_param = query.get("resourceVersion", "")
         since = None if rv_param in ("", "0") else _int_param(query, "resourceVersion")
         timeout = _int_param(query, "timeoutSeconds")
-        bookmarks = query.get("allowWatchBookmarks") in ("1", "t", "T", "true", "TRUE", "True")
+        bookmarks = query.get("allowWatchBookmarks") in GO_TRUE
         namespace = target.namespace if target.info.namespaced and target.namespace else None
         response = web.StreamResponse(status=200, headers={"Content-Type": JSON})
         await response.prepare(call.request)
@@ -611,12 +612,13 @@ class ApiServer:
                              initial: list[StoreEvent], matcher: Matcher | None, timeout_seconds: int | None,
                              bookmarks: bool) -> None:
         info = call.target.info
+        encode = self._event_encoder(call)
         # Initial events go out in large writes: one write per event took seconds for 100,000 objects.
         batch: list[bytes] = []
         for event in initial:
             event_type = _visible_type(event, matcher)
             if event_type is not None:
-                batch.append(self._event_line(info, event, event_type))
+                batch.append(encode(event, event_type))
             if len(batch) >= 1000:
                 await response.write(b"".join(batch))
                 batch = []
@@ -641,17 +643,28 @@ class ApiServer:
                 continue
             if change is None:
                 return
-            await self._send_event(response, info, change, matcher)
+            event_type = _visible_type(change, matcher)
+            if event_type is not None:
+                await response.write(encode(change, event_type))
 
-    async def _send_event(self, response: web.StreamResponse, info: ResourceInfo, event: StoreEvent,
-                          matcher: Matcher | None) -> None:
-        event_type = _visible_type(event, matcher)
-        if event_type is not None:
-            await response.write(self._event_line(info, event, event_type))
+    def _event_encoder(self, call: Call) -> Callable[[StoreEvent, str], bytes]:
+        """How this watch writes one event: the stored JSON, or a one-row Table for ``kubectl get -w``."""
+        info = call.target.info
+        tables = _optional_module("tables")
+        if tables is None or not self._wants_table(call) or tables.columns_of(info) is None:
+            def plain(event: StoreEvent, event_type: str) -> bytes:
+                return b'{"type":"' + event_type.encode() + b'","object":' + self._raw(info, event.entry) + b"}\n"
+            return plain
+        first = [True]
 
-    def _event_line(self, info: ResourceInfo, event: StoreEvent, event_type: str = "") -> bytes:
-        kind = (event_type or event.type).encode()
-        return b'{"type":"' + kind + b'","object":' + self._raw(info, event.entry) + b"}\n"
+        def as_table(event: StoreEvent, event_type: str) -> bytes:
+            table = tables.table(info, [self._render(info, event.entry.decode())],
+                                 include_object=call.query.get("includeObject", "Metadata"))
+            if not first[0]:
+                table["columnDefinitions"] = []  # kube-apiserver sends the columns with the first event only
+            first[0] = False
+            return orjson.dumps({"type": event_type, "object": table}) + b"\n"
+        return as_table
 
     async def _send_bookmark(self, response: web.StreamResponse, info: ResourceInfo,
                              initial_events_end: bool = False) -> None:
@@ -980,7 +993,7 @@ def _token_request(info: ResourceInfo, subresource: str) -> bool:
 def _verb(request: web.Request, target: Target) -> str:
     method = request.method
     if method == "GET":
-        if request.query.get("watch") in ("1", "t", "T", "true", "TRUE", "True"):
+        if request.query.get("watch") in GO_TRUE:
             return "watch"
         return "get" if target.name else "list"
     if method == "POST":

@@ -76,6 +76,20 @@ async def test_kubectl_get_receives_a_table_for_custom_resources(apiserver: ApiS
     assert single["kind"] == "Table"
 
 
+async def test_kubectl_get_watch_receives_table_rows(apiserver: ApiServer, raw: RawClient) -> None:
+    await raw.call("POST", VMS, vm("vm1"))
+    await raw.call("POST", VMS, vm("vm2"))
+    async with aiohttp.ClientSession() as session, session.get(
+            f"{apiserver.url}{VMS}?watch=true&timeoutSeconds=1",
+            headers={"Accept": TABLE, "Authorization": f"Bearer {apiserver.admin_token}"},
+            ssl=ssl.create_default_context(cafile=str(apiserver.ca_file))) as response:
+        events = [json.loads(line) async for line in response.content if line.strip()]
+    assert [(e["type"], e["object"]["kind"], e["object"]["rows"][0]["cells"][0]) for e in events] == [
+        ("ADDED", "Table", "vm1"), ("ADDED", "Table", "vm2")]
+    assert events[0]["object"]["columnDefinitions"]
+    assert events[1]["object"]["columnDefinitions"] == []
+
+
 async def test_health_endpoints_answer_ok(raw: RawClient) -> None:
     for path in ("/healthz", "/livez", "/readyz"):
         answer = await raw.call("GET", path, token=None)
