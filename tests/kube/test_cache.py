@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+from kube_support import (
     FAST,
     OBSERVED_MACS,
     client_for,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import create, vm
+from kube_support import create, vm
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 
 from nichotplug.kube.events import EventRecorder, ObjectRef

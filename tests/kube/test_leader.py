@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from conftest import client_for, eventually
+from kube_support import client_for, eventually
 from kubernetes_asyncio.client import ApiClient, CoordinationV1Api
 
 from nichotplug.kube.leader import LeaderElector

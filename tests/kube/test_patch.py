@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from conftest import DenyingWebhook, create, vm
+from kube_support import DenyingWebhook, create, vm
 from kubernetes_asyncio.client import AdmissionregistrationV1Api, ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
 
