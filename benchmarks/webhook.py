@@ -214,8 +214,27 @@ def measure(url: str, body_file: Path, ca_file: Path, args: argparse.Namespace) 
 # ---------------------------------------------------------------- role: orchestrator (holds the view)
 
 
-def build_view(vm_count: int) -> Any:
-    from nichotplug.kube.cache import NETWORK_ATTACHMENT_DEFINITION, VIRTUAL_MACHINE, ClusterView
+def vmi_object(index: int) -> dict[str, Any]:
+    """The running, ready, migratable VMI of VM ``index``, reporting its MACs."""
+    return {
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": f"vm-{index:06d}", "namespace": f"tenant-{index % NAMESPACES}",
+                     "resourceVersion": str(500000 + index)},
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True"}, {"type": "LiveMigratable", "status": "True"}],
+            "interfaces": [{"name": f"nic-{i}", "mac": mac_of(index, i)} for i in range(INTERFACES)],
+        },
+    }
+
+
+def build_view(vm_count: int, with_vmis: bool = False) -> Any:
+    from nichotplug.kube.cache import (
+        NETWORK_ATTACHMENT_DEFINITION,
+        VIRTUAL_MACHINE,
+        VIRTUAL_MACHINE_INSTANCE,
+        ClusterView,
+    )
 
     view = ClusterView()
     for i in range(INTERFACES):
@@ -226,6 +245,8 @@ def build_view(vm_count: int) -> Any:
                          "labels": {"network.harvesterhci.io/clusternetwork": "mgmt"}},
             "spec": {"config": config}})
     for index in range(vm_count):
+        if with_vmis:
+            view.apply_event(VIRTUAL_MACHINE_INSTANCE, "ADDED", vmi_object(index))
         view.apply_event(VIRTUAL_MACHINE, "ADDED", vm_object(index))
     return view
 
@@ -343,14 +364,14 @@ def orchestrate(args: argparse.Namespace) -> None:
         gc.collect()
         rss_before = rss_mib()
         started = time.perf_counter()
-        view = build_view(args.vms)
+        view = build_view(args.vms, with_vmis=args.vmis)
         build_seconds = time.perf_counter() - started
         gc.collect()
         rss_view = rss_mib()
         if not args.no_freeze:
             gc.freeze()  # what serve does once the view has synced: full GCs stop walking the view
-        print(f"cluster view: {args.vms:,} VMs x {INTERFACES} interfaces via ClusterView.apply_event "
-              f"in {build_seconds:.1f} s; {view.counts()['macs']:,} MACs indexed")
+        print(f"cluster view: {args.vms:,} VMs x {INTERFACES} interfaces{' + a VMI each' if args.vmis else ''} "
+              f"via ClusterView.apply_event in {build_seconds:.1f} s; {view.counts()['macs']:,} MACs indexed")
         print(f"  RSS of this process: {rss_before:.0f} MiB before, {rss_view:.0f} MiB with the view "
               f"(+{rss_view - rss_before:.0f} MiB)")
         print(f"load: {args.connections} keep-alive TLS connections from a second process, "
@@ -367,9 +388,9 @@ def orchestrate(args: argparse.Namespace) -> None:
             bare = measure_bare(free_port(), cert_dir, body_file, args, loop="uvloop", use_orjson=True)
             print(line("bare aiohttp (uvloop, orjson)", bare))
             print(line("nichotplug (uvloop, orjson)", ours("uvloop", True), bare))
-        # Paced at half the bare server's closed-loop rate: the latency an API server sees when not saturating us.
-        paced = argparse.Namespace(**{**vars(args), "rate": round(bare["rps"] / 2)})
-        print(f"paced at {paced.rate} req/s (half the bare server's closed-loop rate):")
+        # Paced below saturation: the latency an API server sees when it is not flooding us.
+        paced = argparse.Namespace(**{**vars(args), "rate": round(bare["rps"] * args.paced_fraction)})
+        print(f"paced at {paced.rate} req/s ({args.paced_fraction:g} of the bare server's closed-loop rate):")
         paced_bare = measure_bare(free_port(), cert_dir, body_file, paced, loop="uvloop", use_orjson=True)
         print(line("bare aiohttp (uvloop, orjson)", paced_bare))
         with asyncio.Runner(loop_factory=loop_factory("uvloop")) as runner:
@@ -390,11 +411,14 @@ def main() -> None:
     parser.add_argument("--vms", type=int, default=100_000)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--warmup", type=float, default=0.5)
-    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--seconds", type=float, default=2.5)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved bare/ours rounds")
     parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)  # set per phase
     parser.add_argument("--quick", action="store_true", help="only bare vs ours on uvloop + orjson")
     parser.add_argument("--no-freeze", action="store_true", help="do not gc.freeze() the built view")
+    parser.add_argument("--vmis", action="store_true", help="also feed a running VMI per VM (RSS with VMIs)")
+    parser.add_argument("--paced-fraction", type=float, default=0.25,
+                        help="paced phase: this share of the bare server's closed-loop rate")
     # internal, for the child processes
     parser.add_argument("--port", type=int)
     parser.add_argument("--certs", type=Path)
