@@ -34,6 +34,9 @@ OBJECT_META_FIELDS = frozenset({
     "managedFields",
 })
 _SKIPPED_KEYWORDS = frozenset({"description", "example", "externalDocs", "nullable", "format", "default"})
+# String formats the API server checks (others, such as int32 or int64, only document the type).
+CHECKED_FORMATS = frozenset({"date-time"})
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 _NESTED_ONE = ("items", "additionalProperties", "not")
 _NESTED_MAP = ("properties", "patternProperties", "definitions")
 _NESTED_LIST = ("allOf", "anyOf", "oneOf")
@@ -63,6 +66,8 @@ def to_json_schema(node: Any) -> Any:
             out[key] = [to_json_schema(sub) for sub in value]
         else:
             out[key] = value
+    if node.get("format") in CHECKED_FORMATS:
+        out["format"] = node["format"]
     if node.get("x-kubernetes-int-or-string"):
         out.pop("type", None)
         out.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
@@ -90,8 +95,10 @@ class SchemaValidator:
         json_schema = to_json_schema(schema)
         # metadata is ObjectMeta: the API server checks it itself (name rules below), not the CRD schema.
         json_schema.get("properties", {}).pop("metadata", None)
-        self._validator = jsonschema.Draft4Validator(json_schema)
-        self._verdict = jsonschema_rs.Draft4Validator(json_schema)
+        formats = jsonschema.FormatChecker(formats=())
+        formats.checks("date-time")(lambda value: not isinstance(value, str) or bool(_RFC3339.match(value)))
+        self._validator = jsonschema.Draft4Validator(json_schema, format_checker=formats)
+        self._verdict = jsonschema_rs.Draft4Validator(json_schema, validate_formats=True)
         self._has_cel_rules = _has_cel_rules(schema)
 
     def prune(self, obj: dict[str, Any]) -> list[str]:
@@ -188,6 +195,11 @@ def _causes_of(error: jsonschema.ValidationError) -> list[Cause]:
         actual = _type_name(error.instance)
         return [{"reason": "FieldValueTypeInvalid",
                  "message": f'Invalid value: "{actual}": {field} in body must be of type {expected_text}: "{actual}"',
+                 "field": field}]
+    if keyword == "format":
+        return [{"reason": "FieldValueInvalid",
+                 "message": f"Invalid value: {_json(error.instance)}: {field} in body must be of type {rule}: "
+                            f"{_json(error.instance)}",
                  "field": field}]
     if keyword == "enum":
         supported = ", ".join(_json(v) for v in rule if v is not None)

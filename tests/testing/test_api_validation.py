@@ -23,6 +23,8 @@ WIDGET_SCHEMA: dict[str, Any] = {
                 "mode": {"type": "string", "enum": ["a", "b"]},
                 "port": {"x-kubernetes-int-or-string": True},
                 "note": {"type": "string", "nullable": True},
+                "since": {"type": "string", "format": "date-time"},
+                "count": {"type": "integer", "format": "int32"},
                 "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
                 "tags": {"type": "object", "additionalProperties": {"type": "string"}},
                 "items": {"type": "array", "items": {"type": "object", "properties": {"n": {"type": "string"}}}},
@@ -53,6 +55,7 @@ def test_schema_translation_handles_kubernetes_extensions() -> None:
     ({"size": 1, "mode": "c"}, "spec.mode", "FieldValueNotSupported"),
     ({"size": 1, "port": 1.5}, "spec.port", "FieldValueInvalid"),
     ({"size": 1, "tags": {"a": 1}}, "spec.tags.a", "FieldValueTypeInvalid"),
+    ({"size": 1, "since": "yesterday"}, "spec.since", "FieldValueInvalid"),
 ])
 def test_schema_violations_become_field_causes(spec: dict[str, Any], field: str, reason: str) -> None:
     causes = SchemaValidator(WIDGET_SCHEMA).causes({"spec": spec})
@@ -60,8 +63,15 @@ def test_schema_violations_become_field_causes(spec: dict[str, Any], field: str,
 
 
 def test_valid_values_pass() -> None:
-    spec = {"size": 2, "mode": "a", "port": "http", "note": None, "free": {"x": [1]}, "tags": {"a": "b"}}
+    spec = {"size": 2, "mode": "a", "port": "http", "note": None, "free": {"x": [1]}, "tags": {"a": "b"},
+            "since": "2026-11-28T06:00:00Z", "count": 3}
     assert SchemaValidator(WIDGET_SCHEMA).causes({"spec": spec}) == []
+
+
+def test_date_time_format_message() -> None:
+    causes = SchemaValidator(WIDGET_SCHEMA).causes({"spec": {"size": 1, "since": "yesterday"}})
+    assert causes[0]["message"] == (
+        'Invalid value: "yesterday": spec.since in body must be of type date-time: "yesterday"')
 
 
 def test_pruning_drops_undeclared_fields_and_reports_them() -> None:
