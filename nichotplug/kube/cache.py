@@ -30,7 +30,7 @@ import dataclasses
 import logging
 import random
 import sys
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
@@ -170,15 +170,17 @@ def slim_vm(obj: Mapping[str, Any], keep_annotations: Collection[str]) -> Mappin
 
 
 class _SharedValues:
-    """Equal immutable values kept once: most VMs have the same networks and labels.
+    """Equal immutable values kept once: most VMs have the same networks, labels and NADs.
 
-    Entries nobody else references any more are pruned when the table has grown, so VMs that come
-    and go with unique values do not leak.
+    When the table has doubled since it was last rebuilt, it is rebuilt from the values still in
+    use (``live()``), so VMs that come and go with unique values do not leak; the rebuild costs one
+    pass over the cache, amortised over as many insertions.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, live: Callable[[], Iterable[tuple[Any, Any]]]) -> None:
         self._table: dict[Any, Any] = {}
-        self._prune_at = 1024
+        self._live = live
+        self._rebuild_at = 1024
 
     def __len__(self) -> int:
         return len(self._table)
@@ -188,24 +190,22 @@ class _SharedValues:
         existing = self._table.get(key)
         if existing is not None:
             return existing
+        if len(self._table) >= self._rebuild_at:
+            self._table = dict(self._live())
+            self._rebuild_at = max(1024, 2 * len(self._table))
         self._table[key] = value
-        if len(self._table) >= self._prune_at:
-            self._prune()
         return value
 
     def share_map(self, mapping: Mapping[str, str]) -> Mapping[str, str]:
         if not mapping:
             return mapping
-        shared: Mapping[str, str] = self.share(tuple(sorted(mapping.items())), mapping)
+        shared: Mapping[str, str] = self.share(map_key(mapping), mapping)
         return shared
 
-    def _prune(self) -> None:
-        # Referenced only by this table (as key and/or value) plus getrefcount's own argument.
-        unused = [key for key, value in self._table.items()
-                  if sys.getrefcount(value) <= (3 if key is value else 2)]
-        for key in unused:
-            del self._table[key]
-        self._prune_at = max(1024, 2 * len(self._table))
+
+def map_key(mapping: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """A hashable key for a string map, equal for equal maps."""
+    return tuple(sorted(mapping.items()))
 
 
 def _observed_map(mapping: Mapping[str, str], interfaces: Iterable[InterfaceView]) -> Mapping[str, str]:
@@ -256,6 +256,13 @@ class _MacOwners:
         for mac, owner in new_claims - old_claims:
             nad = owner.nad if owner.nad is None else self._shared.share(owner.nad, owner.nad)
             self._add(spec_macs.get(mac, mac), owner._replace(nad=nad))
+
+    def nads_in_use(self) -> Iterator[tuple[str, str]]:
+        """Every NAD reference an indexed owner holds (for rebuilding the shared-values table)."""
+        for entry in self._by_mac.values():
+            for owner in (entry,) if isinstance(entry, MacOwner) else entry:
+                if owner.nad is not None:
+                    yield owner.nad
 
     def _add(self, mac: str, owner: MacOwner) -> None:
         entry = self._by_mac.get(mac)
@@ -349,7 +356,7 @@ class ClusterView:
             VIRTUAL_MACHINE: self._vms, VIRTUAL_MACHINE_INSTANCE: self._vmis,
             NETWORK_ATTACHMENT_DEFINITION: self._nads,
         }
-        self._shared = _SharedValues()
+        self._shared = _SharedValues(self._shared_values_in_use)
         self._macs = _MacOwners(self._shared)
         self._listeners: list[Listener] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -431,6 +438,20 @@ class ClusterView:
         if kind == VIRTUAL_MACHINE_INSTANCE:
             return self._compact_vmi(VmiView.from_dict(obj))
         return NadView.from_dict(obj)
+
+    def _shared_values_in_use(self) -> Iterator[tuple[Any, Any]]:
+        for vm in self._vms.values():
+            yield vm.networks, vm.networks
+            for mapping in (vm.labels, vm.node_selector):
+                if mapping:
+                    yield map_key(mapping), mapping
+        for nad in self._macs.nads_in_use():
+            yield nad, nad
+
+    @property
+    def shared_values(self) -> int:
+        """How many distinct shared parts (networks, label maps, NAD references) are kept; for tests."""
+        return len(self._shared)
 
     def _compact_vm(self, view: VmView) -> VmView:
         """The same view with its parts shared: networks and labels with other VMs, MACs with its VMI."""
