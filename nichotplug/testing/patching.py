@@ -3,8 +3,10 @@
 - ``application/json-patch+json``: RFC 6902 (the ``jsonpatch`` library); a failed ``test`` or a
   missing path is 422 Invalid, a body that is not a list of operations is 400, as fixtures 06-11 show.
 - ``application/merge-patch+json``: RFC 7386.
-- ``application/strategic-merge-patch+json``: 415 for custom resources (fixture 12); for built-ins
-  treated as a merge patch (no list merge keys: good enough for what nichotplug and kubectl send).
+- ``application/strategic-merge-patch+json``: 415 for custom resources (fixture 12); for built-ins a
+  strategic merge: lists with a patch merge key (``webhooks`` by ``name``, ``metadata.finalizers``
+  as a set, ...) merge element by element, with the ``$patch``, ``$setElementOrder``,
+  ``$deleteFromPrimitiveList`` and ``$retainKeys`` directives kubectl sends.
 - ``application/apply-patch+yaml``: minimal server-side apply (merge into the live object).
 """
 
@@ -66,10 +68,14 @@ def _check_json_patch_shape(patch: Any) -> None:
         raise bad_request("error decoding patch: json: cannot unmarshal into Go value of type []handlers.jsonPatchOp")
 
 
-def apply_patch(kind: str, live: Mapping[str, Any], patch: Any) -> dict[str, Any]:
+def apply_patch(kind: str, live: Mapping[str, Any], patch: Any, object_kind: str = "") -> dict[str, Any]:
     """A new object: ``live`` with ``patch`` applied (``live`` is left untouched)."""
     if kind == JSON_PATCH:
         return apply_json_patch(live, patch)
+    if kind == STRATEGIC_MERGE_PATCH:
+        lists = {**COMMON_MERGE_LISTS, **MERGE_LISTS.get(object_kind, {})}
+        strategic: dict[str, Any] = strategic_merge(_copy(live), patch, lists) or {}
+        return strategic
     merged: dict[str, Any] = merge_patch(_copy(live), patch)
     return merged
 
@@ -98,6 +104,86 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = merge_patch(result.get(key), value)
     return result
+
+
+# Lists that merge instead of being replaced, by their field path (list items add no step):
+# the patch merge key, or "" for a list of scalars merged as a set. From the Go types' tags.
+FieldPath = tuple[str, ...]
+COMMON_MERGE_LISTS: dict[FieldPath, str] = {("metadata", "finalizers"): "", ("metadata", "ownerReferences"): "uid"}
+MERGE_LISTS: dict[str, dict[FieldPath, str]] = {
+    "MutatingWebhookConfiguration": {("webhooks",): "name"},
+    "ValidatingWebhookConfiguration": {("webhooks",): "name"},
+    "ServiceAccount": {("secrets",): "name", ("imagePullSecrets",): "name"},
+}
+_DIRECTIVE_PREFIXES = ("$setElementOrder/", "$deleteFromPrimitiveList/")
+
+
+def strategic_merge(target: Any, patch: Any, lists: Mapping[FieldPath, str], path: FieldPath = ()) -> Any:
+    """Kubernetes' strategic merge of ``patch`` into ``target`` (owned by the caller); None = delete."""
+    if not isinstance(patch, dict):
+        return _copy(patch)
+    directive = patch.get("$patch")
+    if directive == "delete":
+        return None
+    if directive == "replace":
+        return {k: _copy(v) for k, v in patch.items() if k != "$patch"}
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if key in ("$patch", "$retainKeys") or key.startswith(_DIRECTIVE_PREFIXES):
+            continue
+        field = (*path, key)
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, list) and field in lists:
+            result[key] = _merge_list(result.get(key) or [], value, lists, field)
+        else:
+            merged = strategic_merge(result.get(key), value, lists, field)
+            if merged is None:
+                result.pop(key, None)
+            else:
+                result[key] = merged
+    for key, value in patch.items():
+        if key.startswith("$deleteFromPrimitiveList/") and isinstance(value, list):
+            name = key.split("/", 1)[1]
+            result[name] = [item for item in result.get(name) or [] if item not in value]
+        elif key.startswith("$setElementOrder/") and isinstance(value, list):
+            name = key.split("/", 1)[1]
+            if isinstance(result.get(name), list):
+                result[name] = _ordered(result[name], value, lists.get((*path, name), ""))
+    if isinstance(patch.get("$retainKeys"), list):
+        result = {k: v for k, v in result.items() if k in patch["$retainKeys"]}
+    return result
+
+
+def _merge_list(current: list[Any], items: list[Any], lists: Mapping[FieldPath, str], path: FieldPath) -> list[Any]:
+    key = lists[path]
+    if not key:  # a set of scalars
+        return [*current, *(item for item in items if item not in current)]
+    merged = list(current)
+    deleted = set()
+    for item in items:
+        if not isinstance(item, dict) or key not in item:
+            merged.append(_copy(item))
+            continue
+        if item.get("$patch") == "delete":
+            deleted.add(item[key])
+            continue
+        position = next((i for i, old in enumerate(merged) if isinstance(old, dict) and old.get(key) == item[key]),
+                        None)
+        if position is None:
+            merged.append(strategic_merge({}, item, lists, path))
+        else:
+            merged[position] = strategic_merge(merged[position], item, lists, path)
+    return [m for m in merged if not (isinstance(m, dict) and m.get(key) in deleted)]
+
+
+def _ordered(items: list[Any], order: list[Any], key: str) -> list[Any]:
+    """Reorder as ``$setElementOrder`` says; items it does not name keep their place at the end."""
+    def identity(item: Any) -> Any:
+        return item.get(key) if key and isinstance(item, dict) else item
+    wanted = [identity(entry) for entry in order]
+    rank = {value: index for index, value in enumerate(wanted) if isinstance(value, str | int)}
+    return sorted(items, key=lambda item: rank.get(identity(item), len(rank)))
 
 
 def _copy(value: Any) -> Any:

@@ -756,7 +756,7 @@ class ApiServer:
                                                                                  "name": target.name}})
                 return _json_response(self._render(info, created), status=201, warnings=call.warnings)
             # Like etcd's GuaranteedUpdate: a patch is applied to the object as it is when it is stored.
-            patched = patching.apply_patch(kind, self._render(info, old), patch)
+            patched = patching.apply_patch(kind, self._render(info, old), patch, object_kind=info.kind)
             patched_rv = (patched.get("metadata") or {}).get("resourceVersion")
             if patched_rv and patched_rv != old["metadata"]["resourceVersion"]:
                 raise conflict(info.plural, info.group, target.name)
