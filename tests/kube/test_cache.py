@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -373,3 +374,22 @@ def test_shared_parts_of_deleted_vms_are_not_kept_forever() -> None:
     assert twin_a is not None
     assert twin_b is not None
     assert twin_a.networks is twin_b.networks
+
+
+async def test_a_watch_the_server_ends_is_resumed_from_its_resource_version_without_a_relist(
+    apiserver: ApiServer, api_client: ApiClient,
+) -> None:
+    apiserver.bookmark_interval = 0.1  # bookmarks keep the resourceVersion current between changes
+    vm_watches = apiserver.faults.add(method="GET", path_regex=r"virtualmachines\?.*watch=(?i:true|1)", status=0,
+                                      times=None)  # delay-only: it just counts the watch requests
+    view = ClusterView(api_client, settings=replace(FAST, watch_timeout=1.0))  # the server ends watches after 1 s
+    await view.start()
+    try:
+        await view.synced.wait()
+        await eventually(lambda: vm_watches.hits >= 3, "the server ended the VM watch twice")
+        await create(api_client, vm("late", [("nic-1", MAC_A, None)]))
+        await eventually(lambda: view.get_vm("default", "late") is not None, "change after the resumes")
+        assert view.relists == 0
+        assert view.request_failures == 0
+    finally:
+        await view.stop()
