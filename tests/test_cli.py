@@ -1,0 +1,69 @@
+"""The ``nichotplug`` command itself: help, usage errors and ``nichotplug certs``, run as a user runs them."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+
+def nichotplug(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nichotplug", *args], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_help_lists_every_subcommand() -> None:
+    done = nichotplug("--help")
+    assert done.returncode == 0
+    for command in ("serve", "certs", "demo"):
+        assert command in done.stdout
+
+
+def test_an_unknown_subcommand_is_a_usage_error() -> None:
+    done = nichotplug("frobnicate")
+    assert done.returncode == 2
+    assert "invalid choice: 'frobnicate'" in done.stderr
+
+
+def test_certs_writes_a_ca_and_a_serving_certificate_for_the_names_given(tmp_path: Path) -> None:
+    out = tmp_path / "tls"
+    done = nichotplug("certs", "--out", str(out), "--dns", "nichotplug.harvester-system.svc",
+                      "--dns", "localhost", "--ip", "127.0.0.1", "--days", "30")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["ca.crt", "tls.crt", "tls.key"]
+
+    ca = x509.load_pem_x509_certificate((out / "ca.crt").read_bytes())
+    cert = x509.load_pem_x509_certificate((out / "tls.crt").read_bytes())
+    cert.verify_directly_issued_by(ca)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["nichotplug.harvester-system.svc", "localhost"]
+    assert names.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+    usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usages) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    lifetime = cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+    assert datetime.timedelta(days=29) < lifetime <= datetime.timedelta(days=30)
+
+
+def test_certs_keeps_the_private_key_readable_by_its_owner_only(tmp_path: Path) -> None:
+    assert nichotplug("certs", "--out", str(tmp_path), "--dns", "localhost").returncode == 0
+    assert stat.S_IMODE((tmp_path / "tls.key").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ((), "give at least one --dns NAME or --ip ADDRESS"),
+    (("--ip", "not-an-ip"), "'not-an-ip' is not an IP address"),
+    (("--dns", "localhost", "--days", "0"), "--days must be at least 1"),
+])
+def test_certs_refuses_bad_input_and_writes_nothing(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    out = tmp_path / "tls"
+    done = nichotplug("certs", "--out", str(out), *args)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert not out.exists()
