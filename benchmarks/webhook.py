@@ -3,14 +3,21 @@
 This process builds a ``ClusterView`` of N VirtualMachines (4 bridge interfaces
 each, fed through ``ClusterView.apply_event``, the path the watches use) and
 serves ``/v1/webhook/validation`` from it over TLS. A bare aiohttp server in
-its own process only parses the review and answers allowed. A third process
-loads each in turn with an aiohttp client: C keep-alive TLS connections, a
-fixed duration after a warm-up, every request a CREATE of a VM whose four MACs
-the rules look up in the view. Printed: requests/s, p50 and p99 latency seen by
-the client, the ratio to the bare server, and the RSS of the view's process.
-Variants: uvloop vs asyncio, orjson vs the standard json module.
+its own process only parses the review and answers allowed. A second process
+loads each in turn: ``wrk`` (C, one thread, C keep-alive TLS connections, a
+Lua script POSTing the review as application/json and checking every answer
+says allowed), or, when wrk is not installed, an aiohttp client (which
+saturates before either server, so its requests/s flatter the slower one).
+Every request is a CREATE of a VM whose four MACs the rules look up in the
+view. Rounds are interleaved (bare, ours, bare, ours...) because the machine
+is shared; the summary is the median over rounds. Printed: requests/s, p50
+and p99 latency seen by the load generator, server CPU per request (utime +
+stime deltas of the server process from /proc, the figure that survives a
+busy machine), the ratios to the bare server, and the RSS of the view's
+process. Variants: uvloop vs asyncio, orjson vs the standard json module.
 
-Run: ``.venv/bin/python benchmarks/webhook.py [--vms 100000] [--seconds 4] [--connections 16]``.
+Run: ``.venv/bin/python benchmarks/webhook.py [--vms 100000] [--seconds 3] [--rounds 5] [--quick]``
+(``--loader aiohttp`` forces the Python load generator).
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ import gc
 import json
 import os
 import resource
+import shutil
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -198,16 +207,88 @@ def run_load(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
-def measure(url: str, body_file: Path, ca_file: Path, args: argparse.Namespace) -> dict[str, Any]:
+# wrk's Lua side: POST the review with its content type, count answers that do not say allowed
+# (any thread's), and print the figures as one JSON line. Runs in every wrk thread's Lua state.
+WRK_SCRIPT = r"""
+local file = assert(io.open(os.getenv("NICHOTPLUG_BENCH_BODY"), "rb"))
+wrk.method = "POST"
+wrk.body = file:read("*a")
+file:close()
+wrk.headers["Content-Type"] = "application/json"
+
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) bad = 0 end
+function response(status, headers, body)
+  if status ~= 200 or not string.find(body, '"allowed":%s*true') then bad = bad + 1 end
+end
+function done(summary, latency, requests)
+  local not_allowed = 0
+  for _, thread in ipairs(threads) do not_allowed = not_allowed + thread:get("bad") end
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"errors":%d,"not_allowed":%d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.status + e.timeout, not_allowed))
+end
+"""
+
+
+def wrk_binary(args: argparse.Namespace) -> str | None:
+    """The wrk to load with, or None for the aiohttp client (``--loader``, else wrk when installed)."""
+    if args.loader == "aiohttp":
+        return None
+    found = shutil.which("wrk")
+    if found is None and args.loader == "wrk":
+        raise SystemExit("--loader wrk: wrk is not installed (apt-get install wrk)")
+    return found
+
+
+def run_wrk(wrk: str, url: str, body_file: Path, connections: int, seconds: int) -> dict[str, Any]:
+    """One bounded wrk run from a second process; its figures, raising if any answer was not an allow."""
+    script = body_file.with_name("wrk.lua")
+    script.write_text(WRK_SCRIPT)
+    completed = subprocess.run(
+        [wrk, "--threads", "1", "--connections", str(connections), "--duration", f"{seconds}s", "--timeout", "5s",
+         "--script", str(script), url],
+        capture_output=True, text=True, check=False, timeout=seconds + 30,
+        env={**os.environ, "NICHOTPLUG_BENCH_BODY": str(body_file)},
+    )
+    summary = completed.stdout.strip().splitlines()[-1] if completed.stdout.strip() else ""
+    if completed.returncode != 0 or not summary.startswith("{"):
+        raise RuntimeError(f"wrk failed ({completed.returncode}):\n{completed.stdout}\n{completed.stderr}")
+    figures: dict[str, Any] = json.loads(summary)
+    if figures["errors"] or figures["not_allowed"]:
+        raise RuntimeError(f"wrk saw {figures['errors']} errors and {figures['not_allowed']} answers not allowed")
+    return figures
+
+
+def measure(url: str, body_file: Path, ca_file: Path, args: argparse.Namespace,
+            cpu_seconds: Callable[[], float]) -> dict[str, Any]:
+    """Load ``url`` after a warm-up; server CPU (``cpu_seconds``) is read around the measured part only."""
+    wrk = wrk_binary(args) if not args.rate else None  # wrk cannot pace; the paced phase uses aiohttp
+    if wrk is not None:
+        run_wrk(wrk, url, body_file, args.connections, max(1, round(args.warmup)))
+        cpu_before = cpu_seconds()
+        figures = run_wrk(wrk, url, body_file, args.connections, max(1, round(args.seconds)))
+        server_cpu = cpu_seconds() - cpu_before
+        elapsed = figures["duration_us"] / 1e6
+        return {"loader": "wrk", "requests": figures["requests"], "total_requests": figures["requests"],
+                "rps": figures["requests"] / elapsed, "p50_ms": figures["p50_us"] / 1000,
+                "p99_ms": figures["p99_us"] / 1000, "server_cpu_s": server_cpu}
+    cpu_before = cpu_seconds()
     completed = subprocess.run(
         [sys.executable, __file__, "--role", "load", "--url", url, "--body", str(body_file), "--ca", str(ca_file),
          "--connections", str(args.connections), "--warmup", str(args.warmup), "--seconds", str(args.seconds),
          "--rate", str(args.rate)],
         capture_output=True, text=True, check=False, timeout=args.seconds + args.warmup + 60,
     )
+    server_cpu = cpu_seconds() - cpu_before  # warm-up included: total_requests counts its requests too
     if completed.returncode != 0:
         raise RuntimeError(f"load generator failed:\n{completed.stderr}")
     result: dict[str, Any] = json.loads(completed.stdout)
+    result["loader"] = "aiohttp"
+    result["server_cpu_s"] = server_cpu
     return result
 
 
@@ -284,11 +365,8 @@ async def serve_ours_and_measure(view: Any, port: int, cert_dir: Path, body_file
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_context(cert_dir)).start()
     try:
-        cpu_before = time.process_time()
-        result = await asyncio.to_thread(measure, f"https://127.0.0.1:{port}/v1/webhook/validation",
-                                         body_file, cert_dir / "ca.crt", args)
-        result["server_cpu_s"] = time.process_time() - cpu_before
-        return result
+        return await asyncio.to_thread(measure, f"https://127.0.0.1:{port}/v1/webhook/validation",
+                                       body_file, cert_dir / "ca.crt", args, lambda: process_cpu_seconds(os.getpid()))
     finally:
         await runner.cleanup()
 
@@ -311,10 +389,8 @@ def measure_bare(port: int, cert_dir: Path, body_file: Path, args: argparse.Name
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        cpu_before = process_cpu_seconds(bare.pid)
-        result = measure(f"https://127.0.0.1:{port}/v1/webhook/validation", body_file, cert_dir / "ca.crt", args)
-        result["server_cpu_s"] = process_cpu_seconds(bare.pid) - cpu_before
-        return result
+        return measure(f"https://127.0.0.1:{port}/v1/webhook/validation", body_file, cert_dir / "ca.crt", args,
+                       lambda: process_cpu_seconds(bare.pid))
     finally:
         bare.terminate()
         bare.wait(timeout=30)
@@ -336,17 +412,43 @@ def free_port() -> int:
         return port
 
 
+def cpu_us_per_request(result: dict[str, Any]) -> float:
+    return float(result["server_cpu_s"] / result["total_requests"] * 1e6)
+
+
 def line(label: str, result: dict[str, Any], bare: dict[str, Any] | None = None) -> str:
     """Wall-clock figures, and server CPU per request (the figure that survives a busy machine)."""
-    cpu_us = result["server_cpu_s"] / result["total_requests"] * 1e6
+    cpu_us = cpu_us_per_request(result)
     text = (f"  {label:<31} {result['rps']:7.0f} req/s  p50 {result['p50_ms']:6.2f} ms  "
             f"p99 {result['p99_ms']:6.2f} ms  server CPU {cpu_us:5.0f} us/req "
             f"(= {1e6 / cpu_us:5.0f} req/s per core)")
     if bare is not None:
-        bare_cpu_us = bare["server_cpu_s"] / bare["total_requests"] * 1e6
         text += (f"\n  {'':<31} vs bare: throughput {result['rps'] / bare['rps']:.2f}x, "
-                 f"p50 {result['p50_ms'] / bare['p50_ms']:.2f}x, per-core capacity {bare_cpu_us / cpu_us:.2f}x")
+                 f"p50 {result['p50_ms'] / bare['p50_ms']:.2f}x, "
+                 f"per-core capacity {cpu_us_per_request(bare) / cpu_us:.2f}x")
     return text
+
+
+def median_figures(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the rounds (CPU per request expressed so ``line`` can print it)."""
+    cpu_us = statistics.median(cpu_us_per_request(result) for result in results)
+    return {"rps": statistics.median(result["rps"] for result in results),
+            "p50_ms": statistics.median(result["p50_ms"] for result in results),
+            "p99_ms": statistics.median(result["p99_ms"] for result in results),
+            "server_cpu_s": cpu_us / 1e6, "total_requests": 1}
+
+
+def summarize(rounds: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    """The medians over the interleaved rounds, and the median of each round's own ratio."""
+    bare, ours = median_figures([pair[0] for pair in rounds]), median_figures([pair[1] for pair in rounds])
+    print(f"median of {len(rounds)} interleaved rounds:")
+    print(line("bare aiohttp (uvloop, orjson)", bare))
+    print(line("nichotplug (uvloop, orjson)", ours, bare))
+    throughput = statistics.median(o["rps"] / b["rps"] for b, o in rounds)
+    p50 = statistics.median(o["p50_ms"] / b["p50_ms"] for b, o in rounds)
+    capacity = statistics.median(cpu_us_per_request(b) / cpu_us_per_request(o) for b, o in rounds)
+    print(f"  per-round ratios, median: throughput {throughput:.2f}x (target >= 0.90), "
+          f"p50 {p50:.2f}x (target <= 1.20), per-core capacity {capacity:.2f}x")
 
 
 def orchestrate(args: argparse.Namespace) -> None:
@@ -374,7 +476,8 @@ def orchestrate(args: argparse.Namespace) -> None:
               f"via ClusterView.apply_event in {build_seconds:.1f} s; {view.counts()['macs']:,} MACs indexed")
         print(f"  RSS of this process: {rss_before:.0f} MiB before, {rss_view:.0f} MiB with the view "
               f"(+{rss_view - rss_before:.0f} MiB)")
-        print(f"load: {args.connections} keep-alive TLS connections from a second process, "
+        loader = wrk_binary(args) or "aiohttp client"
+        print(f"load: {args.connections} keep-alive TLS connections from a second process ({loader}), "
               f"{args.warmup:g} s warm-up + {args.seconds:g} s, review of {len(body_file.read_bytes()):,} bytes")
 
         def ours(loop: str, use_orjson: bool) -> dict[str, Any]:
@@ -383,21 +486,26 @@ def orchestrate(args: argparse.Namespace) -> None:
                 return runner.run(serve_ours_and_measure(view, free_port(), cert_dir, body_file, args))
 
         # Interleaved rounds: other load on the machine hits both sides alike.
+        rounds: list[tuple[dict[str, Any], dict[str, Any]]] = []
         for round_number in range(1, args.rounds + 1):
-            print(f"round {round_number}:")
             bare = measure_bare(free_port(), cert_dir, body_file, args, loop="uvloop", use_orjson=True)
+            print(f"round {round_number} (load: {bare['loader']}):")
             print(line("bare aiohttp (uvloop, orjson)", bare))
-            print(line("nichotplug (uvloop, orjson)", ours("uvloop", True), bare))
+            rounds.append((bare, ours("uvloop", True)))
+            print(line("nichotplug (uvloop, orjson)", rounds[-1][1], bare))
+        summarize(rounds)
+        bare = median_figures([pair[0] for pair in rounds])
         # Paced below saturation: the latency an API server sees when it is not flooding us.
         paced = argparse.Namespace(**{**vars(args), "rate": round(bare["rps"] * args.paced_fraction)})
-        print(f"paced at {paced.rate} req/s ({args.paced_fraction:g} of the bare server's closed-loop rate):")
+        print(f"paced at {paced.rate} req/s ({args.paced_fraction:g} of the bare server's closed-loop rate; "
+              "load: aiohttp, wrk cannot pace):")
         paced_bare = measure_bare(free_port(), cert_dir, body_file, paced, loop="uvloop", use_orjson=True)
         print(line("bare aiohttp (uvloop, orjson)", paced_bare))
         with asyncio.Runner(loop_factory=loop_factory("uvloop")) as runner:
             paced_ours = runner.run(serve_ours_and_measure(view, free_port(), cert_dir, body_file, paced))
         print(line("nichotplug (uvloop, orjson)", paced_ours, paced_bare))
         if not args.quick:
-            print("variants (closed loop):")
+            print("variants (closed loop, one run each, compared with the median bare round):")
             print(line("nichotplug (asyncio, orjson)", ours("asyncio", True), bare))
             print(line("nichotplug (uvloop, json)", ours("uvloop", False), bare))
             print(line("bare aiohttp (asyncio, json)",
@@ -410,9 +518,11 @@ def main() -> None:
     parser.add_argument("--role", choices=["orchestrate", "bare", "load"], default="orchestrate")
     parser.add_argument("--vms", type=int, default=100_000)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--warmup", type=float, default=0.5)
-    parser.add_argument("--seconds", type=float, default=2.5)
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved bare/ours rounds")
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per run (wrk: whole seconds)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved bare/ours rounds (median reported)")
+    parser.add_argument("--loader", choices=["auto", "wrk", "aiohttp"], default="auto",
+                        help="load generator: wrk when installed (auto), or the aiohttp client")
     parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)  # set per phase
     parser.add_argument("--quick", action="store_true", help="only bare vs ours on uvloop + orjson")
     parser.add_argument("--no-freeze", action="store_true", help="do not gc.freeze() the built view")
