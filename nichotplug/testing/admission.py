@@ -68,7 +68,7 @@ class AdmissionAttributes:
     namespace: str
     name: str
     obj: dict[str, Any] | None
-    old_obj: dict[str, Any] | None
+    old_obj: Mapping[str, Any] | None  # read only: it is the stored object
     user: UserInfo
     dry_run: bool
     options: dict[str, Any] | None
@@ -263,15 +263,68 @@ def _ssl_context(webhook: Mapping[str, Any]) -> ssl.SSLContext:
         raise _CallFailed(f"clientConfig.caBundle is not a base64 PEM certificate bundle: {error}") from error
 
 
-async def _post(webhook: Mapping[str, Any], review: dict[str, Any]) -> Any:
-    """POST the review; the decoded JSON answer, or :class:`_CallFailed` worded like the real server."""
-    url = _webhook_url(webhook)
-    context = _ssl_context(webhook)
-    timeout = aiohttp.ClientTimeout(total=_timeout_seconds(webhook))
+class WebhookClient:
+    """Calls webhooks over kept-alive connections, as kube-apiserver does.
+
+    One HTTP session for every call, and one TLS context per distinct ``caBundle``: loading a CA and
+    shaking hands for every call made each webhook-backed write cost two TLS handshakes, which is
+    neither what the real API server does nor fast enough to benchmark a controller against.
+    Without ``start()`` (``admit`` called with no client), each call uses a session of its own.
+    """
+
+    _MAX_CONTEXTS = 64  # distinct caBundles kept; tests rarely have more than a handful
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._contexts: dict[str, ssl.SSLContext] = {}
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        self._contexts.clear()
+        if session is not None:
+            await session.close()
+
+    def context_for(self, webhook: Mapping[str, Any]) -> ssl.SSLContext:
+        key = str((webhook.get("clientConfig") or {}).get("caBundle") or "")
+        found = self._contexts.get(key)
+        if found is None:
+            if len(self._contexts) >= self._MAX_CONTEXTS:
+                self._contexts.clear()
+            found = self._contexts[key] = _ssl_context(webhook)
+        return found
+
+    async def post(self, webhook: Mapping[str, Any], review: dict[str, Any]) -> Any:
+        """POST the review; the decoded JSON answer, or :class:`_CallFailed` worded like the real server."""
+        url = _webhook_url(webhook)
+        context = self.context_for(webhook)
+        timeout = aiohttp.ClientTimeout(total=_timeout_seconds(webhook))
+        if self._session is None:
+            async with aiohttp.ClientSession() as session:
+                return await _post_with(session, url, review, context, timeout)
+        try:
+            return await _post_with(self._session, url, review, context, timeout)
+        except _StaleConnection:
+            # The webhook closed a kept-alive connection as we reused it: nothing reached it, so
+            # send once more on a fresh connection (the real server's transport does the same).
+            return await _post_with(self._session, url, review, context, timeout, fresh=True)
+
+
+class _StaleConnection(Exception):
+    """A reused keep-alive connection was closed by the webhook before it answered."""
+
+
+async def _post_with(session: aiohttp.ClientSession, url: str, review: dict[str, Any], context: ssl.SSLContext,
+                     limits: aiohttp.ClientTimeout, *, fresh: bool = False) -> Any:
     headers = {"Content-Type": "application/json", "Accept": "application/json, */*"}
+    if fresh:
+        headers["Connection"] = "close"
     try:
-        async with aiohttp.ClientSession(timeout=timeout) as session, session.post(
-                url, data=orjson.dumps(review), headers=headers, ssl=context) as response:
+        async with session.post(url, data=orjson.dumps(review), headers=headers, ssl=context,
+                                timeout=limits) as response:
             body = await response.read()
             status = response.status
     except TimeoutError as error:
@@ -279,6 +332,10 @@ async def _post(webhook: Mapping[str, Any], review: dict[str, Any]) -> Any:
     except aiohttp.ClientConnectorCertificateError as error:
         raise _CallFailed(f'failed to call webhook: Post "{url}": tls: failed to verify certificate: '
                           f"{error.certificate_error}") from error
+    except aiohttp.ServerDisconnectedError as error:
+        if not fresh:
+            raise _StaleConnection() from error
+        raise _CallFailed(f'failed to call webhook: Post "{url}": {error}') from error
     except aiohttp.ClientError as error:
         raise _CallFailed(f'failed to call webhook: Post "{url}": {error}') from error
     if status != 200:
@@ -364,6 +421,7 @@ class _Chain:
     attrs: AdmissionAttributes
     namespace_labels: Callable[[str], Mapping[str, str]]
     obj: dict[str, Any] | None
+    client: WebhookClient
     warnings: list[str] = field(default_factory=list)
 
     def check_dry_run(self, webhook: Mapping[str, Any]) -> None:
@@ -380,7 +438,7 @@ class _Chain:
             versions = webhook.get("admissionReviewVersions") or []
             if "v1" not in versions:
                 raise _CallFailed(f"webhook does not accept v1 AdmissionReview (admissionReviewVersions: {versions})")
-            answer = await _post(webhook, review)
+            answer = await self.client.post(webhook, review)
             return _checked_response(answer, review["request"]["uid"], mutating=mutating)
         except _CallFailed as failure:
             if webhook.get("failurePolicy", "Fail") == "Ignore":
@@ -457,15 +515,16 @@ async def _run_validating(chain: _Chain, webhooks: Sequence[Mapping[str, Any]]) 
 
 async def admit(attrs: AdmissionAttributes, mutating_configs: list[dict[str, Any]],
                 validating_configs: list[dict[str, Any]],
-                namespace_labels: Callable[[str], Mapping[str, str]]) -> AdmissionResult:
-    """Run the admission chain for one write.
+                namespace_labels: Callable[[str], Mapping[str, str]],
+                client: WebhookClient | None = None) -> AdmissionResult:
+    """Run the admission chain for one write (``client``: the server's pooled webhook client).
 
     Returns the object as the mutating webhooks left it (a copy; ``attrs.obj`` is not changed)
     and every warning. Raises :class:`AdmissionError` (a :class:`StatusError`) on a denial, on
     a failed call under ``failurePolicy: Fail``, on a patch that cannot be applied, and on a
     dry run reaching a webhook whose ``sideEffects`` are not ``None``/``NoneOnDryRun``.
     """
-    chain = _Chain(attrs, namespace_labels, copy.deepcopy(attrs.obj))
+    chain = _Chain(attrs, namespace_labels, copy.deepcopy(attrs.obj), client or WebhookClient())
     if attrs.resource.group in EXEMPT_GROUPS:
         return AdmissionResult(chain.obj, [])
     await _run_mutating(chain, _webhooks(mutating_configs))

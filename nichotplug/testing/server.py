@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
-import importlib
 import logging
 import secrets
 import ssl
@@ -24,7 +23,6 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import orjson
@@ -33,7 +31,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from nichotplug import certs
-from nichotplug.testing import patching, validation, writes
+from nichotplug.testing import admission, discovery, openapi, patching, tables, validation, writes
 from nichotplug.testing.auth import (
     DEFAULT_RBAC,
     DEFAULT_USERS,
@@ -92,14 +90,6 @@ def _shared_bundled_crds() -> tuple[dict[str, Any], ...]:
 def bundled_crds() -> list[dict[str, Any]]:
     """Fresh copies of the CRDs in ``nichotplug/testing/crds``."""
     return [writes.deep_copy(crd) for crd in _shared_bundled_crds()]
-
-
-def _optional_module(name: str) -> ModuleType | None:
-    # discovery/openapi/admission are written in parallel by a colleague: serve without them if absent.
-    try:
-        return importlib.import_module(f"nichotplug.testing.{name}")
-    except ImportError:
-        return None
 
 
 MAX_WRITE_ATTEMPTS = 5
@@ -172,6 +162,7 @@ class ApiServer:
         self._runner: web.AppRunner | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="nichotplug-apiserver-")
         self._bundle: certs.CertBundle | None = None
+        self._webhook_client = admission.WebhookClient()  # kept-alive connections to webhooks
         self._streams: set[asyncio.Task[Any]] = set()
         for info in BUILTIN_RESOURCES:
             self._resources[(info.group, info.version, info.plural)] = info
@@ -276,6 +267,7 @@ class ApiServer:
         await site.start()
         self._runner = runner
         self.port = int(runner.addresses[0][1])
+        await self._webhook_client.start()
 
     async def stop(self) -> None:
         """Stop serving (the data stays); every open watch ends."""
@@ -286,6 +278,7 @@ class ApiServer:
             task.cancel()
         runner, self._runner = self._runner, None
         await runner.cleanup()
+        await self._webhook_client.close()
 
     async def restart(self) -> None:
         await self.stop()
@@ -402,9 +395,7 @@ class ApiServer:
             raise method_not_allowed()
         if path in ("/healthz", "/livez", "/readyz"):
             return web.Response(text="ok", content_type="text/plain")
-        discovery = _optional_module("discovery")
-        if (path in ("/api", "/apis") and discovery is not None and hasattr(discovery, "aggregated")
-                and discovery.wants_aggregated(request.headers.get("Accept"))):
+        if path in ("/api", "/apis") and discovery.wants_aggregated(request.headers.get("Accept")):
             aggregated = discovery.aggregated(self.resources, core=path == "/api")
             return _json_response(aggregated, content_type=discovery.AGGREGATED_MEDIA_TYPE)
         document = self._discovery_document(path)
@@ -413,26 +404,24 @@ class ApiServer:
         return _json_response(document)
 
     def _discovery_document(self, path: str) -> dict[str, Any] | None:
-        discovery, openapi = _optional_module("discovery"), _optional_module("openapi")
         resources = self.resources
         parts = [p for p in path.split("/") if p]
-        if discovery is not None:
-            if path == "/version":
-                return dict(discovery.version())
-            if path == "/api":
-                return dict(discovery.core_versions(server_address=f"{self.host}:{self.port}"))
-            if path == "/apis":
-                return dict(discovery.group_list(resources))
-            if parts[0] == "apis" and len(parts) == 2:
-                found = discovery.group(resources, parts[1])
-                return dict(found) if found is not None else None
-            if parts[0] == "api" and len(parts) == 2:
-                found = discovery.resource_list(resources, "", parts[1])
-                return dict(found) if found is not None else None
-            if parts[0] == "apis" and len(parts) == 3:
-                found = discovery.resource_list(resources, parts[1], parts[2])
-                return dict(found) if found is not None else None
-        if openapi is not None and parts[:2] == ["openapi", "v3"]:
+        if path == "/version":
+            return dict(discovery.version())
+        if path == "/api":
+            return dict(discovery.core_versions(server_address=f"{self.host}:{self.port}"))
+        if path == "/apis":
+            return dict(discovery.group_list(resources))
+        if parts[0] == "apis" and len(parts) == 2:
+            found = discovery.group(resources, parts[1])
+            return dict(found) if found is not None else None
+        if parts[0] == "api" and len(parts) == 2:
+            found = discovery.resource_list(resources, "", parts[1])
+            return dict(found) if found is not None else None
+        if parts[0] == "apis" and len(parts) == 3:
+            found = discovery.resource_list(resources, parts[1], parts[2])
+            return dict(found) if found is not None else None
+        if parts[:2] == ["openapi", "v3"]:
             if len(parts) == 2:
                 return dict(openapi.v3_index(resources))
             if parts[2] == "api" and len(parts) == 4:
@@ -505,14 +494,12 @@ class ApiServer:
         return _json_response(obj, warnings=call.warnings)
 
     def _wants_table(self, call: Call) -> bool:
-        tables = _optional_module("tables")
-        return tables is not None and bool(tables.wants_table(call.request.headers.get("Accept")))
+        return bool(tables.wants_table(call.request.headers.get("Accept")))
 
     def _table(self, call: Call, objects: Sequence[Mapping[str, Any]], *, resource_version: str,
                continue_token: str = "") -> web.Response | None:
         """The meta.k8s.io Table ``kubectl get`` asks for, when the resource has printer columns."""
-        tables = _optional_module("tables")
-        if tables is None or not tables.wants_table(call.request.headers.get("Accept")):
+        if not tables.wants_table(call.request.headers.get("Accept")):
             return None
         table = tables.table(call.target.info, objects, resource_version=resource_version,
                              continue_token=continue_token, include_object=call.query.get("includeObject", "Metadata"))
@@ -650,8 +637,7 @@ class ApiServer:
     def _event_encoder(self, call: Call) -> Callable[[StoreEvent, str], bytes]:
         """How this watch writes one event: the stored JSON, or a one-row Table for ``kubectl get -w``."""
         info = call.target.info
-        tables = _optional_module("tables")
-        if tables is None or not self._wants_table(call) or tables.columns_of(info) is None:
+        if not self._wants_table(call) or tables.columns_of(info) is None:
             def plain(event: StoreEvent, event_type: str) -> bytes:
                 return b'{"type":"' + event_type.encode() + b'","object":' + self._raw(info, event.entry) + b"}\n"
             return plain
@@ -660,6 +646,7 @@ class ApiServer:
         def as_table(event: StoreEvent, event_type: str) -> bytes:
             table = tables.table(info, [self._render(info, event.entry.decode())],
                                  include_object=call.query.get("includeObject", "Metadata"))
+            assert table is not None  # columns_of(info) was checked above
             if not first[0]:
                 table["columnDefinitions"] = []  # kube-apiserver sends the columns with the first event only
             first[0] = False
@@ -949,10 +936,9 @@ class ApiServer:
     async def _admit(self, call: Call, operation: str, obj: dict[str, Any] | None, old: Mapping[str, Any] | None,
                      *, validating: bool = False, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Run the stored webhook configurations; returns the (possibly mutated) object."""
-        admission = _optional_module("admission")
         mutating = [] if validating else list(self.store.objects(MUTATING_GR))
         validating_configs = list(self.store.objects(VALIDATING_GR)) if validating else []
-        if admission is None or not (mutating or validating_configs):
+        if not (mutating or validating_configs):
             return obj if obj is not None else {}
         target = call.target
         name = (obj or old or {}).get("metadata", {}).get("name", target.name)
@@ -961,7 +947,8 @@ class ApiServer:
             name=name, obj=obj, old_obj=old, user=call.user, dry_run=call.dry_run,
             options=dict(options) if options is not None else _options_for(operation, call.query),
         )
-        result = await admission.admit(attrs, mutating, validating_configs, self.namespace_labels)
+        result = await admission.admit(attrs, mutating, validating_configs, self.namespace_labels,
+                                       self._webhook_client)
         call.warnings.extend(result.warnings)
         admitted: dict[str, Any] | None = result.obj
         return admitted if admitted is not None else (obj if obj is not None else {})
