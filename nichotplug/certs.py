@@ -141,13 +141,16 @@ def write_bundle(bundle: CertBundle, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {CA_FILE: out_dir / CA_FILE, CERT_FILE: out_dir / CERT_FILE, KEY_FILE: out_dir / KEY_FILE}
     for name, content in ((CA_FILE, bundle.ca_cert_pem), (CERT_FILE, bundle.cert_pem)):
-        _atomic_write(paths[name], content, mode=0o644)
-    _atomic_write(paths[KEY_FILE], bundle.key_pem, mode=0o600)
+        atomic_write(paths[name], content, mode=0o644)
+    atomic_write(paths[KEY_FILE], bundle.key_pem, mode=0o600)
     return paths
 
 
-def _atomic_write(path: Path, content: bytes, *, mode: int) -> None:
-    # Write then rename, so a reader watching the file never sees half a PEM.
+def atomic_write(path: Path, content: bytes, *, mode: int) -> None:
+    """Write ``content`` to ``path`` with ``mode``: to a temporary file first, then renamed.
+
+    A reader watching the file (the TLS reloader) never sees half a PEM.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as handle:

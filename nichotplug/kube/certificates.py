@@ -422,7 +422,7 @@ class CertificateManager:
                                     (self.settings.cert_file, material.cert_pem, 0o644)):
             if _read_or_none(path) != content:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                _atomic_write(path, content, mode=mode)
+                certs.atomic_write(path, content, mode=mode)
         CERT_EXPIRY.set(x509.load_pem_x509_certificate(material.cert_pem).not_valid_after_utc.timestamp())
 
     # -- the webhook configurations --------------------------------------------------------------------
@@ -481,15 +481,6 @@ async def _json_call(request: Awaitable[Any]) -> dict[str, Any]:
         raise error
     decoded: dict[str, Any] = orjson.loads(body) if body else {}
     return decoded
-
-
-def _atomic_write(path: Path, content: bytes, *, mode: int) -> None:
-    # Write then rename, so a reader never sees half a PEM.
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(content)
-    os.replace(tmp, path)
 
 
 def _read_or_none(path: Path) -> bytes | None:
