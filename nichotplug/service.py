@@ -98,7 +98,7 @@ def build_webhook_app(
         readiness.add("cluster view not synced yet", synced.is_set)
     if tls is not None:
         readiness.add("no serving certificate loaded", lambda: tls.loaded)
-    add_webhook_routes(app, cluster)
+    add_webhook_routes(app, cluster, synced)
     add_health_routes(app, readiness)
     return app
 

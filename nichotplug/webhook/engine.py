@@ -81,6 +81,23 @@ def review(webhook: WebhookName, request: AdmissionRequest, cluster: ClusterStat
     return _validate(request, cluster)
 
 
+def not_synced(webhook: WebhookName, request: AdmissionRequest) -> Verdict:
+    """The answer while the cluster view has not finished its first list.
+
+    Judging against a half-read cluster would allow a MAC another VM already has (the index is not
+    complete) and would take a running VM for a stopped one (its VMI not seen yet). Validation
+    therefore refuses with 503, which says "try again"; mutation adds nothing (best-effort, and the
+    validating webhook refuses the write anyway).
+    """
+    uid = request["uid"]
+    if webhook == "mutation":
+        return Verdict({"uid": uid, "allowed": True}, metrics.RESULT_ALLOWED, metrics.REASON_NOT_SYNCED)
+    message = ("nichotplug is starting and has not finished reading the cluster's VMs, VMIs and networks, "
+               "so it cannot check this write for MAC collisions and hot-plug safety yet; try again in a few seconds")
+    return Verdict({"uid": uid, "allowed": False, "status": _status(503, message)}, metrics.RESULT_DENIED,
+                   metrics.REASON_NOT_SYNCED)
+
+
 def _validate(request: AdmissionRequest, cluster: ClusterState) -> Verdict:
     """The validating webhook: MAC uniqueness and the hot-plug rules; fails closed."""
     uid = request["uid"]

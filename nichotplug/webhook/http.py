@@ -9,6 +9,7 @@ content type, body too large, not an AdmissionReview) gets a 4xx with a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -26,7 +27,7 @@ from nichotplug.webhook.codec import (
     encode_error,
     encode_review,
 )
-from nichotplug.webhook.engine import Verdict, review
+from nichotplug.webhook.engine import Verdict, is_judged, not_synced, review
 from nichotplug.webhook.registration import MUTATION_PATH, VALIDATION_PATH
 from nichotplug.webhook.review import AdmissionRequest, WebhookName
 
@@ -37,13 +38,21 @@ WEBHOOK_PATHS: dict[WebhookName, str] = {"mutation": MUTATION_PATH, "validation"
 
 _KNOWN_REASONS = metrics.known_reasons()
 
+# How long a request that arrives before the cluster view's first list may wait for it. Well inside
+# the API server's timeout (the chart's default is 5 s), so a brief start-up window costs a short
+# delay rather than a refusal.
+SYNC_WAIT_SECONDS = 3.0
+
 
 class WebhookHandler:
     """One webhook endpoint (mutation or validation) bound to the cluster view it consults."""
 
-    def __init__(self, webhook: WebhookName, cluster: ClusterState) -> None:
+    def __init__(self, webhook: WebhookName, cluster: ClusterState, synced: asyncio.Event | None = None,
+                 sync_wait_seconds: float = SYNC_WAIT_SECONDS) -> None:
         self.webhook: WebhookName = webhook
         self.cluster = cluster
+        self.synced = synced  # None: the cluster is complete from the start (a static view)
+        self.sync_wait_seconds = sync_wait_seconds
         # Bound metric children: the label lookup is paid once, not per request.
         self._in_flight = metrics.IN_FLIGHT.labels(webhook)
         self._latency = metrics.LATENCY.labels(webhook)
@@ -58,7 +67,10 @@ class WebhookHandler:
                 admission = decode_review(await _read_body(request))
             except BadReview as error:
                 return self._bad_request(request, error)
-            verdict = review(self.webhook, admission, self.cluster)
+            if await self._cluster_is_read(admission):
+                verdict = review(self.webhook, admission, self.cluster)
+            else:
+                verdict = not_synced(self.webhook, admission)
             body = encode_review(verdict.response)
             self._count(admission, verdict)
             self._ok.inc()
@@ -73,6 +85,16 @@ class WebhookHandler:
         finally:
             self._in_flight.dec()
             self._latency.observe(time.perf_counter() - started)
+
+    async def _cluster_is_read(self, admission: AdmissionRequest) -> bool:
+        """Whether the cluster view is complete enough to judge this request (waiting a little for it)."""
+        if self.synced is None or self.synced.is_set() or not is_judged(admission):
+            return True
+        try:
+            await asyncio.wait_for(self.synced.wait(), self.sync_wait_seconds)
+        except TimeoutError:
+            return False
+        return True
 
     def _bad_request(self, request: web.Request, error: BadReview) -> web.Response:
         metrics.BAD_REQUESTS.labels(self.webhook, error.reason).inc()
@@ -158,10 +180,11 @@ def _readyz_handler(readiness: Readiness) -> Callable[[web.Request], Awaitable[w
     return readyz
 
 
-def add_webhook_routes(app: web.Application, cluster: ClusterState) -> None:
-    """Mount both admission endpoints on ``app``."""
+def add_webhook_routes(app: web.Application, cluster: ClusterState, synced: asyncio.Event | None = None,
+                       *, sync_wait_seconds: float = SYNC_WAIT_SECONDS) -> None:
+    """Mount both admission endpoints on ``app``; with ``synced``, nothing is judged before it is set."""
     for webhook, path in WEBHOOK_PATHS.items():
-        app.router.add_post(path, WebhookHandler(webhook, cluster).handle)
+        app.router.add_post(path, WebhookHandler(webhook, cluster, synced, sync_wait_seconds).handle)
 
 
 def add_health_routes(app: web.Application, readiness: Readiness) -> None:

@@ -30,7 +30,9 @@ REASON_INVALID_OBJECT = "invalid-object"  # validation: the object cannot be rea
 REASON_UNREADABLE_OBJECT = "unreadable-object"  # mutation: same, left for validation to refuse
 REASON_RULE_ERROR = "internal-error"  # a rule raised an unexpected exception
 REASON_OTHER = "other"  # a reason slug the rules did not declare (keeps the label bounded)
-WEBHOOK_REASONS = (REASON_NOT_JUDGED, REASON_INVALID_OBJECT, REASON_UNREADABLE_OBJECT, REASON_RULE_ERROR, REASON_OTHER)
+REASON_NOT_SYNCED = "not-synced"  # the cluster view has not finished its first list: nothing to judge against
+WEBHOOK_REASONS = (REASON_NOT_JUDGED, REASON_INVALID_OBJECT, REASON_UNREADABLE_OBJECT, REASON_RULE_ERROR,
+                   REASON_NOT_SYNCED, REASON_OTHER)
 
 # Operations as a label: the four Kubernetes ones; anything else cannot get past the codec.
 OPERATION_LABELS = ("CREATE", "UPDATE", "DELETE", "CONNECT")
@@ -85,6 +87,8 @@ def _decision_series() -> Iterator[tuple[str, str, str, str]]:
                 for reason in (*DENY_REASONS, REASON_OTHER):
                     yield webhook, operation, RESULT_DENIED, reason
             yield webhook, operation, RESULT_ERROR, REASON_RULE_ERROR
+            not_synced = RESULT_ALLOWED if webhook == "mutation" else RESULT_DENIED
+            yield webhook, operation, not_synced, REASON_NOT_SYNCED
         for operation in OPERATION_LABELS:
             yield webhook, operation, RESULT_ALLOWED, REASON_NOT_JUDGED
 
