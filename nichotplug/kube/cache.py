@@ -3,12 +3,14 @@
 It implements ``rules.ClusterState`` (``get_vmi``, ``get_nad``, ``owners_of_mac``) from a list+watch
 of three resources in all namespaces, so the webhook never calls the API server per request.
 
-What is kept is slim on purpose (100,000 VMs must fit in well under 300 MB): one frozen ``VmView``
-per VM built from a trimmed copy of the object (no ``managedFields``, no
-``last-applied-configuration``, only the annotations nichotplug reads), one ``VmiView`` per VMI, one
-``NadView`` per NAD, and a MAC index (``rules.macindex`` semantics, compact storage). Whole objects
-are dropped as soon as their view is built; equal parts (networks, labels, NAD references, a VM's
-and its VMI's MAC maps) are stored once.
+What is kept is compact on purpose (the issue's budget: a cluster view of 100,000 VMs in a process
+under 300 MB RSS). Each object is read into its rules view (``VmView`` from a trimmed copy: no
+``managedFields``, no ``last-applied-configuration``, only the annotations nichotplug reads), then
+stored as a small record: what is unique to the object (key, uid, resourceVersion, MACs as 6 bytes
+each) plus a shared "shape" holding everything else, equal across most VMs. The MAC index maps a
+48-bit MAC number to the owning record and builds ``MacOwner``s when asked (``rules.macindex``
+semantics). ``get_vm`` / ``get_vmi`` rebuild views equal to the ones stored; whole objects are
+dropped as soon as their record is built. See "compact storage" below for the figures.
 
 Every change goes through :meth:`ClusterView.apply_event`, whether it came from a list, a watch or a
 benchmark; listeners are called after the cache is updated, and only when the view changed (a VMI
@@ -30,20 +32,25 @@ import dataclasses
 import logging
 import random
 import sys
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+import uuid
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, TypeAlias
+from types import MappingProxyType
+from typing import Any, Final, NamedTuple, TypeAlias, TypeVar
 
 import aiohttp
 import orjson
 from kubernetes_asyncio.client import ApiClient, CustomObjectsApi
 
-from nichotplug.rules.macindex import MacOwner, vm_mac_claims
+from nichotplug.rules.backfill import encode_observed_macs
+from nichotplug.rules.mac import InvalidMac, normalize_mac
+from nichotplug.rules.macindex import MacOwner
 from nichotplug.rules.views import (
     OBSERVED_MACS_ANNOTATION,
     InterfaceView,
     InvalidObject,
     NadView,
+    NetworkView,
     VmiView,
     VmView,
 )
@@ -61,6 +68,7 @@ View: TypeAlias = VmView | VmiView | NadView
 Key: TypeAlias = tuple[str, str]
 # (kind, event_type, view): called after the cache changed; must be quick and must not block.
 Listener: TypeAlias = Callable[[str, str, Any], None]
+_Value = TypeVar("_Value")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,27 +104,11 @@ class WatchSettings:
 
 # -- trimming objects before they become views --------------------------------------------------------
 
-_INTERNED_INTERFACE_KEYS = ("name", "model", "state")
 HEALTHY_WATCH_SECONDS = 1.0
 
 
 def _interned(value: Any) -> Any:
     return sys.intern(value) if type(value) is str else value
-
-
-def _trim_items(items: Any, keys: Iterable[str]) -> Any:
-    """Copies of interface/network dicts whose repeated strings are interned (names repeat across VMs)."""
-    if not isinstance(items, list):
-        return items
-    trimmed: list[Any] = []
-    for item in items:
-        if isinstance(item, dict):
-            item = dict(item)
-            for key in keys:
-                if key in item:
-                    item[key] = _interned(item[key])
-        trimmed.append(item)
-    return trimmed
 
 
 def _dig(obj: Any, *path: str) -> Any:
@@ -149,7 +141,7 @@ def slim_vm(obj: Mapping[str, Any], keep_annotations: Collection[str]) -> Mappin
             devices = domain.get("devices")
             if isinstance(devices, dict):
                 slim_domain["devices"] = {
-                    "interfaces": _trim_items(devices.get("interfaces"), _INTERNED_INTERFACE_KEYS),
+                    "interfaces": devices.get("interfaces"),
                     "hostDevices": devices.get("hostDevices"),
                     "gpus": devices.get("gpus"),
                 }
@@ -170,24 +162,24 @@ def slim_vm(obj: Mapping[str, Any], keep_annotations: Collection[str]) -> Mappin
 
 
 class _SharedValues:
-    """Equal immutable values kept once: most VMs have the same networks, labels and NADs.
+    """Equal immutable values kept once: most VMs share their shape (labels, interfaces, networks...).
 
     When the table has doubled since it was last rebuilt, it is rebuilt from the values still in
     use (``live()``), so VMs that come and go with unique values do not leak; the rebuild costs one
     pass over the cache, amortised over as many insertions.
     """
 
-    def __init__(self, live: Callable[[], Iterable[tuple[Any, Any]]]) -> None:
-        self._table: dict[Any, Any] = {}
+    def __init__(self, live: Callable[[], Iterable[tuple[Hashable, Any]]]) -> None:
+        self._table: dict[Hashable, Any] = {}
         self._live = live
         self._rebuild_at = 1024
 
     def __len__(self) -> int:
         return len(self._table)
 
-    def share(self, key: Any, value: Any) -> Any:
+    def share(self, key: Hashable, value: _Value) -> _Value:
         """The stored value equal to ``value`` (found by ``key``), storing ``value`` if new."""
-        existing = self._table.get(key)
+        existing: _Value | None = self._table.get(key)
         if existing is not None:
             return existing
         if len(self._table) >= self._rebuild_at:
@@ -196,98 +188,289 @@ class _SharedValues:
         self._table[key] = value
         return value
 
-    def share_map(self, mapping: Mapping[str, str]) -> Mapping[str, str]:
-        if not mapping:
-            return mapping
-        shared: Mapping[str, str] = self.share(map_key(mapping), mapping)
-        return shared
-
 
 def map_key(mapping: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     """A hashable key for a string map, equal for equal maps."""
     return tuple(sorted(mapping.items()))
 
 
-def _observed_map(mapping: Mapping[str, str], interfaces: Iterable[InterfaceView]) -> Mapping[str, str]:
-    """``mapping`` (interface -> MAC) reusing the spec's MAC strings, so each MAC is stored once.
+# -- compact storage ------------------------------------------------------------------------------
+#
+# A VmView of a 4-NIC VM is about 2 KiB of Python objects (17 fields, 4 InterfaceViews, their MAC
+# strings, an annotation dict and string, an observed-MAC dict), and a MacOwner per MAC in the index
+# doubled that: 222 MiB at 100,000 VMs (benchmarks/cluster_view.py). So the cache keeps, per VM, a record of what is
+# unique to it (key, uid, resourceVersion, MACs) and a reference to a shared "shape" holding the
+# rest; MACs are 6 bytes each in one bytes object; the MAC index maps a MAC (a 48-bit int) to the
+# owning record and computes the MacOwner when asked. Views are rebuilt from records on demand
+# (``get_vm``, ``get_vmi``, listeners of deletes): a few microseconds, on paths that are not hot.
+# Now about 75 MiB for 100,000 VMs, 86 MiB with their VMIs; the MAC index is half of it.
 
-    MACs are unique per interface, so ``sys.intern`` would cost a table entry per MAC for nothing.
+_MAC_SIZE = 6
+_EMPTY_MAP: Mapping[str, str] = MappingProxyType({})
+
+
+def _is_canonical_mac(text: str) -> bool:
+    """Whether ``text`` is a MAC in the normalised spelling (the only one stored as 6 bytes)."""
+    try:
+        return normalize_mac(text) == text
+    except InvalidMac:
+        return False
+
+
+def _pack_macs(macs: Iterable[str]) -> bytes:
+    """Canonical MACs as 6 bytes each, in order."""
+    return b"".join([bytes.fromhex(mac.replace(":", "")) for mac in macs])
+
+
+def _unpack_macs(packed: bytes) -> list[str]:
+    return [packed[start:start + _MAC_SIZE].hex(":") for start in range(0, len(packed), _MAC_SIZE)]
+
+
+def _mac_number(mac: str) -> int:
+    """The index key of a normalised MAC; ValueError for other text (as ``rules.macindex`` keys it)."""
+    if len(mac) != 17:
+        raise ValueError(mac)
+    return int(mac.replace(":", ""), 16)
+
+
+def _compact_uid(uid: str) -> int | str:
+    """A canonical UUID as its 128-bit number (48 bytes instead of 85); anything else as written."""
+    try:
+        number = uuid.UUID(uid)
+    except ValueError:
+        return uid
+    return number.int if str(number) == uid else uid
+
+
+def _compact_resource_version(resource_version: str) -> int | str:
+    """A decimal resourceVersion (what etcd-backed servers send) as an int; anything else as written."""
+    if resource_version.isascii() and resource_version.isdigit() and str(int(resource_version)) == resource_version:
+        return int(resource_version)
+    return resource_version
+
+
+@dataclass(frozen=True, slots=True)
+class _VmShape:
+    """Everything a VmView holds but its identity and MACs: equal across most VMs, stored once.
+
+    ``interfaces`` are InterfaceViews with ``mac=""`` (the record has the MACs); ``nads`` is each
+    interface's NAD as ``vm_mac_claims`` resolves it; ``observed_names`` are the keys of the
+    observed-MAC map when the record stores its MACs packed.
     """
-    spec_macs = {iface.mac: iface.mac for iface in interfaces if iface.mac}
-    return {sys.intern(key): spec_macs.get(value, value) for key, value in mapping.items()}
+
+    namespace: str
+    labels: Mapping[str, str]
+    deleting: bool
+    running: bool
+    run_strategy: str
+    printable_status: str
+    interfaces: tuple[InterfaceView, ...]
+    networks: tuple[NetworkView, ...]
+    nads: tuple[tuple[str, str] | None, ...]
+    observed_names: tuple[str, ...]
+    node_selector: Mapping[str, str]
+    has_host_devices: bool
+    guest_memory_bytes: int | None
+    key: Hashable = dataclasses.field(compare=False)  # what the shared-values table finds it by
+
+
+class _ObservedAsWritten(NamedTuple):
+    """The annotations and observed MACs of a VM whose annotation is not in the canonical spelling."""
+
+    annotations: Mapping[str, str]
+    macs: Mapping[str, str]
+    error: str
+
+
+class _VmRecord:
+    """One cached VM: what is unique to it, and its shared shape.
+
+    ``spec_macs`` is 6 bytes per interface when every spec MAC is written canonically (the usual
+    case: the mutating webhook writes them so), else the spec texts ("" = none). ``observed`` is
+    None (no annotation), packed MACs under ``shape.observed_names`` (the annotation is exactly what
+    ``encode_observed_macs`` writes, so it is rebuilt from them), or the annotation as written.
+    """
+
+    __slots__ = ("key", "observed", "resource_version", "shape", "spec_macs", "uid")
+
+    def __init__(self, key: Key, uid: int | str, resource_version: int | str, shape: _VmShape,
+                 spec_macs: bytes | tuple[str, ...], observed: bytes | _ObservedAsWritten | None) -> None:
+        self.key = key
+        self.uid = uid
+        self.resource_version = resource_version
+        self.shape = shape
+        self.spec_macs = spec_macs
+        self.observed = observed
+
+    def same_as(self, other: _VmRecord) -> bool:
+        return (self.key == other.key and self.uid == other.uid and self.resource_version == other.resource_version
+                and (self.shape is other.shape or self.shape == other.shape)
+                and self.spec_macs == other.spec_macs and self.observed == other.observed)
+
+    def observed_parts(self) -> tuple[Mapping[str, str], Mapping[str, str], str]:
+        """(annotations, observed MACs, observed-MAC error) as the VmView had them."""
+        observed = self.observed
+        if observed is None:
+            return _EMPTY_MAP, _EMPTY_MAP, ""
+        if isinstance(observed, _ObservedAsWritten):
+            return observed.annotations, observed.macs, observed.error
+        macs = dict(zip(self.shape.observed_names, _unpack_macs(observed), strict=True))
+        return {OBSERVED_MACS_ANNOTATION: encode_observed_macs(macs)}, macs, ""
+
+    def spec_mac_texts(self) -> list[str]:
+        spec = self.spec_macs
+        return _unpack_macs(spec) if isinstance(spec, bytes) else list(spec)
+
+    def claims(self) -> list[tuple[int, int]]:
+        """(MAC number, interface index) of every MAC the VM uses: ``rules.vm_mac_claims`` semantics."""
+        spec = self.spec_macs
+        if isinstance(spec, bytes):  # every interface has a valid spec MAC: the annotation plays no part
+            return [(int.from_bytes(spec[start:start + _MAC_SIZE], "big"), start // _MAC_SIZE)
+                    for start in range(0, len(spec), _MAC_SIZE)]
+        observed = self.observed_parts()[1]
+        claims: list[tuple[int, int]] = []
+        for index, (template, text) in enumerate(zip(self.shape.interfaces, spec, strict=True)):
+            if text:
+                try:
+                    mac = normalize_mac(text)
+                except InvalidMac:
+                    continue  # validation refuses it on the next write; nothing can collide with it
+            else:
+                mac = observed.get(template.name, "")
+                if not mac:
+                    continue
+            claims.append((_mac_number(mac), index))
+        return claims
+
+    def owner(self, interface_index: int) -> MacOwner:
+        shape = self.shape
+        return MacOwner(shape.namespace, self.key[1], shape.interfaces[interface_index].name,
+                        shape.nads[interface_index])
+
+    def view(self) -> VmView:
+        """The VmView this record was made from (equal to it, field by field)."""
+        shape = self.shape
+        annotations, observed, error = self.observed_parts()
+        uid = self.uid
+        return VmView(
+            namespace=shape.namespace, name=self.key[1],
+            uid=str(uuid.UUID(int=uid)) if isinstance(uid, int) else uid,
+            resource_version=str(self.resource_version), labels=shape.labels, annotations=annotations,
+            deleting=shape.deleting, running=shape.running, run_strategy=shape.run_strategy,
+            printable_status=shape.printable_status,
+            interfaces=tuple([InterfaceView(template.name, template.model, mac, template.binding, template.state)
+                              for template, mac in zip(shape.interfaces, self.spec_mac_texts(), strict=True)]),
+            networks=shape.networks, observed_macs=observed, observed_macs_error=error,
+            node_selector=shape.node_selector, has_host_devices=shape.has_host_devices,
+            guest_memory_bytes=shape.guest_memory_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class _VmiShape:
+    """Everything a VmiView holds but its name and MACs; a running, healthy VMI looks like thousands."""
+
+    namespace: str
+    deleting: bool
+    phase: str
+    ready: bool
+    live_migratable: bool | None
+    live_migratable_reason: str
+    migration_in_flight: bool
+    mac_names: tuple[str, ...]  # the interfaces of ``interface_macs``, in order
+
+
+class _VmiRecord:
+    """One cached VMI: its key (shared with its VM's), its shape and its MACs, 6 bytes each."""
+
+    __slots__ = ("key", "macs", "shape")
+
+    def __init__(self, key: Key, shape: _VmiShape, macs: bytes) -> None:
+        self.key = key
+        self.shape = shape
+        self.macs = macs
+
+    def same_as(self, other: _VmiRecord) -> bool:
+        return self.key == other.key and self.shape == other.shape and self.macs == other.macs
+
+    def view(self) -> VmiView:
+        shape = self.shape
+        return VmiView(
+            namespace=shape.namespace, name=self.key[1], deleting=shape.deleting, phase=shape.phase,
+            ready=shape.ready, live_migratable=shape.live_migratable,
+            live_migratable_reason=shape.live_migratable_reason, migration_in_flight=shape.migration_in_flight,
+            interface_macs=dict(zip(shape.mac_names, _unpack_macs(self.macs), strict=True)))
+
+
+def _owner_records(entry: _VmRecord | tuple[_VmRecord, ...]) -> tuple[_VmRecord, ...]:
+    return (entry,) if isinstance(entry, _VmRecord) else entry
 
 
 class _MacOwners:
-    """MAC -> every interface using it: ``rules.macindex.MacIndex`` semantics, stored for 100,000 VMs.
+    """MAC -> the VM records using it: ``rules.macindex.MacIndex`` answers, stored for 100,000 VMs.
 
-    Which MACs a VM claims is decided by the rules (``vm_mac_claims``); only the storage differs
-    from ``MacIndex``. It keeps no per-VM list of claims (they are recomputed from the previous,
-    immutable ``VmView``, which the cache holds anyway), reuses the view's MAC strings as keys, and
-    shares one ``(namespace, name)`` tuple per NAD among all owners. That is about 40% of the memory
-    of the whole view at 100,000 VMs (see ``benchmarks/cluster_view.py``).
+    Which MACs a VM claims follows ``rules.vm_mac_claims`` (``_VmRecord.claims``). Keys are 48-bit
+    ints; a value is the owning record (a tuple of them for a MAC several VMs use), and the
+    ``MacOwner``s are made when asked, from the record: no object per MAC besides its key.
     """
 
-    __slots__ = ("_by_mac", "_shared")
+    __slots__ = ("_by_mac",)
 
-    def __init__(self, shared: _SharedValues) -> None:
-        self._by_mac: dict[str, MacOwner | frozenset[MacOwner]] = {}
-        self._shared = shared
+    def __init__(self) -> None:
+        self._by_mac: dict[int, _VmRecord | tuple[_VmRecord, ...]] = {}
 
     def __len__(self) -> int:
         return len(self._by_mac)
 
     def owners(self, mac: str) -> frozenset[MacOwner]:
-        entry = self._by_mac.get(mac)
+        try:
+            number = _mac_number(mac)
+        except ValueError:
+            return frozenset()
+        entry = self._by_mac.get(number)
         if entry is None:
             return frozenset()
-        return frozenset((entry,)) if isinstance(entry, MacOwner) else entry
+        return frozenset([record.owner(index) for record in _owner_records(entry)
+                          for claimed, index in record.claims() if claimed == number])
 
-    def replace_vm(self, old: VmView | None, new: VmView | None) -> None:
+    def replace_vm(self, old: _VmRecord | None, new: _VmRecord | None) -> None:
         """Move the index from ``old``'s claims to ``new``'s (either may be None)."""
-        old_claims = set(vm_mac_claims(old)) if old is not None else set()
-        new_claims = set(vm_mac_claims(new)) if new is not None else set()
-        if old_claims == new_claims:
-            return  # most updates (status, annotations, labels) do not touch the MACs
-        for mac, owner in old_claims - new_claims:
-            self._discard(mac, owner)
-        if new is None:
-            return
-        spec_macs = {iface.mac: iface.mac for iface in new.interfaces if iface.mac}
-        for mac, owner in new_claims - old_claims:
-            nad = owner.nad if owner.nad is None else self._shared.share(owner.nad, owner.nad)
-            self._add(spec_macs.get(mac, mac), owner._replace(nad=nad))
+        old_macs = {number for number, _index in old.claims()} if old is not None else set()
+        new_macs = {number for number, _index in new.claims()} if new is not None else set()
+        for number in old_macs - new_macs:
+            self._discard(number, old)
+        for number in old_macs & new_macs:  # most updates keep the MACs: point them at the new record
+            self._swap(number, old, new)
+        for number in new_macs - old_macs:
+            self._add(number, new)
 
-    def nads_in_use(self) -> Iterator[tuple[str, str]]:
-        """Every NAD reference an indexed owner holds (for rebuilding the shared-values table)."""
-        for entry in self._by_mac.values():
-            for owner in (entry,) if isinstance(entry, MacOwner) else entry:
-                if owner.nad is not None:
-                    yield owner.nad
-
-    def _add(self, mac: str, owner: MacOwner) -> None:
-        entry = self._by_mac.get(mac)
+    def _add(self, number: int, record: _VmRecord | None) -> None:
+        assert record is not None
+        entry = self._by_mac.get(number)
         if entry is None:
-            self._by_mac[mac] = owner
-        elif isinstance(entry, MacOwner):
-            self._by_mac[mac] = frozenset((entry, owner))
+            self._by_mac[number] = record
         else:
-            self._by_mac[mac] = entry | {owner}
+            self._by_mac[number] = (*_owner_records(entry), record)
 
-    def _discard(self, mac: str, owner: MacOwner) -> None:
-        entry = self._by_mac.get(mac)
+    def _swap(self, number: int, old: _VmRecord | None, new: _VmRecord | None) -> None:
+        """Replace ``old`` by ``new`` under ``number`` in place (no delete and re-insert churn)."""
+        assert new is not None
+        entry = self._by_mac[number]
+        if entry is old:
+            self._by_mac[number] = new
+        else:
+            self._by_mac[number] = tuple([new if owner is old else owner for owner in _owner_records(entry)])
+
+    def _discard(self, number: int, record: _VmRecord | None) -> None:
+        entry = self._by_mac.get(number)
         if entry is None:
             return
-        if isinstance(entry, MacOwner):
-            if entry == owner:
-                del self._by_mac[mac]
-            return
-        rest = entry - {owner}
+        rest = tuple([owner for owner in _owner_records(entry) if owner is not record])
         if len(rest) > 1:
-            self._by_mac[mac] = rest
+            self._by_mac[number] = rest
         elif rest:
-            (self._by_mac[mac],) = rest
+            self._by_mac[number] = rest[0]
         else:
-            del self._by_mac[mac]
+            del self._by_mac[number]
 
 
 def _key_of(obj: Mapping[str, Any]) -> Key | None:
@@ -349,15 +532,17 @@ class ClusterView:
         self._api = api
         self.settings = settings or WatchSettings()
         self._vm_annotations = tuple(vm_annotations)
-        self._vms: dict[Key, VmView] = {}
-        self._vmis: dict[Key, VmiView] = {}
+        self._vms: dict[Key, _VmRecord] = {}
+        self._vmis: dict[Key, _VmiRecord] = {}
         self._nads: dict[Key, NadView] = {}
         self._stores: dict[str, dict[Key, Any]] = {
             VIRTUAL_MACHINE: self._vms, VIRTUAL_MACHINE_INSTANCE: self._vmis,
             NETWORK_ATTACHMENT_DEFINITION: self._nads,
         }
         self._shared = _SharedValues(self._shared_values_in_use)
-        self._macs = _MacOwners(self._shared)
+        self._macs = _MacOwners()
+        # The webhook asks for the same VMI twice per request (is it running? is it eligible?).
+        self._last_vmi: tuple[_VmiRecord, VmiView] | None = None
         self._listeners: list[Listener] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._listed: set[str] = set()
@@ -369,7 +554,15 @@ class ClusterView:
     # -- rules.ClusterState ---------------------------------------------------------------------
 
     def get_vmi(self, namespace: str, name: str) -> VmiView | None:
-        return self._vmis.get((namespace, name))
+        record = self._vmis.get((namespace, name))
+        if record is None:
+            return None
+        last = self._last_vmi
+        if last is not None and last[0] is record:
+            return last[1]
+        view = record.view()
+        self._last_vmi = (record, view)
+        return view
 
     def get_nad(self, namespace: str, name: str) -> NadView | None:
         return self._nads.get((namespace, name))
@@ -380,8 +573,9 @@ class ClusterView:
     # -- for the controller ------------------------------------------------------------------------
 
     def get_vm(self, namespace: str, name: str) -> VmView | None:
-        """The cached VM; its ``annotations`` hold only the ones nichotplug reads."""
-        return self._vms.get((namespace, name))
+        """The cached VM (rebuilt from compact storage); its ``annotations`` hold only the ones nichotplug reads."""
+        record = self._vms.get((namespace, name))
+        return record.view() if record is not None else None
 
     def vm_keys(self) -> list[Key]:
         """A snapshot of every cached VM's (namespace, name), for periodic resyncs."""
@@ -419,84 +613,143 @@ class ClusterView:
             self._delete(kind, key)
             return
         try:
-            view = self._view_of(kind, obj)
+            if kind == VIRTUAL_MACHINE:
+                self._store_vm(VmView.from_dict(slim_vm(obj, self._vm_annotations)))
+            elif kind == VIRTUAL_MACHINE_INSTANCE:
+                self._store_vmi(VmiView.from_dict(obj))
+            else:
+                self._store_nad(NadView.from_dict(obj))
         except InvalidObject as exc:
             self.invalid_objects += 1
             log.warning("dropping %s %s/%s from the cluster view: %s", kind, key[0], key[1], exc)
             self._delete(kind, key)
-            return
         except Exception:  # a bug in a view must not stop the watch of every other object
             self.invalid_objects += 1
             log.exception("dropping %s %s/%s from the cluster view: its view failed", kind, key[0], key[1])
             self._delete(kind, key)
-            return
-        self._store(kind, (view.namespace, view.name), view)  # the view's strings: shared with its VM
-
-    def _view_of(self, kind: str, obj: Mapping[str, Any]) -> View:
-        if kind == VIRTUAL_MACHINE:
-            return self._compact_vm(VmView.from_dict(slim_vm(obj, self._vm_annotations)))
-        if kind == VIRTUAL_MACHINE_INSTANCE:
-            return self._compact_vmi(VmiView.from_dict(obj))
-        return NadView.from_dict(obj)
-
-    def _shared_values_in_use(self) -> Iterator[tuple[Any, Any]]:
-        for vm in self._vms.values():
-            yield vm.networks, vm.networks
-            for mapping in (vm.labels, vm.node_selector):
-                if mapping:
-                    yield map_key(mapping), mapping
-        for nad in self._macs.nads_in_use():
-            yield nad, nad
 
     @property
     def shared_values(self) -> int:
-        """How many distinct shared parts (networks, label maps, NAD references) are kept; for tests."""
+        """How many distinct shared shapes are kept; for tests."""
         return len(self._shared)
 
-    def _compact_vm(self, view: VmView) -> VmView:
-        """The same view with its parts shared: networks and labels with other VMs, MACs with its VMI."""
-        vmi = self._vmis.get((view.namespace, view.name))
-        observed = view.observed_macs
-        if vmi is not None and vmi.interface_macs == observed:
-            observed = vmi.interface_macs
-        elif observed:
-            observed = _observed_map(observed, view.interfaces)
-        return dataclasses.replace(
-            view, namespace=sys.intern(view.namespace), labels=self._shared.share_map(view.labels),
-            networks=self._shared.share(view.networks, view.networks), observed_macs=observed,
-            node_selector=self._shared.share_map(view.node_selector),
-            run_strategy=sys.intern(view.run_strategy), printable_status=sys.intern(view.printable_status))
+    def _shared_values_in_use(self) -> Iterator[tuple[Hashable, Any]]:
+        for vm in self._vms.values():
+            yield vm.shape.key, vm.shape
+        for vmi in self._vmis.values():
+            yield vmi.shape, vmi.shape
 
-    def _compact_vmi(self, view: VmiView) -> VmiView:
-        """The same view with its MAC map shared with its VM's observed MACs when they are equal."""
-        vm = self._vms.get((view.namespace, view.name))
-        macs = view.interface_macs
-        if vm is not None and vm.observed_macs == macs:
-            macs = vm.observed_macs
-        elif macs:
-            macs = _observed_map(macs, vm.interfaces if vm is not None else ())
-        return dataclasses.replace(
-            view, namespace=sys.intern(view.namespace), name=vm.name if vm is not None else view.name,
-            phase=sys.intern(view.phase), interface_macs=macs,
-            live_migratable_reason=sys.intern(view.live_migratable_reason))
+    def _key_for(self, view: VmView | VmiView) -> Key:
+        """The (namespace, name) tuple a VM and its VMI share, so it is stored once."""
+        key = (view.namespace, view.name)
+        for store in (self._vms, self._vmis):
+            record: _VmRecord | _VmiRecord | None = store.get(key)
+            if record is not None:
+                return record.key
+        return sys.intern(view.namespace), view.name
 
-    def _store(self, kind: str, key: Key, view: View) -> None:
-        store = self._stores[kind]
-        previous = store.get(key)
-        if previous == view:
+    def _known_macs(self, key: Key) -> Iterator[bytes]:
+        """The packed MAC strings already stored for ``key`` (a VM's and its VMI's are usually equal)."""
+        vm, vmi = self._vms.get(key), self._vmis.get(key)
+        if vm is not None:
+            for packed in (vm.spec_macs, vm.observed):
+                if isinstance(packed, bytes):
+                    yield packed
+        if vmi is not None:
+            yield vmi.macs
+
+    def _stored_macs(self, key: Key, packed: bytes, *fresh: bytes | None) -> bytes:
+        """``packed``, or an equal bytes object already stored (the same MACs kept once)."""
+        for candidate in (*fresh, *self._known_macs(key)):
+            if candidate is not None and candidate is not packed and candidate == packed:
+                return candidate
+        return packed
+
+    def _vm_shape(self, view: VmView, observed_names: tuple[str, ...]) -> _VmShape:
+        interfaces = tuple([InterfaceView(sys.intern(iface.name), sys.intern(iface.model), "", iface.binding,
+                                          sys.intern(iface.state)) for iface in view.interfaces])
+        nads: list[tuple[str, str] | None] = []
+        for iface in view.interfaces:
+            network = view.network(iface.name)
+            nads.append(network.nad if network is not None else None)
+        key = (view.namespace, map_key(view.labels), view.deleting, view.run_strategy, view.printable_status,
+               interfaces, view.networks, observed_names, map_key(view.node_selector), view.has_host_devices,
+               view.guest_memory_bytes)
+        shape = _VmShape(
+            namespace=sys.intern(view.namespace), labels=view.labels, deleting=view.deleting, running=view.running,
+            run_strategy=sys.intern(view.run_strategy), printable_status=sys.intern(view.printable_status),
+            interfaces=interfaces, networks=view.networks, nads=tuple(nads), observed_names=observed_names,
+            node_selector=view.node_selector, has_host_devices=view.has_host_devices,
+            guest_memory_bytes=view.guest_memory_bytes, key=key)
+        return self._shared.share(key, shape)
+
+    def _vm_record(self, view: VmView) -> _VmRecord:
+        key = self._key_for(view)
+        spec_texts = [iface.mac for iface in view.interfaces]
+        spec_macs: bytes | tuple[str, ...] = tuple(spec_texts)
+        if all(_is_canonical_mac(text) for text in spec_texts):
+            spec_macs = self._stored_macs(key, _pack_macs(spec_texts))
+        observed: bytes | _ObservedAsWritten | None = None
+        observed_names: tuple[str, ...] = ()
+        annotation = view.annotations.get(OBSERVED_MACS_ANNOTATION)
+        if not view.annotations and not view.observed_macs and not view.observed_macs_error:
+            pass  # no annotation: nothing to keep
+        elif (len(view.annotations) == 1 and not view.observed_macs_error and annotation is not None
+              and annotation == encode_observed_macs(view.observed_macs)):
+            # The annotation is exactly what encode_observed_macs writes (as the controller and
+            # Harvester do): keep the MACs, packed; the text is rebuilt from them.
+            observed_names = tuple([sys.intern(name) for name in view.observed_macs])
+            observed = self._stored_macs(key, _pack_macs(view.observed_macs.values()),
+                                         spec_macs if isinstance(spec_macs, bytes) else None)
+        else:
+            observed = _ObservedAsWritten(dict(view.annotations), dict(view.observed_macs), view.observed_macs_error)
+        return _VmRecord(key, _compact_uid(view.uid), _compact_resource_version(view.resource_version),
+                         self._vm_shape(view, observed_names), spec_macs, observed)
+
+    def _vmi_record(self, view: VmiView) -> _VmiRecord:
+        key = self._key_for(view)
+        mac_names = tuple([sys.intern(name) for name in view.interface_macs])
+        shape = _VmiShape(
+            namespace=key[0], deleting=view.deleting, phase=sys.intern(view.phase), ready=view.ready,
+            live_migratable=view.live_migratable, live_migratable_reason=sys.intern(view.live_migratable_reason),
+            migration_in_flight=view.migration_in_flight, mac_names=mac_names)
+        # interface_macs values are normalised by VmiView: always canonical, always packable.
+        macs = self._stored_macs(key, _pack_macs(view.interface_macs.values()))
+        return _VmiRecord(key, self._shared.share(shape, shape), macs)
+
+    def _store_vm(self, view: VmView) -> None:
+        record = self._vm_record(view)
+        previous = self._vms.get(record.key)
+        if previous is not None and previous.same_as(record):
             return  # nothing the rules read changed
-        store[key] = view
-        if isinstance(view, VmView):
-            self._macs.replace_vm(previous, view)
-        self._notify(kind, MODIFIED if previous is not None else ADDED, view)
+        self._vms[record.key] = record
+        self._macs.replace_vm(previous, record)
+        self._notify(VIRTUAL_MACHINE, MODIFIED if previous is not None else ADDED, view)
+
+    def _store_vmi(self, view: VmiView) -> None:
+        record = self._vmi_record(view)
+        previous = self._vmis.get(record.key)
+        if previous is not None and previous.same_as(record):
+            return
+        self._vmis[record.key] = record
+        self._notify(VIRTUAL_MACHINE_INSTANCE, MODIFIED if previous is not None else ADDED, view)
+
+    def _store_nad(self, view: NadView) -> None:
+        key = (sys.intern(view.namespace), view.name)
+        previous = self._nads.get(key)
+        if previous == view:
+            return
+        self._nads[key] = view
+        self._notify(NETWORK_ATTACHMENT_DEFINITION, MODIFIED if previous is not None else ADDED, view)
 
     def _delete(self, kind: str, key: Key) -> None:
         previous = self._stores[kind].pop(key, None)
         if previous is None:
             return
-        if isinstance(previous, VmView):
+        if isinstance(previous, _VmRecord):
             self._macs.replace_vm(previous, None)
-        self._notify(kind, DELETED, previous)
+        view = previous.view() if isinstance(previous, (_VmRecord, _VmiRecord)) else previous
+        self._notify(kind, DELETED, view)
 
     def _notify(self, kind: str, event_type: str, view: View) -> None:
         for listener in self._listeners:
