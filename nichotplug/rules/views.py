@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, TypeVar
 
+import orjson
+
 from nichotplug.rules.mac import InvalidMac, normalize_mac
 
 __all__ = [
@@ -177,9 +179,14 @@ def parse_observed_macs(text: str) -> tuple[Mapping[str, str], str]:
     if not text:
         return _EMPTY, ""
     try:
-        decoded = json.loads(text)
-    except ValueError as error:
-        return _EMPTY, f"annotation {OBSERVED_MACS_ANNOTATION} is not valid JSON ({error})"
+        decoded = orjson.loads(text)  # ~5x faster than json; every VM write reads this annotation
+    except orjson.JSONDecodeError:
+        # What orjson refuses, the standard module may still read (NaN, lone surrogates, huge
+        # integers); it decides, so both parsers give the same verdict and the same message.
+        try:
+            decoded = json.loads(text)
+        except ValueError as error:
+            return _EMPTY, f"annotation {OBSERVED_MACS_ANNOTATION} is not valid JSON ({error})"
     if not isinstance(decoded, dict):
         return _EMPTY, f"annotation {OBSERVED_MACS_ANNOTATION} must be a JSON object of interface name to MAC"
     macs: dict[str, str] = {}
@@ -350,6 +357,10 @@ class VmView:
 
     def network(self, name: str) -> NetworkView | None:
         return next((network for network in self.networks if network.name == name), None)
+
+    def network_nads(self) -> dict[str, tuple[str, str] | None]:
+        """Network name -> its NAD (None: pod or other network); a repeated name: the last entry."""
+        return {network.name: network.nad for network in self.networks}
 
     @classmethod
     def from_dict(cls, obj: object, *, namespace: str = "") -> VmView:

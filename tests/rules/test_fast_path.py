@@ -1,0 +1,175 @@
+"""Validation's fast path (``rules.facts``) decides exactly as the general path through the full views.
+
+The fast path exists for speed only; a user must never see a different answer because of it. So
+these tests throw generated VMs (valid, odd and broken; CREATE and UPDATE; running and stopped) at
+both and require the same ``Decision``, message and warnings included.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from rules_factory import BRIDGE_CONFIG, iface, multus_net, nad, pod_net, vm, vmi
+
+from nichotplug.rules.admission import AdmissionInput, validate_vm, validate_vm_fully
+from nichotplug.rules.cluster import StaticCluster
+from nichotplug.rules.facts import read_vm_facts
+
+NAMES = ["default", "nic-1", "nic-2", "nic-3"]
+# Valid MACs (some owned by other VMs, some spelled differently) and, less often, unusable ones.
+GOOD_MACS = ["02:00:00:00:00:01", "02:00:00:00:00:02", "02-00-00-00-00-02", "02:AA:BB:CC:DD:EE", "02:00:00:00:00:10"]
+BAD_MACS = ["03:00:00:00:00:01", "00:00:00:00:00:00", "02:00:00:00:00:0g", "02:00-00:00:00:01", ""]
+MACS = GOOD_MACS + BAD_MACS
+odd = st.none() | st.integers() | st.booleans() | st.lists(st.integers(), max_size=1) | st.just({"a": 1})
+
+
+def _cluster() -> StaticCluster:
+    """Other VMs own some of the MACs, on labelled, unlabelled and pod networks; vm-a runs."""
+    other_nad = nad()
+    other_nad["metadata"]["name"] = "vlan2"
+    other_nad["metadata"]["labels"] = {}
+    return StaticCluster(
+        vms=[vm("owner-1", interfaces=[iface("nic-1", mac="02:00:00:00:00:02")],
+                networks=[multus_net("nic-1", "default/vlan1")]),
+             vm("owner-2", interfaces=[iface("default", binding="masquerade", mac="02:00:00:00:00:10")],
+                networks=[pod_net()])],
+        vmis=[vmi("vm-a")],
+        nads=[nad(), other_nad, {"metadata": {"name": "vlan3", "namespace": "other"},
+                                 "spec": {"config": BRIDGE_CONFIG}}],
+    )
+
+
+CLUSTER = _cluster()
+
+
+@st.composite
+def interface_items(draw: st.DrawFn) -> list[Any]:
+    items: list[Any] = []
+    for name in draw(st.lists(st.sampled_from(NAMES), max_size=4)):
+        item: Any = iface(name, binding=draw(st.sampled_from(["bridge", "masquerade"])),
+                          model=draw(st.sampled_from(["virtio", "e1000", None])),
+                          mac=draw(st.sampled_from(BAD_MACS) if draw(st.integers(0, 9)) == 0
+                                   else st.sampled_from([*GOOD_MACS, None])),
+                          state=draw(st.sampled_from([None, "absent"])))
+        if draw(st.integers(0, 9)) == 0:  # now and then a field of the wrong type, or no name
+            item[draw(st.sampled_from(["name", "macAddress", "model", "state"]))] = draw(odd)
+        items.append(item)
+    return items
+
+
+@st.composite
+def network_items(draw: st.DrawFn) -> list[Any]:
+    items: list[Any] = []
+    for name in draw(st.lists(st.sampled_from(NAMES), max_size=4)):
+        kind = draw(st.sampled_from(["pod", "multus", "multus-local", "other"]))
+        if kind == "pod":
+            item: Any = pod_net(name)
+        elif kind == "multus":
+            item = multus_net(name, draw(st.sampled_from(["default/vlan1", "default/vlan2", "other/vlan3", "x/y"])))
+        elif kind == "multus-local":
+            item = multus_net(name, "vlan1")
+        else:
+            item = {"name": name, "cni": {}}
+        if draw(st.integers(0, 14)) == 0:
+            if kind.startswith("multus") and draw(st.booleans()):
+                item["multus"] = draw(odd | st.just({"networkName": 7}))
+            else:
+                item["name"] = draw(odd)
+        items.append(item)
+    return items
+
+
+ANNOTATIONS = [
+    None, "", "{}", json.dumps({"nic-1": "02:00:00:00:00:02"}), json.dumps({"nic-2": "02-00-00-00-00-0A"}),
+    json.dumps({"nic-1": "bogus", "nic-2": 3}), "[1]", "{not json", '{"nic-1": NaN}', '{"a": "\\ud800"}',
+    json.dumps({"nic-1": "02:00:00:00:00:02", "nic-2": "02:00:00:00:00:02"}),
+]
+
+
+@st.composite
+def vm_objects(draw: st.DrawFn, name: str) -> Any:
+    obj = vm(name, interfaces=draw(interface_items()), networks=draw(network_items()),
+             run_strategy=draw(st.sampled_from(["Always", "Halted", "RerunOnFailure", "Manual", None])),
+             deleting=draw(st.integers(0, 19)) == 0, memory=draw(st.sampled_from(["1Gi", "4Gi", None])))
+    annotation = draw(st.sampled_from(ANNOTATIONS))
+    if annotation is not None:
+        obj["metadata"]["annotations"] = {"harvesterhci.io/mac-address": annotation}
+    if draw(st.booleans()):
+        obj["spec"]["running"] = draw(st.booleans() | odd)
+    if draw(st.integers(0, 9)) == 0:  # a field elsewhere of the wrong type
+        where = draw(st.sampled_from(["labels", "metadata", "spec", "status", "nodeSelector", "memory",
+                                      "hostDevices", "interfaces", "networks", "runStrategy", "uid"]))
+        value = draw(odd)
+        template = obj["spec"]["template"]["spec"]
+        targets: dict[str, tuple[Any, str]] = {
+            "labels": (obj["metadata"], "labels"), "metadata": (obj, "metadata"), "spec": (obj, "spec"),
+            "status": (obj, "status"), "nodeSelector": (template, "nodeSelector"),
+            "memory": (template["domain"], "memory"), "hostDevices": (template["domain"]["devices"], "hostDevices"),
+            "interfaces": (template["domain"]["devices"], "interfaces"), "networks": (template, "networks"),
+            "runStrategy": (obj["spec"], "runStrategy"), "uid": (obj["metadata"], "uid"),
+        }
+        container, key = targets[where]
+        container[key] = {"labels-value": 1} if where == "labels" else value
+    return obj
+
+
+def _same_decision(req: AdmissionInput) -> None:
+    fast = validate_vm(req, CLUSTER)
+    general = validate_vm_fully(req, CLUSTER)
+    assert fast == general
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["vm-a", "vm-b"]), st.data())
+def test_create_decides_as_the_general_path(name: str, data: st.DataObject) -> None:
+    _same_decision(AdmissionInput("CREATE", "default", name, data.draw(vm_objects(name))))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["vm-a", "vm-b"]), st.data())
+def test_update_decides_as_the_general_path(name: str, data: st.DataObject) -> None:
+    old = data.draw(vm_objects(name))
+    new = data.draw(vm_objects(name)) if data.draw(st.booleans()) else _edited(old, data)
+    assume(not (isinstance(new, dict) and isinstance(old, dict) and new.get("spec") == old.get("spec")))
+    _same_decision(AdmissionInput("UPDATE", "default", name, new, old))
+
+
+def _edited(old: Any, data: st.DataObject) -> Any:
+    """A realistic edit of ``old``: add, unplug, drop or re-MAC one interface."""
+    new = copy.deepcopy(old)
+    try:
+        interfaces = new["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"]
+        networks = new["spec"]["template"]["spec"]["networks"]
+        interfaces[0]  # an IndexError or TypeError: no interface list to edit
+    except (KeyError, TypeError, IndexError):
+        return data.draw(vm_objects(old["metadata"]["name"] if isinstance(old.get("metadata"), dict) else "vm-a"))
+    edit = data.draw(st.sampled_from(["add", "unplug", "replug", "drop", "mac"]))
+    if edit == "add" and isinstance(networks, list):
+        interfaces.append(iface("nic-9", mac=data.draw(st.sampled_from(MACS))))
+        networks.append(multus_net("nic-9", data.draw(st.sampled_from(["default/vlan1", "vlan1", "default/none"]))))
+    elif edit in ("unplug", "replug") and isinstance(interfaces[-1], dict):
+        interfaces[-1]["state"] = "absent" if edit == "unplug" else None
+    elif edit == "drop":
+        interfaces.pop()
+    elif isinstance(interfaces[0], dict):
+        interfaces[0]["macAddress"] = data.draw(st.sampled_from(MACS))
+    return new
+
+
+def test_the_fast_path_reads_an_ordinary_vm() -> None:
+    """The speed-up is real only if ordinary VMs take the fast path (this fails if a change loses it)."""
+    facts = read_vm_facts(vm("vm-a", annotations={"harvesterhci.io/mac-address": '{"nic-1": "02:00:00:00:00:02"}'}))
+    assert facts is not None
+    assert (facts.ref, facts.running, [i.name for i in facts.interfaces], facts.nads) == (
+        "default/vm-a", True, ["default", "nic-1"], {"default": None, "nic-1": ("default", "vlan1")})
+
+
+def test_the_fast_path_leaves_odd_objects_to_the_general_path() -> None:
+    odd_labels = vm("vm-a", labels={"a": 1})  # type: ignore[dict-item]
+    no_name = vm("vm-a", interfaces=[{"bridge": {}}])
+    deleting = vm("vm-a", deleting=True)
+    assert [read_vm_facts(obj) for obj in (odd_labels, no_name, deleting, [], None)] == [None] * 5
