@@ -32,7 +32,6 @@ import dataclasses
 import logging
 import random
 import sys
-import uuid
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -42,7 +41,6 @@ import aiohttp
 import orjson
 from kubernetes_asyncio.client import ApiClient, CustomObjectsApi
 
-from nichotplug.rules.backfill import encode_observed_macs
 from nichotplug.rules.mac import InvalidMac, normalize_mac
 from nichotplug.rules.macindex import MacOwner
 from nichotplug.rules.views import (
@@ -233,13 +231,32 @@ def _mac_number(mac: str) -> int:
     return int(mac.replace(":", ""), 16)
 
 
+def _uid_text(number: int) -> str:
+    """The canonical (lowercase, hyphenated) spelling of a UUID's 128-bit number."""
+    digits = f"{number:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+
+
 def _compact_uid(uid: str) -> int | str:
-    """A canonical UUID as its 128-bit number (48 bytes instead of 85); anything else as written."""
+    """A canonical UUID (what the API server assigns) as its number: 44 bytes instead of 85.
+
+    Anything that does not spell back the same (other forms, not a UUID at all) is kept as written.
+    """
     try:
-        number = uuid.UUID(uid)
+        number = int(uid.replace("-", ""), 16)
     except ValueError:
         return uid
-    return number.int if str(number) == uid else uid
+    return number if 0 <= number < 1 << 128 and _uid_text(number) == uid else uid
+
+
+def _annotation_text(names: Iterable[str], macs: Iterable[str]) -> str:
+    """The observed-MAC annotation in compact JSON, keys in the given order.
+
+    What ``rules.backfill.encode_observed_macs`` (our controller) and Harvester's Go ``json.Marshal``
+    write for names that need no escaping. Records keep an annotation packed only when this spells
+    it back exactly, so a rebuilt view always holds the text the API server has.
+    """
+    return "{" + ",".join([f'"{name}":"{mac}"' for name, mac in zip(names, macs, strict=True)]) + "}"
 
 
 def _compact_resource_version(resource_version: str) -> int | str:
@@ -314,8 +331,9 @@ class _VmRecord:
             return _EMPTY_MAP, _EMPTY_MAP, ""
         if isinstance(observed, _ObservedAsWritten):
             return observed.annotations, observed.macs, observed.error
-        macs = dict(zip(self.shape.observed_names, _unpack_macs(observed), strict=True))
-        return {OBSERVED_MACS_ANNOTATION: encode_observed_macs(macs)}, macs, ""
+        names, texts = self.shape.observed_names, _unpack_macs(observed)
+        return ({OBSERVED_MACS_ANNOTATION: _annotation_text(names, texts)},
+                dict(zip(names, texts, strict=True)), "")
 
     def spec_mac_texts(self) -> list[str]:
         spec = self.spec_macs
@@ -342,6 +360,20 @@ class _VmRecord:
             claims.append((_mac_number(mac), index))
         return claims
 
+    def interfaces_using(self, number: int) -> list[int]:
+        """The indexes of the interfaces whose claimed MAC is ``number``."""
+        spec = self.spec_macs
+        if not isinstance(spec, bytes):
+            return [index for claimed, index in self.claims() if claimed == number]
+        needle = number.to_bytes(_MAC_SIZE, "big")
+        found: list[int] = []
+        start = spec.find(needle)
+        while start != -1:
+            if start % _MAC_SIZE == 0:  # a match across two MACs is no match
+                found.append(start // _MAC_SIZE)
+            start = spec.find(needle, start + 1)
+        return found
+
     def owner(self, interface_index: int) -> MacOwner:
         shape = self.shape
         return MacOwner(shape.namespace, self.key[1], shape.interfaces[interface_index].name,
@@ -354,7 +386,7 @@ class _VmRecord:
         uid = self.uid
         return VmView(
             namespace=shape.namespace, name=self.key[1],
-            uid=str(uuid.UUID(int=uid)) if isinstance(uid, int) else uid,
+            uid=_uid_text(uid) if isinstance(uid, int) else uid,
             resource_version=str(self.resource_version), labels=shape.labels, annotations=annotations,
             deleting=shape.deleting, running=shape.running, run_strategy=shape.run_strategy,
             printable_status=shape.printable_status,
@@ -430,7 +462,7 @@ class _MacOwners:
         if entry is None:
             return frozenset()
         return frozenset([record.owner(index) for record in _owner_records(entry)
-                          for claimed, index in record.claims() if claimed == number])
+                          for index in record.interfaces_using(number)])
 
     def replace_vm(self, old: _VmRecord | None, new: _VmRecord | None) -> None:
         """Move the index from ``old``'s claims to ``new``'s (either may be None)."""
@@ -695,9 +727,9 @@ class ClusterView:
         if not view.annotations and not view.observed_macs and not view.observed_macs_error:
             pass  # no annotation: nothing to keep
         elif (len(view.annotations) == 1 and not view.observed_macs_error and annotation is not None
-              and annotation == encode_observed_macs(view.observed_macs)):
-            # The annotation is exactly what encode_observed_macs writes (as the controller and
-            # Harvester do): keep the MACs, packed; the text is rebuilt from them.
+              and annotation == _annotation_text(view.observed_macs, view.observed_macs.values())):
+            # The annotation is spelled as the controller and Harvester write it: keep the MACs,
+            # packed; the text is rebuilt from them.
             observed_names = tuple([sys.intern(name) for name in view.observed_macs])
             observed = self._stored_macs(key, _pack_macs(view.observed_macs.values()),
                                          spec_macs if isinstance(spec_macs, bytes) else None)
