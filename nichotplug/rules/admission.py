@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from nichotplug.rules.cluster import ClusterState, MacOwner, owner_scope
@@ -68,12 +67,12 @@ _INTERFACES_POINTER = "/spec/template/spec/domain/devices/interfaces"
 _TWO_GIB = 2 * 2**30
 
 
-@dataclass(frozen=True, slots=True)
-class AdmissionInput:
-    """The parts of an AdmissionReview request the rules read.
+class AdmissionInput(NamedTuple):
+    """The parts of an AdmissionReview request the rules read (immutable).
 
     ``obj`` / ``old_obj`` are the request's ``object`` / ``oldObject`` as decoded from JSON (None
-    when absent); they may be anything, the rules check.
+    when absent); they may be anything, the rules check. A named tuple, not a frozen dataclass:
+    one is built per webhook request, and a tuple is built several times faster.
     """
 
     operation: str

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from nichotplug.rules.views import OBSERVED_MACS_ANNOTATION, RUNNING_STRATEGIES, parse_observed_macs
+from nichotplug.rules.views import OBSERVED_MACS_ANNOTATION, RUNNING_STRATEGIES, observed_macs_error
 
 __all__ = ["InterfaceFacts", "VmFacts", "read_vm_facts"]
 
@@ -159,8 +159,7 @@ def _read(obj: dict[str, Any], namespace: str) -> VmFacts | None:
     _array(devices.get("gpus"))
     _check_memory(domain)
     _text((_obj(obj.get("status")) or {}).get("printableStatus"))
-    _observed, observed_error = parse_observed_macs(annotations.get(OBSERVED_MACS_ANNOTATION, "") if annotations
-                                                    else "")
+    observed_error = observed_macs_error(annotations.get(OBSERVED_MACS_ANNOTATION, "") if annotations else "")
     return VmFacts(vm_namespace, _text(metadata.get("name")), _running(spec), _interfaces(devices),
                    _nads(template_spec, vm_namespace), observed_error)
 

@@ -17,6 +17,7 @@ __all__ = [
     "MacGenerationError",
     "check_unicast_mac",
     "generate_mac",
+    "is_mac",
     "normalize_mac",
 ]
 
@@ -55,9 +56,14 @@ def normalize_mac(text: str) -> str:
     return text.lower().replace("-", ":")
 
 
+def is_mac(text: object) -> bool:
+    """Whether ``normalize_mac(text)`` would succeed (without building the normal form)."""
+    return type(text) is str and len(text) == 17 and _MAC_FORMS.fullmatch(text) is not None
+
+
 def check_unicast_mac(text: str) -> str:
     """Normalise ``text`` and require an address a NIC may own: not multicast, not all zero."""
-    mac = normalize_mac(text)
+    mac = text if type(text) is str and _CANONICAL.fullmatch(text) is not None else normalize_mac(text)
     if mac == _ALL_ZERO:
         raise InvalidMac(f"{text} is the all-zero MAC address, which no interface may use")
     if mac[1] in _MULTICAST_DIGITS:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from nichotplug.rules.mac import InvalidMac, normalize_mac
+from nichotplug.rules.mac import InvalidMac, is_mac, normalize_mac
 
 __all__ = [
     "BINDING_KEYS",
@@ -40,6 +40,7 @@ __all__ = [
     "VmMetadata",
     "VmView",
     "VmiView",
+    "observed_macs_error",
     "parse_observed_macs",
     "parse_quantity",
     "read_vm_metadata",
@@ -199,6 +200,19 @@ def parse_observed_macs(text: str) -> tuple[Mapping[str, str], str]:
     if bad:
         return macs, f"annotation {OBSERVED_MACS_ANNOTATION} has no valid MAC for interface(s) {', '.join(bad)}"
     return macs, ""
+
+
+def observed_macs_error(text: str) -> str:
+    """``parse_observed_macs(text)[1]`` alone, for validation: it needs the error, not the MACs."""
+    if not text:
+        return ""
+    try:
+        decoded = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return parse_observed_macs(text)[1]
+    if type(decoded) is dict and all(is_mac(mac) for mac in decoded.values()):
+        return ""
+    return parse_observed_macs(text)[1]  # something is wrong: let the parser word it
 
 
 # -- views --------------------------------------------------------------------------------------

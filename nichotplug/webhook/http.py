@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from nichotplug.rules.cluster import ClusterState
 from nichotplug.webhook import metrics
@@ -136,7 +136,9 @@ def _log_verdict(level: int, webhook: WebhookName, admission: AdmissionRequest, 
 
 async def _read_body(request: web.Request) -> bytes:
     """The body, after the checks that need no reading: content type, then size."""
-    if request.content_type != JSON_CONTENT_TYPE:
+    # The API server sends exactly "application/json": compare the raw header before paying for
+    # aiohttp's full media-type parse (which also accepts parameters such as a charset).
+    if request.headers.get(hdrs.CONTENT_TYPE) != JSON_CONTENT_TYPE and request.content_type != JSON_CONTENT_TYPE:
         raise BadReview(
             415, "content-type", f"Content-Type must be {JSON_CONTENT_TYPE}, got {request.content_type or 'none'!r}"
         )
