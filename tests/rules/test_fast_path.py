@@ -1,21 +1,22 @@
-"""Validation's fast path (``rules.facts``) decides exactly as the general path through the full views.
+"""The fast paths (``rules.facts``) decide exactly as the general path through the full views.
 
 The fast path exists for speed only; a user must never see a different answer because of it. So
 these tests throw generated VMs (valid, odd and broken; CREATE and UPDATE; running and stopped) at
-both and require the same ``Decision``, message and warnings included.
+both, validating and mutating, and require the same ``Decision``, message, warnings and patch included.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from rules_factory import BRIDGE_CONFIG, iface, multus_net, nad, pod_net, vm, vmi
 
-from nichotplug.rules.admission import AdmissionInput, validate_vm, validate_vm_fully
+from nichotplug.rules.admission import AdmissionInput, mutate_vm, mutate_vm_fully, validate_vm, validate_vm_fully
 from nichotplug.rules.cluster import StaticCluster
 from nichotplug.rules.facts import read_vm_facts
 
@@ -118,9 +119,15 @@ def vm_objects(draw: st.DrawFn, name: str) -> Any:
 
 
 def _same_decision(req: AdmissionInput) -> None:
-    fast = validate_vm(req, CLUSTER)
-    general = validate_vm_fully(req, CLUSTER)
-    assert fast == general
+    assert validate_vm(req, CLUSTER) == validate_vm_fully(req, CLUSTER)
+    # The same "random" bytes for both, so generated MACs compare equal.
+    assert mutate_vm(req, CLUSTER, random_bytes=_counting_bytes()) == \
+        mutate_vm_fully(req, CLUSTER, random_bytes=_counting_bytes())
+
+
+def _counting_bytes() -> Callable[[int], bytes]:
+    draws = iter(range(1, 1000))
+    return lambda size: next(draws).to_bytes(size, "big")
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
