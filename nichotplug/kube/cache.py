@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import logging
 import random
@@ -515,6 +516,21 @@ def _key_of(obj: Mapping[str, Any]) -> Key | None:
     return sys.intern(namespace), name
 
 
+def _return_free_memory_to_the_system() -> None:
+    """Give the C heap's free pages back to the kernel (glibc ``malloc_trim``; elsewhere a no-op).
+
+    Decoding list pages of megabytes leaves free holes in the C heap that glibc keeps mapped (its
+    mmap threshold rises to the page size after the first page is freed); after a full list they
+    are pure RSS that a pod's memory limit counts: 17 MiB at 30,000 VMs in benchmarks/cluster_view.py.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim this way
+        return
+    trim(0)
+
+
 # -- errors the reflector distinguishes -------------------------------------------------------------
 
 
@@ -905,7 +921,9 @@ class _Reflector:
                 page = orjson.loads(await response.read())
             finally:
                 response.release()
-            for item in page.get("items") or ():
+            items = page.pop("items", None) or []
+            for index, item in enumerate(items):
+                items[index] = None  # each object freed once applied: its memory serves the next ones
                 key = _key_of(item) if isinstance(item, dict) else None
                 if key is not None:
                     listed.add(key)
@@ -916,6 +934,8 @@ class _Reflector:
                 self.view._forget_unlisted(self.resource.kind, listed)
                 self.resource_version = str(metadata.get("resourceVersion") or "")
                 self.view._mark_listed(self.resource.kind)
+                del page
+                _return_free_memory_to_the_system()
                 log.info("%s: listed %d at resourceVersion %s", self._what, len(listed), self.resource_version)
                 return
 

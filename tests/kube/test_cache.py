@@ -311,7 +311,10 @@ def _vm_variants() -> list[dict[str, Any]]:
     odd["spec"]["template"]["spec"]["nodeSelector"] = {"zone": "a"}
     return [
         canonical, odd,
-        vm("unsorted-annotation", [("nic-1", "", "vlan1")], annotations={OBSERVED_MACS: '{"nic-1":"' + MAC_A + '"}'}),
+        vm("unsorted-annotation", [("nic-1", "", "vlan1"), ("nic-0", "", None)],
+           annotations={OBSERVED_MACS: '{"nic-1":"' + MAC_A + '","nic-0":"' + MAC_B + '"}'}),
+        vm("escaped-name", [("nic-1", "", None)], annotations={OBSERVED_MACS: '{"nic\\"1":"' + MAC_A + '"}'}),
+        vm("upper-uid", [("nic-1", MAC_A, None)]),
         vm("no-annotation", [("nic-1", "", None)]),
         vm("spaced-annotation", [("nic-1", MAC_A, None)], annotations={OBSERVED_MACS: '{"nic-1": "' + MAC_A + '"}'}),
         vm("no-interfaces", []),
@@ -325,6 +328,7 @@ def test_cached_vms_and_vmis_read_back_exactly_as_their_views() -> None:
     view.add_listener(lambda kind, event_type, obj: deleted.append(obj) if event_type == "DELETED" else None)
     variants = _vm_variants()
     variants[2]["metadata"]["annotations"]["keep-me"] = "yes"
+    variants[4]["metadata"].update(uid="5FF8D5AF-B287-41D2-AEC0-000000000001", resourceVersion="0")
     for obj in variants:
         view.apply_event(VIRTUAL_MACHINE, "ADDED", obj)
         expected = VmView.from_dict(obj)
@@ -336,9 +340,11 @@ def test_cached_vms_and_vmis_read_back_exactly_as_their_views() -> None:
     for obj in (running, vmi("odd", {}, phase="Scheduling"), vmi("no-vm", {"eth0": MAC_A})):
         view.apply_event(VIRTUAL_MACHINE_INSTANCE, "ADDED", obj)
         assert view.get_vmi("default", obj["metadata"]["name"]) == VmiView.from_dict(obj)
+    view.apply_event(VIRTUAL_MACHINE, "DELETED", vm("canonical", []))  # its VMI shared its key
+    assert view.get_vmi("default", "canonical") == VmiView.from_dict(running)
     last = view.get_vm("default", "odd")
     view.apply_event(VIRTUAL_MACHINE, "DELETED", vm("odd", []))
-    assert deleted == [last]
+    assert deleted[1:] == [last]
     assert view.get_vm("default", "odd") is None
 
 
