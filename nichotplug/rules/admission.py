@@ -37,6 +37,12 @@ same reason, and because it is the most frequent write, an UPDATE that leaves ``
 it was is judged on its metadata only (readable, annotation parses), without building the views.
 Objects being deleted are allowed as they are. Warnings: more hot-plugged interfaces than KubeVirt v1.6's
 hot-plug port budget, and an observed-MAC annotation that does not parse.
+
+Speed: both webhooks answer every VM write of the cluster, so each first tries a fast path over
+``rules.facts`` (plain tuples of just what the MAC rules read, no views): validation when no hot-plug
+rule applies, mutation when every interface already has a MAC. Whatever the facts cannot vouch for
+goes the general path (``validate_vm_fully`` / ``mutate_vm_fully``, full views), which decides as
+before; ``tests/rules/test_fast_path.py`` checks on generated VMs that both paths decide alike.
 """
 
 from __future__ import annotations
