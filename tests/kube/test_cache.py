@@ -329,6 +329,7 @@ def test_cached_vms_and_vmis_read_back_exactly_as_their_views() -> None:
     variants = _vm_variants()
     variants[2]["metadata"]["annotations"]["keep-me"] = "yes"
     variants[4]["metadata"].update(uid="5FF8D5AF-B287-41D2-AEC0-000000000001", resourceVersion="0")
+    variants[5]["metadata"].update(uid="f" * 5000, resourceVersion="9" * 5000)  # too long for int(): kept as text
     for obj in variants:
         view.apply_event(VIRTUAL_MACHINE, "ADDED", obj)
         expected = VmView.from_dict(obj)
