@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import timeit
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -451,6 +452,51 @@ def summarize(rounds: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
           f"p50 {p50:.2f}x (target <= 1.20), per-core capacity {capacity:.2f}x")
 
 
+def hot_loop_reviews(vm_count: int) -> dict[str, bytes]:
+    """Review bodies for the hot loop: the CREATE, a hot-plug and a cold edit of VM 1, a label edit."""
+    create = json.loads(review_body(vm_count))
+
+    def update(old: dict[str, Any], new: dict[str, Any]) -> bytes:
+        request = {**create["request"], "operation": "UPDATE", "name": old["metadata"]["name"],
+                   "namespace": old["metadata"]["namespace"], "object": new, "oldObject": old}
+        return json.dumps({**create, "request": request}).encode()
+
+    running = vm_object(1)
+    plugged = json.loads(json.dumps(running))
+    plugged["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"].append(
+        {"name": "nic-9", "model": "virtio", "bridge": {}, "macAddress": "02:aa:bb:cc:dd:ee"})
+    plugged["spec"]["template"]["spec"]["networks"].append(
+        {"name": "nic-9", "multus": {"networkName": "default/vlan1"}})
+    labelled = json.loads(json.dumps(running))
+    labelled["metadata"]["labels"]["team"] = "blue"
+    halted = {**running, "spec": {**running["spec"], "runStrategy": "Halted"}}
+    resized = json.loads(json.dumps(halted))
+    resized["spec"]["template"]["spec"]["domain"]["memory"]["guest"] = "8Gi"
+    return {"CREATE (benchmark body)": review_body(vm_count),
+            "UPDATE hot-plug of a running VM": update(running, plugged),
+            "UPDATE labels only": update(running, labelled),
+            "UPDATE cold edit of a halted VM": update(halted, resized)}
+
+
+def hot_loop(view: Any, vm_count: int) -> None:
+    """engine.review in a loop (CPU time, best of 5): the figure a busy shared machine disturbs least."""
+    from nichotplug.kube.cache import VIRTUAL_MACHINE_INSTANCE
+    from nichotplug.webhook.codec import decode_review
+    from nichotplug.webhook.engine import review
+
+    view.apply_event(VIRTUAL_MACHINE_INSTANCE, "ADDED", vmi_object(1))  # VM 1 runs: its UPDATE is a hot-plug
+    print("hot loop, engine.review per request (decoded; no HTTP, no codec):")
+    for label, body in hot_loop_reviews(vm_count).items():
+        request = decode_review(body)
+        figures = []
+        for webhook in ("validation", "mutation"):
+            def once(webhook: Any = webhook, request: Any = request) -> None:
+                review(webhook, request, view)
+            best = min(timeit.repeat(once, number=2000, repeat=5, timer=time.process_time)) / 2000
+            figures.append(f"{webhook} {best * 1e6:6.1f} us ({review(webhook, request, view).reason})")
+        print(f"  {label:<33} " + ", ".join(figures))
+
+
 def orchestrate(args: argparse.Namespace) -> None:
     from nichotplug.certs import make_bundle, write_bundle
 
@@ -511,6 +557,7 @@ def orchestrate(args: argparse.Namespace) -> None:
             print(line("bare aiohttp (asyncio, json)",
                        measure_bare(free_port(), cert_dir, body_file, args, loop="asyncio", use_orjson=False)))
         print(f"  RSS after the runs: {rss_mib():.0f} MiB")
+        hot_loop(view, args.vms)
 
 
 def main() -> None:
