@@ -15,6 +15,8 @@ and p99 latency seen by the load generator, server CPU per request (utime +
 stime deltas of the server process from /proc, the figure that survives a
 busy machine), the ratios to the bare server, and the RSS of the view's
 process. Variants: uvloop vs asyncio, orjson vs the standard json module.
+Last, a hot loop of ``engine.review`` (CPU time, no HTTP) for a CREATE, a
+hot-plug, a label edit and a cold edit: the least noisy figure here.
 
 Run: ``.venv/bin/python benchmarks/webhook.py [--vms 100000] [--seconds 3] [--rounds 5] [--quick]``
 (``--loader aiohttp`` forces the Python load generator).
