@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 from nichotplug.controller import metrics
@@ -51,6 +51,19 @@ def _claimed_macs(vm: VmView) -> Iterator[str]:
             yield mac.lower().replace("-", ":")
 
 
+def duplicates_of_mac(mac: str, cluster: ClusterState) -> list[DuplicateMac]:
+    """The duplicates of one MAC: per scope, its owners when there is more than one."""
+    return _duplicates_among(mac, cluster.owners_of_mac(mac), cluster)
+
+
+def _duplicates_among(mac: str, owners: Collection[MacOwner], cluster: ClusterState) -> list[DuplicateMac]:
+    by_scope: dict[str, list[MacOwner]] = defaultdict(list)
+    for owner in owners:
+        by_scope[owner_scope(owner.nad, cluster)].append(owner)
+    return [DuplicateMac(mac, scope, tuple(sorted(group))) for scope, group in sorted(by_scope.items())
+            if len(group) > 1]
+
+
 def duplicates_of(vm: VmView, cluster: ClusterState, seen_macs: set[str]) -> list[DuplicateMac]:
     """The duplicates involving ``vm``'s MACs that are not in ``seen_macs`` yet (which it extends)."""
     found: list[DuplicateMac] = []
@@ -59,12 +72,7 @@ def duplicates_of(vm: VmView, cluster: ClusterState, seen_macs: set[str]) -> lis
         if len(owners) < 2 or mac in seen_macs:
             continue
         seen_macs.add(mac)
-        by_scope: dict[str, list[MacOwner]] = defaultdict(list)
-        for owner in owners:
-            by_scope[owner_scope(owner.nad, cluster)].append(owner)
-        for scope, group in sorted(by_scope.items()):
-            if len(group) > 1:
-                found.append(DuplicateMac(mac, scope, tuple(sorted(group))))
+        found.extend(_duplicates_among(mac, owners, cluster))
     return found
 
 
@@ -86,7 +94,18 @@ class DuplicateMacAuditor:
         self._reported: set[DuplicateMac] = set()
 
     async def audit(self) -> list[DuplicateMac]:
-        """One pass over every cached VM; returns the duplicates found."""
+        """One pass over every cached VM (or only the MACs the cache says are shared); returns the duplicates."""
+        shared_macs = getattr(self._cache, "macs_claimed_more_than_once", None)
+        found = await (self._shared_macs_pass(shared_macs()) if shared_macs is not None else self._vms_pass())
+        metrics.DUPLICATE_MACS.set(len(found))
+        current = set(found)
+        for duplicate in found:
+            if duplicate not in self._reported:
+                await self._report(duplicate)
+        self._reported = current  # a duplicate that was fixed and comes back is reported again
+        return found
+
+    async def _vms_pass(self) -> list[DuplicateMac]:
         seen: set[str] = set()
         found: list[DuplicateMac] = []
         for count, key in enumerate(list(self._cache.vm_keys()), start=1):
@@ -95,12 +114,18 @@ class DuplicateMacAuditor:
                 found.extend(duplicates_of(vm, self._cache, seen))
             if count % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-        metrics.DUPLICATE_MACS.set(len(found))
-        current = set(found)
-        for duplicate in found:
-            if duplicate not in self._reported:
-                await self._report(duplicate)
-        self._reported = current  # a duplicate that was fixed and comes back is reported again
+        return found
+
+    async def _shared_macs_pass(self, macs: list[str]) -> list[DuplicateMac]:
+        """``kube.cache.ClusterView`` keeps the MACs claimed more than once: only those can collide.
+
+        At 100,000 VMs this is a few shared MACs instead of rebuilding 100,000 VM views (seconds of CPU).
+        """
+        found: list[DuplicateMac] = []
+        for count, mac in enumerate(macs, start=1):
+            found.extend(duplicates_of_mac(mac, self._cache))
+            if count % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
         return found
 
     async def _report(self, duplicate: DuplicateMac) -> None:

@@ -444,14 +444,17 @@ class _MacOwners:
     """MAC -> the VM records using it: ``rules.macindex.MacIndex`` answers, stored for 100,000 VMs.
 
     Which MACs a VM claims follows ``rules.vm_mac_claims`` (``_VmRecord.claims``). Keys are 48-bit
-    ints; a value is the owning record (a tuple of them for a MAC several VMs use), and the
-    ``MacOwner``s are made when asked, from the record: no object per MAC besides its key.
+    ints; a value is the owning record, or a tuple holding a record once per claim when a MAC is
+    claimed more than once (by several VMs, or by two interfaces of one). ``MacOwner``s are made
+    when asked, from the record: no object per MAC besides its key. The MACs claimed more than once
+    are also kept in a set, so the duplicate audit needs no pass over every VM.
     """
 
-    __slots__ = ("_by_mac",)
+    __slots__ = ("_by_mac", "_claimed_twice")
 
     def __init__(self) -> None:
         self._by_mac: dict[int, _VmRecord | tuple[_VmRecord, ...]] = {}
+        self._claimed_twice: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._by_mac)
@@ -467,45 +470,38 @@ class _MacOwners:
         return frozenset([record.owner(index) for record in _owner_records(entry)
                           for index in record.interfaces_using(number)])
 
+    def claimed_more_than_once(self) -> list[int]:
+        return list(self._claimed_twice)
+
     def replace_vm(self, old: _VmRecord | None, new: _VmRecord | None) -> None:
         """Move the index from ``old``'s claims to ``new``'s (either may be None)."""
-        old_macs = {number for number, _index in old.claims()} if old is not None else set()
-        new_macs = {number for number, _index in new.claims()} if new is not None else set()
-        for number in old_macs - new_macs:
-            self._discard(number, old)
-        for number in old_macs & new_macs:  # most updates keep the MACs: point them at the new record
-            self._swap(number, old, new)
-        for number in new_macs - old_macs:
-            self._add(number, new)
-
-    def _add(self, number: int, record: _VmRecord | None) -> None:
-        assert record is not None
-        entry = self._by_mac.get(number)
-        if entry is None:
-            self._by_mac[number] = record
-        else:
-            self._by_mac[number] = (*_owner_records(entry), record)
-
-    def _swap(self, number: int, old: _VmRecord | None, new: _VmRecord | None) -> None:
-        """Replace ``old`` by ``new`` under ``number`` in place (no delete and re-insert churn)."""
-        assert new is not None
-        entry = self._by_mac[number]
-        if entry is old:
-            self._by_mac[number] = new
-        else:
-            self._by_mac[number] = tuple([new if owner is old else owner for owner in _owner_records(entry)])
-
-    def _discard(self, number: int, record: _VmRecord | None) -> None:
-        entry = self._by_mac.get(number)
-        if entry is None:
+        old_macs = [number for number, _index in old.claims()] if old is not None else []
+        new_macs = [number for number, _index in new.claims()] if new is not None else []
+        if old is not None and new is not None and old_macs == new_macs:
+            for number in set(new_macs):  # most updates keep the MACs: point them at the new record
+                self._put(number, tuple([new if owner is old else owner for owner in self._records(number)]))
             return
-        rest = tuple([owner for owner in _owner_records(entry) if owner is not record])
-        if len(rest) > 1:
-            self._by_mac[number] = rest
-        elif rest:
-            self._by_mac[number] = rest[0]
+        for number in set(old_macs):
+            self._put(number, tuple([owner for owner in self._records(number) if owner is not old]))
+        for number in new_macs:  # once per claim
+            assert new is not None
+            self._put(number, (*self._records(number), new))
+
+    def _records(self, number: int) -> tuple[_VmRecord, ...]:
+        entry = self._by_mac.get(number)
+        return () if entry is None else _owner_records(entry)
+
+    def _put(self, number: int, records: tuple[_VmRecord, ...]) -> None:
+        """Store ``records`` as the claims of ``number`` in their smallest form."""
+        if len(records) > 1:
+            self._by_mac[number] = records
+            self._claimed_twice.add(number)
+            return
+        self._claimed_twice.discard(number)
+        if records:
+            self._by_mac[number] = records[0]
         else:
-            del self._by_mac[number]
+            self._by_mac.pop(number, None)
 
 
 def _key_of(obj: Mapping[str, Any]) -> Key | None:
@@ -619,6 +615,14 @@ class ClusterView:
 
     def owners_of_mac(self, mac: str) -> Collection[MacOwner]:
         return self._macs.owners(mac)
+
+    def macs_claimed_more_than_once(self) -> list[str]:
+        """Normalised MACs two or more VM interfaces claim, sorted: where duplicates can be.
+
+        Whether two claims collide depends on their scopes (``owners_of_mac`` and the NADs tell);
+        the duplicate audit asks this instead of reading every VM.
+        """
+        return sorted([number.to_bytes(_MAC_SIZE, "big").hex(":") for number in self._macs.claimed_more_than_once()])
 
     # -- for the controller ------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from kube_support import (
 )
 from kubernetes_asyncio.client import ApiClient
 
+from nichotplug.controller.audit import duplicates_of_mac, find_duplicate_macs
 from nichotplug.kube.cache import (
     NETWORK_ATTACHMENT_DEFINITION,
     VIRTUAL_MACHINE,
@@ -406,7 +407,26 @@ def test_mac_owners_match_the_rules_mac_index_through_random_updates_and_deletes
         reference.update_vm(obj)
         for mac in macs:
             assert view.owners_of_mac(mac) == reference.owners(mac), mac
+        assert view.macs_claimed_more_than_once() == [mac for mac in macs if len(reference.owners(mac)) > 1]
     assert view.counts()["macs"] == len(reference)
+
+
+def test_the_audit_from_shared_macs_finds_what_a_pass_over_every_vm_finds() -> None:
+    """The duplicate audit reads only MACs the index says are shared; it must miss nothing."""
+    rng = random.Random(5)
+    macs = [f"02:00:00:00:01:{i:02x}" for i in range(10)]
+    view = ClusterView()
+    for name, cluster_network in (("vlan1", "mgmt"), ("vlan2", "mgmt"), ("vlan3", "dmz")):
+        view.apply_event(NETWORK_ATTACHMENT_DEFINITION, "ADDED", nad(name, cluster_network))
+    for index in range(60):
+        interfaces = [(f"nic-{i}", rng.choice(macs), rng.choice([None, "vlan1", "vlan2", "vlan3"]))
+                      for i in range(rng.randrange(1, 4))]
+        view.apply_event(VIRTUAL_MACHINE, "ADDED", vm(f"vm{index}", interfaces))
+    every_vm = [view.get_vm(*key) for key in view.vm_keys()]
+    expected = find_duplicate_macs([vm for vm in every_vm if vm is not None], view)
+    from_index = [found for mac in view.macs_claimed_more_than_once() for found in duplicates_of_mac(mac, view)]
+    assert expected  # the random cluster has duplicates
+    assert sorted(from_index, key=repr) == sorted(expected, key=repr)
 
 
 async def test_an_expired_continue_token_restarts_the_paged_list(apiserver: ApiServer, api_client: ApiClient) -> None:
