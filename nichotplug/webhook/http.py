@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import hdrs, web
 
@@ -53,15 +52,12 @@ class WebhookHandler:
         self.cluster = cluster
         self.synced = synced  # None: the cluster is complete from the start (a static view)
         self.sync_wait_seconds = sync_wait_seconds
-        # Bound metric children: the label lookup is paid once, not per request.
-        self._in_flight = metrics.IN_FLIGHT.labels(webhook)
-        self._latency = metrics.LATENCY.labels(webhook)
-        self._ok = metrics.REQUESTS.labels(webhook, "200")
-        self._decisions: dict[tuple[str, str, str], Any] = {}  # (operation, result, reason) -> counter child
+        self._stats = metrics.STATS[webhook]  # plain-int bookkeeping: no lock per request
 
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
-        self._in_flight.inc()
+        stats = self._stats
+        stats.in_flight += 1
         try:
             try:
                 admission = decode_review(await _read_body(request))
@@ -73,18 +69,18 @@ class WebhookHandler:
                 verdict = not_synced(self.webhook, admission)
             body = encode_review(verdict.response)
             self._count(admission, verdict)
-            self._ok.inc()
+            stats.count_code("200")
             return web.Response(body=body, content_type=JSON_CONTENT_TYPE)
         except Exception:
             # A bug in this layer (the engine already contains the rules' own): answer a Status the API
             # server can show; it then applies the webhook's failurePolicy (validation fails closed).
             log.exception("%s webhook: internal error answering a request", self.webhook)
-            metrics.REQUESTS.labels(self.webhook, "500").inc()
+            stats.count_code("500")
             internal = BadReview(500, "internal-error", "nichotplug could not answer this review (internal error)")
             return web.Response(status=500, body=encode_error(internal), content_type=JSON_CONTENT_TYPE)
         finally:
-            self._in_flight.dec()
-            self._latency.observe(time.perf_counter() - started)
+            stats.in_flight -= 1
+            stats.observe_latency(time.perf_counter() - started)
 
     async def _cluster_is_read(self, admission: AdmissionRequest) -> bool:
         """Whether the cluster view is complete enough to judge this request (waiting a little for it)."""
@@ -98,7 +94,7 @@ class WebhookHandler:
 
     def _bad_request(self, request: web.Request, error: BadReview) -> web.Response:
         metrics.BAD_REQUESTS.labels(self.webhook, error.reason).inc()
-        metrics.REQUESTS.labels(self.webhook, str(error.http_status)).inc()
+        self._stats.count_code(str(error.http_status))
         log.warning(
             "%s webhook: unusable call from %s answered %d: %s",
             self.webhook, request.remote, error.http_status, error.message,
@@ -107,11 +103,8 @@ class WebhookHandler:
 
     def _count(self, admission: AdmissionRequest, verdict: Verdict) -> None:
         reason = verdict.reason if verdict.reason in _KNOWN_REASONS else metrics.REASON_OTHER
-        key = (admission["operation"], verdict.result, reason)
-        counter = self._decisions.get(key)
-        if counter is None:  # bounded: operations, results and reasons are all closed sets
-            counter = self._decisions[key] = metrics.DECISIONS.labels(self.webhook, *key)
-        counter.inc()
+        # Bounded: operations, results and reasons are all closed sets.
+        self._stats.count_decision((admission["operation"], verdict.result, reason))
         # Allowed-unchanged is the hot path: logged at DEBUG so a busy cluster's log is not all webhook.
         level = logging.DEBUG if verdict.result == metrics.RESULT_ALLOWED else logging.INFO
         if log.isEnabledFor(level):

@@ -7,6 +7,7 @@ import json
 
 import aiohttp
 from aiohttp.test_utils import TestServer
+from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from webhook_support import ServeFn, admission_review, vm
 
@@ -104,3 +105,47 @@ async def test_metrics_port_serves_seeded_series_that_count_requests(
         assert value(after, "nichotplug_webhook_requests_in_flight", **count) == 0
     finally:
         await metrics_server.close()
+
+
+async def test_request_metrics_are_a_real_histogram_and_counters_by_code(
+    serve_tls: ServeFn, session: aiohttp.ClientSession
+) -> None:
+    """The hot-path metrics (plain ints behind a collector) scrape as the types and series Prometheus expects."""
+    webhook = await serve_tls(build_webhook_app(StaticCluster()))
+    url = f"https://127.0.0.1:{webhook.port}/v1/webhook/validation"
+
+    def scrape() -> dict[str, list[tuple[dict[str, str], float]]]:
+        return _families(generate_latest(REGISTRY).decode())
+
+    before = scrape()
+    body = json.dumps(admission_review(vm(macs=("02:00:00:00:00:01",)))).encode()
+    for _ in range(3):
+        async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
+            assert response.status == 200
+    async with session.post(url, data=b"{", headers={"Content-Type": "application/json"}) as response:
+        assert response.status == 400
+    after = scrape()
+
+    types = {family.name: family.type for family in text_string_to_metric_families(generate_latest(REGISTRY).decode())}
+    assert types["nichotplug_webhook_latency_seconds"] == "histogram"
+    assert types["nichotplug_webhook_requests"] == "counter"
+    assert types["nichotplug_admission_decisions"] == "counter"
+    assert types["nichotplug_webhook_requests_in_flight"] == "gauge"
+
+    def validation(families: dict[str, list[tuple[dict[str, str], float]]], name: str,
+                   **labels: str) -> list[tuple[dict[str, str], float]]:
+        return [(found, v) for found, v in families[name] if found.get("webhook") == "validation"
+                and all(found.get(key) == value for key, value in labels.items())]
+
+    buckets = validation(after, "nichotplug_webhook_latency_seconds_bucket")
+    counts = [value for _, value in buckets]
+    assert [labels["le"] for labels, _ in buckets][-1] == "+Inf"
+    assert counts == sorted(counts), "buckets are cumulative"
+    count_before = validation(before, "nichotplug_webhook_latency_seconds_count")[0][1]
+    count_after = validation(after, "nichotplug_webhook_latency_seconds_count")[0][1]
+    assert count_after == count_before + 4 == counts[-1]  # the 400 is timed too
+    assert validation(after, "nichotplug_webhook_latency_seconds_sum")[0][1] > \
+        validation(before, "nichotplug_webhook_latency_seconds_sum")[0][1]
+    for code, added in (("200", 3), ("400", 1), ("415", 0)):
+        name = "nichotplug_webhook_requests_total"
+        assert validation(after, name, code=code)[0][1] == validation(before, name, code=code)[0][1] + added, code
