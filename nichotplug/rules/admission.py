@@ -66,7 +66,7 @@ from nichotplug.rules.mac import InvalidMac, MacGenerationError, check_unicast_m
 from nichotplug.rules.nad import nad_verdict
 from nichotplug.rules.views import InterfaceView, InvalidObject, VmView, read_vm_metadata
 
-__all__ = ["AdmissionInput", "hotplug_port_budget", "mutate_vm", "validate_vm"]
+__all__ = ["AdmissionInput", "hotplug_port_budget", "mutate_vm", "validate_create_facts", "validate_vm"]
 
 _JUDGED_OPERATIONS = frozenset({"CREATE", "UPDATE"})
 _INTERFACES_POINTER = "/spec/template/spec/domain/devices/interfaces"
@@ -466,12 +466,22 @@ def _validate_fast(req: AdmissionInput, cluster: ClusterState) -> Decision | Non
             return None
         if _plugs_or_unplugs(old, vm) and (old.running or cluster.get_vmi(vm.namespace, vm.name) is not None):
             return None
+    return _validate_facts(vm, old, cluster)
+
+
+def _validate_facts(vm: VmFacts, old: VmFacts | None, cluster: ClusterState) -> Decision:
     denial = _check_macs(vm, old, cluster)
     if denial is not None:
         return denial
     if vm.observed_macs_error:
         return Decision.allow(warnings=[_annotation_warning(vm.ref, vm.observed_macs_error)])
     return _ALLOWED
+
+
+def validate_create_facts(vm: VmFacts, cluster: ClusterState) -> Decision:
+    """``validate_vm`` of a CREATE whose object reads as ``vm`` (facts built by ``read_vm_facts`` or by
+    a decoder that checks the same field types, as the webhook's msgspec route does)."""
+    return _validate_facts(vm, None, cluster)
 
 
 def validate_vm(req: AdmissionInput, cluster: ClusterState) -> Decision:

@@ -12,13 +12,14 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from rules_factory import BRIDGE_CONFIG, iface, multus_net, nad, pod_net, vm, vmi
 
 from nichotplug.rules.admission import AdmissionInput, mutate_vm, mutate_vm_fully, validate_vm, validate_vm_fully
 from nichotplug.rules.cluster import StaticCluster
 from nichotplug.rules.facts import read_vm_facts
+from nichotplug.webhook.fastdecode import allowed_create, decode_create
 
 NAMES = ["default", "nic-1", "nic-2", "nic-3"]
 # Valid MACs (some owned by other VMs, some spelled differently) and, less often, unusable ones.
@@ -180,3 +181,54 @@ def test_the_fast_path_leaves_odd_objects_to_the_general_path() -> None:
     no_name = vm("vm-a", interfaces=[{"bridge": {}}])
     deleting = vm("vm-a", deleting=True)
     assert [read_vm_facts(obj) for obj in (odd_labels, no_name, deleting, [], None)] == [None] * 5
+
+
+# -- the validating webhook's msgspec route (nichotplug.webhook.fastdecode) -----------------------------
+
+
+def _create_review(obj: Any, name: str) -> bytes:
+    request = {"uid": "uid-1", "kind": {"group": "kubevirt.io", "version": "v1", "kind": "VirtualMachine"},
+               "resource": {"group": "kubevirt.io", "version": "v1", "resource": "virtualmachines"},
+               "name": name, "namespace": "default", "operation": "CREATE", "userInfo": {"username": "alice"},
+               "object": obj, "oldObject": None, "dryRun": False}
+    return json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}).encode()
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["vm-a", "vm-b"]), st.data())
+def test_the_msgspec_route_reads_and_allows_as_the_general_path(name: str, data: st.DataObject) -> None:
+    """Whatever msgspec reads, it reads as ``read_vm_facts`` does; whatever it allows, the general path allows."""
+    obj = data.draw(vm_objects(name))
+    body = _create_review(obj, name)
+    create = decode_create(body)
+    if create is not None:
+        assert create.uid == "uid-1"
+        assert create.facts == read_vm_facts(obj, namespace="default")
+    general = validate_vm_fully(AdmissionInput("CREATE", "default", name, obj), CLUSTER)
+    event("msgspec route: " + ("not read" if create is None else "read"))
+    if allowed_create(body, CLUSTER) is not None:
+        event("msgspec route: allowed")
+        assert (general.allowed, general.reason, general.warnings) == (True, "allowed", ())
+    elif create is not None:  # read but not answered: the rules deny or warn
+        assert not general.allowed or general.warnings or general.reason != "allowed"
+
+
+def test_the_msgspec_route_reads_an_ordinary_vm_and_leaves_the_rest() -> None:
+    """The route is taken for an ordinary CREATE (this fails if a change loses it), not for anything else."""
+    ordinary = vm("vm-b", interfaces=[iface("nic-1", mac="02:00:00:00:00:05")],
+                  networks=[multus_net("nic-1", "default/vlan1")])
+    assert allowed_create(_create_review(ordinary, "vm-b"), CLUSTER) == "uid-1"
+    taken = vm("vm-b", interfaces=[iface("nic-1", mac="02:00:00:00:00:02")], networks=[multus_net("nic-1", "vlan1")])
+    body = _create_review(ordinary, "vm-b")
+    for refused in (
+        _create_review(taken, "vm-b"),  # a collision: the general route words the denial
+        body.replace(b'"CREATE"', b'"UPDATE"'),
+        body.replace(b'"username": "alice"', b'"username": 7'),
+        body.replace(b'"userInfo": {"username": "alice"}', b'"userInfo": null'),
+        body.replace(b'"oldObject": null', b'"oldObject": {}'),
+        body.replace(b'"dryRun": false', b'"dryRun": false, "x": 1e400'),  # orjson refuses the number
+        body.replace(b'"dryRun": false', b'"dryRun": false, "x": "\xff"'),  # not UTF-8
+        body.replace(b'"dryRun": false', b'"dryRun": false, "x": ' + b"[" * 2000 + b"]" * 2000),
+        body[:-1],
+    ):
+        assert allowed_create(refused, CLUSTER) is None, refused[-120:]

@@ -1,0 +1,90 @@
+"""The validating webhook's msgspec route reads a body only if the ordinary route reads it alike.
+
+msgspec skips the fields it does not need; the ordinary route (orjson, then the codec's checks,
+then ``rules.facts``) reads everything. A body the ordinary route refuses with a 400 must never be
+allowed by the fast route, so these tests damage real review bodies byte by byte and require that
+whatever the route reads, the ordinary route accepts with the same uid and the same facts.
+"""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from webhook_support import FIXTURES, ServeFn, admission_review, vm
+
+from nichotplug.rules.cluster import StaticCluster
+from nichotplug.rules.facts import read_vm_facts
+from nichotplug.service import build_webhook_app
+from nichotplug.webhook.codec import BadReview, decode_review
+from nichotplug.webhook.fastdecode import decode_create
+from nichotplug.webhook.registration import VALIDATION_PATH
+
+# Real CREATE reviews recorded from kube-apiserver.
+BODIES = [path.read_bytes() for path in sorted(FIXTURES.glob("*-validate-CREATE-virtualmachines-*.json"))]
+BYTES = st.sampled_from([*b'{}[]":,0123456789eE+-.\\ nultrfas', 0x00, 0x01, 0x7F, 0xC3, 0xFF])
+
+
+@st.composite
+def damaged(draw: st.DrawFn) -> bytes:
+    body = bytearray(draw(st.sampled_from(BODIES)))
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, len(body) - 1))
+        edit = draw(st.sampled_from(["replace", "delete", "insert"]))
+        if edit == "replace":
+            body[at] = draw(BYTES)
+        elif edit == "delete":
+            del body[at]
+        else:
+            body[at:at] = bytes([draw(BYTES)])
+    return bytes(body)
+
+
+def test_every_recorded_create_takes_the_route() -> None:
+    """Real API server bodies are what the route is for (this fails if a change loses them)."""
+    assert BODIES
+    for body in BODIES:
+        create = decode_create(body)
+        assert create is not None
+        request = decode_review(body)
+        assert create.facts == read_vm_facts(request["object"], namespace=request["namespace"])
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(damaged())
+def test_what_the_route_reads_the_ordinary_route_reads_alike(body: bytes) -> None:
+    create = decode_create(body)
+    if create is None:
+        return
+    try:
+        request = decode_review(body)
+    except BadReview as error:
+        raise AssertionError(f"the route read a body the codec refuses ({error.message})") from None
+    assert request["operation"] == "CREATE"
+    assert request["uid"] == create.uid
+    assert read_vm_facts(request["object"], namespace=request.get("namespace", "")) == create.facts
+
+
+async def test_the_route_answers_as_the_ordinary_route(serve_tls: ServeFn) -> None:
+    """Over real TLS: an allowed CREATE, the same body with an unreadable number, and a collision."""
+    cluster = StaticCluster(vms=[vm("other", ("02:00:00:00:00:aa",))])
+    server = await serve_tls(build_webhook_app(cluster))
+    url = f"https://127.0.0.1:{server.port}{VALIDATION_PATH}"
+    allowed = json.dumps(admission_review(vm(macs=("02:00:00:00:00:01",)), uid="uid-1")).encode()
+    overflow = allowed.replace(b'"oldObject": null', b'"oldObject": null, "x": 1e400')
+    taken = json.dumps(admission_review(vm(macs=("02:00:00:00:00:aa",)), uid="uid-2")).encode()
+    assert decode_create(allowed) is not None
+    assert b"1e400" in overflow
+    answers = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False)) as session:
+        for body in (allowed, overflow, taken):
+            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
+                answers.append((response.status, await response.json()))
+    assert answers[0] == (200, {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                                "response": {"uid": "uid-1", "allowed": True}})
+    assert answers[1][0] == 400
+    assert "not valid JSON" in answers[1][1]["message"]
+    assert answers[2][0] == 200
+    assert answers[2][1]["response"]["status"]["code"] == 409
