@@ -16,7 +16,8 @@ stime deltas of the server process from /proc, the figure that survives a
 busy machine), the ratios to the bare server, and the RSS of the view's
 process. Variants: uvloop vs asyncio, orjson vs the standard json module.
 Last, a hot loop of ``engine.review`` (CPU time, no HTTP) for a CREATE, a
-hot-plug, a label edit and a cold edit: the least noisy figure here.
+hot-plug, a label edit and a cold edit, and the CREATE from body bytes to answer
+bytes by the ordinary and the msgspec route: the least noisy figures here.
 
 Run: ``.venv/bin/python benchmarks/webhook.py [--vms 100000] [--seconds 3] [--rounds 5] [--quick]``
 (``--loader aiohttp`` forces the Python load generator).
@@ -497,6 +498,29 @@ def hot_loop(view: Any, vm_count: int) -> None:
             best = min(timeit.repeat(once, number=2000, repeat=5, timer=time.process_time)) / 2000
             figures.append(f"{webhook} {best * 1e6:6.1f} us ({review(webhook, request, view).reason})")
         print(f"  {label:<33} " + ", ".join(figures))
+    served_route(view, review_body(vm_count))
+
+
+def served_route(view: Any, body: bytes) -> None:
+    """Body bytes to answer bytes for the benchmark's CREATE: the ordinary route (orjson, codec,
+    engine.review) and the validating webhook's msgspec route (``webhook.fastdecode``), CPU time."""
+    from nichotplug.webhook.codec import decode_review, encode_review
+    from nichotplug.webhook.engine import review
+    from nichotplug.webhook.fastdecode import allowed_create
+
+    def ordinary() -> bytes:
+        return encode_review(review("validation", decode_review(body), view).response)
+
+    def fast() -> bytes:
+        uid = allowed_create(body, view)
+        assert uid is not None, "the benchmark's CREATE must take the fast route"
+        return encode_review({"uid": uid, "allowed": True})
+
+    assert ordinary() == fast()
+    print("validation, CREATE body bytes -> answer bytes (no HTTP):")
+    for label, route in (("ordinary route (orjson + codec)", ordinary), ("fast route (msgspec)", fast)):
+        best = min(timeit.repeat(route, number=2000, repeat=5, timer=time.process_time)) / 2000
+        print(f"  {label:<33} {best * 1e6:6.1f} us")
 
 
 def orchestrate(args: argparse.Namespace) -> None:
