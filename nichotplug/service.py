@@ -1,8 +1,8 @@
 """``nichotplug serve``: the admission webhooks, the action API and the controller in one process.
 
 Assembly only: every piece is built elsewhere and plugged in here, one small
-function per seam (actions, controller, self-managed certificates), so a piece
-that is absent or disabled leaves the others running. SIGTERM and SIGINT
+function per piece (actions, controller, self-managed certificates), each of
+which the flags can turn off without touching the others. SIGTERM and SIGINT
 drain: ``/readyz`` turns 503, the listeners stop accepting, requests in flight
 finish (up to ``DRAIN_SECONDS``), then everything is closed.
 """
@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import importlib
 import logging
 import signal
 import sys
@@ -23,8 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from kubernetes_asyncio.client import ApiClient
 
+from nichotplug.actions.http import setup_actions
 from nichotplug.certs import CERT_FILE, KEY_FILE
+from nichotplug.controller import run as controller_run
+from nichotplug.kube.cache import ClusterView
+from nichotplug.kube.certificates import start_certificate_manager
 from nichotplug.rules.cluster import ClusterState
 from nichotplug.webhook.codec import MAX_BODY_BYTES
 from nichotplug.webhook.http import Readiness, add_health_routes, add_webhook_routes
@@ -103,42 +107,24 @@ def build_webhook_app(
     return app
 
 
-# ---------------------------------------------------------------- seams (one function per optional piece)
+# ---------------------------------------------------------------- pieces (one function each)
 
 
-def _optional_module(name: str) -> Any | None:
-    """The module if that piece of nichotplug exists in this build, else None."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        if error.name is not None and name.startswith(error.name):
-            return None
-        raise
+def setup_action_routes(app: web.Application, api_client: ApiClient, args: argparse.Namespace,
+                        cluster: ClusterState) -> None:
+    """Mount the action API on the TLS app; ``--no-migrate`` leaves hot-plugs to KubeVirt's rollout."""
+    setup_actions(app, api_client=api_client, cluster=cluster, migrate=not args.no_migrate)
 
 
-def setup_action_routes(app: web.Application, api_client: Any, args: argparse.Namespace, cluster: Any) -> bool:
-    """Mount the action API (``nichotplug.actions.http.setup_actions``) on the TLS app, if present."""
-    module = _optional_module("nichotplug.actions.http")
-    if module is None or not hasattr(module, "setup_actions"):
-        log.warning("action API not available in this build: only the webhooks are served")
-        return False
-    module.setup_actions(app, api_client=api_client, cluster=cluster, migrate=not args.no_migrate)
-    return True
-
-
-async def start_controller(api_client: Any, cluster: Any, args: argparse.Namespace) -> Stopper | None:
-    """Start the MAC controller (``nichotplug.controller``) unless ``--no-controller``; returns its stopper."""
+async def start_controller(api_client: ApiClient, cluster: ClusterView,
+                           args: argparse.Namespace) -> Stopper | None:
+    """Start the leader-elected MAC controller unless ``--no-controller``; returns its stopper."""
     if args.no_controller:
         return None
-    module = _optional_module("nichotplug.controller.run")
-    if module is None or not hasattr(module, "start_controller"):
-        log.warning("MAC controller not available in this build: observed MACs are not recorded")
-        return None
-    stopper: Stopper = await module.start_controller(api_client=api_client, cluster=cluster, args=args)
-    return stopper
+    return await controller_run.start_controller(api_client=api_client, cluster=cluster, args=args)
 
 
-async def start_self_managed_certs(api_client: Any, args: argparse.Namespace) -> Stopper | None:
+async def start_self_managed_certs(api_client: ApiClient, args: argparse.Namespace) -> Stopper | None:
     """Create/rotate the serving certificate in a Secret (``nichotplug.kube.certificates``) if asked.
 
     The manager writes the pair to ``--tls-cert-file``/``--tls-key-file`` (a private temporary folder
@@ -146,14 +132,10 @@ async def start_self_managed_certs(api_client: Any, args: argparse.Namespace) ->
     """
     if not args.self_managed_certs:
         return None
-    module = _optional_module("nichotplug.kube.certificates")
-    if module is None or not hasattr(module, "start_certificate_manager"):
-        raise RuntimeError("--self-managed-certs is not available in this build")
     if not args.tls_cert_file:
         folder = Path(tempfile.mkdtemp(prefix="nichotplug-tls-"))
         args.tls_cert_file, args.tls_key_file = str(folder / CERT_FILE), str(folder / KEY_FILE)
-    stopper: Stopper = await module.start_certificate_manager(api_client=api_client, args=args)
-    return stopper
+    return await start_certificate_manager(api_client=api_client, args=args)
 
 
 # ---------------------------------------------------------------- serve
@@ -201,7 +183,6 @@ async def _start_site(runner: web.AppRunner, host: str, port: int, **kwargs: Any
 
 async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     """Run until ``stop`` is set, then drain and close everything that was started."""
-    from nichotplug.kube.cache import ClusterView
     from nichotplug.kube.client import load_api_client
 
     cleanups: list[Stopper] = []

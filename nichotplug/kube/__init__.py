@@ -31,7 +31,6 @@ from nichotplug.kube.patch import (
     create_custom_object,
     get_custom_object,
     json_patch,
-    json_patch_custom_object,
     merge_patch,
     resource_version_test,
 )
@@ -59,7 +58,6 @@ __all__ = [
     "create_custom_object",
     "get_custom_object",
     "json_patch",
-    "json_patch_custom_object",
     "load_api_client",
     "merge_patch",
     "resource_version_test",

@@ -197,7 +197,6 @@ async def json_patch(
     return patched
 
 
-json_patch_custom_object = json_patch  # the name ARCHITECTURE.md used first
 
 
 async def merge_patch(

@@ -62,7 +62,9 @@ async def service(aiohttp_server: Any, api_client: ApiClient, apiserver: Any, vi
                   serving_bundle: CertBundle) -> AsyncIterator[tuple[ActionClient, ActionClient]]:
     """(the serve app with webhooks + actions, a bare action app without the cluster view), both TLS."""
     app = build_webhook_app(view, synced=view.synced)
-    assert setup_action_routes(app, api_client, argparse.Namespace(no_migrate=False), view)
+    setup_action_routes(app, api_client, argparse.Namespace(no_migrate=False), view)
+    mounted = {route.resource.canonical for route in app.router.routes() if route.resource is not None}
+    assert "/v1/harvester/vm/{namespace}/{name}" in mounted
     served = await aiohttp_server(app, ssl=server_context(serving_bundle))
     base_url = str(served.make_url("")).rstrip("/")
     mutating, validating = webhook_configurations("nichotplug", url=base_url, ca_bundle=serving_bundle.ca_cert_pem)
