@@ -17,7 +17,7 @@ from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 from nichotplug.controller import metrics
-from nichotplug.controller.reconciler import VmCache, split_key, vm_ref
+from nichotplug.controller.reconciler import VmCache, vm_ref
 from nichotplug.kube.events import EventRecorder
 from nichotplug.rules.cluster import ClusterState, owner_scope
 from nichotplug.rules.macindex import MacOwner
@@ -94,26 +94,14 @@ class DuplicateMacAuditor:
         self._reported: set[DuplicateMac] = set()
 
     async def audit(self) -> list[DuplicateMac]:
-        """One pass over every cached VM (or only the MACs the cache says are shared); returns the duplicates."""
-        shared_macs = getattr(self._cache, "macs_claimed_more_than_once", None)
-        found = await (self._shared_macs_pass(shared_macs()) if shared_macs is not None else self._vms_pass())
+        """One pass over the MACs the cache says are claimed more than once; returns the duplicates."""
+        found = await self._shared_macs_pass(self._cache.macs_claimed_more_than_once())
         metrics.DUPLICATE_MACS.set(len(found))
         current = set(found)
         for duplicate in found:
             if duplicate not in self._reported:
                 await self._report(duplicate)
         self._reported = current  # a duplicate that was fixed and comes back is reported again
-        return found
-
-    async def _vms_pass(self) -> list[DuplicateMac]:
-        seen: set[str] = set()
-        found: list[DuplicateMac] = []
-        for count, key in enumerate(list(self._cache.vm_keys()), start=1):
-            vm = self._cache.get_vm(*split_key(key))
-            if vm is not None:
-                found.extend(duplicates_of(vm, self._cache, seen))
-            if count % _YIELD_EVERY == 0:
-                await asyncio.sleep(0)
         return found
 
     async def _shared_macs_pass(self, macs: list[str]) -> list[DuplicateMac]:

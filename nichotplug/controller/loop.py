@@ -69,9 +69,7 @@ class MacController:
         self._retry = (retry_base_delay, retry_max_delay)
         self._queue: WorkQueue | None = None
         self.reconciles = 0  # reconciles this instance has run, over all its terms
-        add_listener = getattr(cache, "add_listener", None)
-        if add_listener is not None:
-            add_listener(self._on_cache_event)
+        cache.add_listener(self._on_cache_event)
 
     @property
     def cache(self) -> VmCache:
@@ -109,9 +107,7 @@ class MacController:
                 self._queue = None
 
     async def _synced(self) -> None:
-        synced = getattr(self._cache, "synced", None)
-        if isinstance(synced, asyncio.Event):
-            await synced.wait()
+        await self._cache.synced.wait()
 
     def enqueue_all(self) -> None:
         """Queue every VM the cache knows (the resync)."""

@@ -18,6 +18,7 @@ per distinct message per VM, so a periodic resync does not repeat them.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 import logging
@@ -50,11 +51,15 @@ VM_GROUP, VM_VERSION, VM_PLURAL = "kubevirt.io", "v1", "virtualmachines"
 class VmCache(Protocol):
     """What the controller reads from ``kube.cache.ClusterView``."""
 
+    synced: asyncio.Event  # set once the first list of every kind is in
+
     def get_vm(self, namespace: str, name: str) -> VmView | None: ...
     def get_vmi(self, namespace: str, name: str) -> VmiView | None: ...
     def get_nad(self, namespace: str, name: str) -> NadView | None: ...
     def owners_of_mac(self, mac: str) -> Collection[MacOwner]: ...
     def vm_keys(self) -> Iterable[Any]: ...
+    def macs_claimed_more_than_once(self) -> list[str]: ...
+    def add_listener(self, callback: Callable[[str, str, Any], None]) -> None: ...
 
 
 class Outcome(enum.Enum):
