@@ -164,7 +164,8 @@ class Demo:
         story.say("KubeVirt (played by the demo) runs it with MAC 52:54:00:6b:3c:58 chosen at boot")
 
         stop = asyncio.Event()
-        service = asyncio.create_task(self._serve(kubeconfig, stop), name="nichotplug-serve")
+        serve_args = self._serve_args(kubeconfig)
+        service = asyncio.create_task(self._serve(serve_args, stop), name="nichotplug-serve")
         try:
             await self._register_webhooks(story)
             await self._networks_and_vm(story)
@@ -180,19 +181,24 @@ class Demo:
 
     # ------------------------------------------------------------------ the service
 
-    async def _serve(self, kubeconfig: Path, stop: asyncio.Event) -> None:
+    def _serve_args(self, kubeconfig: Path) -> argparse.Namespace:
+        """Certificates, a port and the ``nichotplug serve`` arguments, ready before the service starts."""
         from nichotplug.cli import build_parser
-        from nichotplug.service import serve
 
         bundle = make_bundle(dns_names=["localhost"], ip_addresses=["127.0.0.1"])
         paths = write_bundle(bundle, self.workdir / "certs")
         self.ca_pem = bundle.ca_cert_pem
         self.port = _free_port()
-        args = build_parser().parse_args([
+        return build_parser().parse_args([
             "serve", "--kubeconfig", str(kubeconfig), "--host", "127.0.0.1", "--port", str(self.port),
             "--metrics-port", "0", "--tls-cert-file", str(paths["tls.crt"]),
             "--tls-key-file", str(paths["tls.key"]), "--namespace", NAMESPACE,
         ])
+
+    @staticmethod
+    async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
+        from nichotplug.service import serve
+
         await serve(args, stop)
 
     def _ssl(self) -> ssl.SSLContext:
@@ -204,7 +210,7 @@ class Demo:
                 f"https://127.0.0.1:{self.port}/readyz", ssl=self._ssl()
             ) as response:
                 return response.status == 200
-        except (aiohttp.ClientError, AttributeError):
+        except aiohttp.ClientError:
             return False
 
     async def _register_webhooks(self, story: Story) -> None:
