@@ -30,15 +30,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi
 from prometheus_client import REGISTRY
 
+from nichotplug.certs import make_bundle
 from nichotplug.controller import MacController
 from nichotplug.kube.cache import ClusterView
 from nichotplug.kube.patch import json_patch
 from nichotplug.rules.backfill import MAC_ANNOTATION, plan_backfill
+from nichotplug.service import build_webhook_app
 from nichotplug.testing.server import ApiServer
+from nichotplug.webhook.registration import webhook_configurations
 
 GROUP, VERSION, PLURAL = "kubevirt.io", "v1", "virtualmachines"
 
@@ -82,17 +86,8 @@ async def api_client_for(server: ApiServer, folder: Path) -> ApiClient:
     return ApiClient(configuration)
 
 
-async def start_webhooks(api: ApiClient, view: ClusterView, folder: Path) -> Any | None:
-    """Serve our webhooks from ``view`` over TLS and register them; None when not in this build."""
-    try:
-        from aiohttp import web
-
-        from nichotplug.certs import make_bundle
-        from nichotplug.service import build_webhook_app
-        from nichotplug.webhook.registration import webhook_configurations
-    except ImportError as error:
-        print(f"webhooks: not registered ({error})")
-        return None
+async def start_webhooks(api: ApiClient, view: ClusterView, folder: Path) -> web.AppRunner:
+    """Serve our webhooks from ``view`` over TLS and register them with the API server."""
     bundle = make_bundle(dns_names=["localhost"], ip_addresses=["127.0.0.1"])
     (folder / "tls.crt").write_bytes(bundle.cert_pem)
     (folder / "tls.key").write_bytes(bundle.key_pem)
