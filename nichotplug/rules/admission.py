@@ -62,11 +62,25 @@ from nichotplug.rules.eligibility import (
     unplug_finding,
 )
 from nichotplug.rules.facts import VmFacts, read_vm_facts
-from nichotplug.rules.mac import InvalidMac, MacGenerationError, check_unicast_mac, generate_mac, normalize_mac
+from nichotplug.rules.mac import (
+    InvalidMac,
+    MacGenerationError,
+    are_distinct_canonical_unicast_macs,
+    check_unicast_mac,
+    generate_mac,
+    normalize_mac,
+)
 from nichotplug.rules.nad import nad_verdict
 from nichotplug.rules.views import InterfaceView, InvalidObject, VmView, read_vm_metadata
 
-__all__ = ["AdmissionInput", "hotplug_port_budget", "mutate_vm", "validate_create_facts", "validate_vm"]
+__all__ = [
+    "AdmissionInput",
+    "hotplug_port_budget",
+    "mutate_vm",
+    "new_vm_macs_plainly_allowed",
+    "validate_create_facts",
+    "validate_vm",
+]
 
 _JUDGED_OPERATIONS = frozenset({"CREATE", "UPDATE"})
 _INTERFACES_POINTER = "/spec/template/spec/domain/devices/interfaces"
@@ -482,6 +496,18 @@ def validate_create_facts(vm: VmFacts, cluster: ClusterState) -> Decision:
     """``validate_vm`` of a CREATE whose object reads as ``vm`` (facts built by ``read_vm_facts`` or by
     a decoder that checks the same field types, as the webhook's msgspec route does)."""
     return _validate_facts(vm, None, cluster)
+
+
+def new_vm_macs_plainly_allowed(macs: Sequence[str], cluster: ClusterState) -> bool:
+    """Whether the spec MACs of a VM being created pass rules 2-4 at a glance: each is a unicast MAC
+    written in the normal form, no two are alike, and no VM in the cluster uses any of them.
+
+    The webhook's quickest route asks this of nearly every CREATE. True implies what
+    ``validate_create_facts`` decides for these MACs (claims all valid, no duplicate, no owner hence
+    no collision in any scope); False only means "look closer": the full rules may still allow
+    (another spelling, an owner in another scope, the VM's own earlier entry in the index).
+    """
+    return are_distinct_canonical_unicast_macs(macs) and not any(map(cluster.owners_of_mac, macs))
 
 
 def validate_vm(req: AdmissionInput, cluster: ClusterState) -> Decision:

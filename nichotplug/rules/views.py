@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from nichotplug.rules.mac import InvalidMac, is_mac, normalize_mac
+from nichotplug.rules.mac import InvalidMac, are_macs, normalize_mac
 
 __all__ = [
     "BINDING_KEYS",
@@ -210,7 +210,7 @@ def observed_macs_error(text: str) -> str:
         decoded = orjson.loads(text)
     except orjson.JSONDecodeError:
         return parse_observed_macs(text)[1]
-    if type(decoded) is dict and all(is_mac(mac) for mac in decoded.values()):
+    if type(decoded) is dict and are_macs(decoded.values()):
         return ""
     return parse_observed_macs(text)[1]  # something is wrong: let the parser word it
 

@@ -1,35 +1,36 @@
-"""The validating webhook's fastest route: a VM CREATE decoded by msgspec straight into ``VmFacts``.
+"""The validating webhook's fastest route: a VM CREATE judged from msgspec's typed decode.
 
-On the validating path most of the rules' own cost was reading: ``orjson.loads`` builds a dict for
-every field of the review, ``codec.decode_review`` checks the request's fields, and
-``rules.facts.read_vm_facts`` walks the VM again to check the JSON type of each field the general
-path would check. msgspec decodes the body into the typed Structs below in one C pass, checking
-those same types as it goes, and skips every field nobody reads.
+On the validating path most of the cost was reading: ``orjson.loads`` builds a dict for every field
+of the review, ``codec.decode_review`` checks the request's fields, and ``rules.facts`` walks the VM
+again to check the JSON type of each field the general path would check. msgspec decodes the body
+into the typed Structs below in one C pass, checking those same types as it goes and skipping every
+field nobody reads; the route then hands the interfaces' MACs to
+``rules.admission.new_vm_macs_plainly_allowed``, the rules' at-a-glance test for a new VM.
 
-This route only ever *allows*: :func:`allowed_create` answers True for a VirtualMachine CREATE
-whose facts the MAC rules allow without a warning, and None for anything else: a body msgspec
-cannot read as these Structs (any field of another type, a missing uid...), another operation or
-resource, an empty name, a VM being deleted, or a rule that denies or warns. The caller then takes
-the ordinary route (orjson, ``codec``, ``engine.review``), which decides and words everything.
-The Structs are at least as strict as ``codec._check_request`` and ``rules.facts``, so the route
-never allows what the ordinary route refuses; ``tests/rules/test_fast_path.py`` checks it on
-generated VMs.
+This route only ever *allows*: :func:`allowed_create` answers the uid of a VirtualMachine CREATE
+whose MACs pass that test, and None for anything else: a body msgspec cannot read as these Structs
+(any field of another type, a missing uid...), another operation or resource, an interface or
+network without a name, a VM being deleted, an observed-MAC annotation that does not parse, or MACs
+that need a closer look. The caller then takes the ordinary route (orjson, ``codec``,
+``engine.review``), which decides and words everything. The Structs are at least as strict as
+``codec._check_request`` and ``rules.facts``, so the route never allows what the ordinary route
+refuses; ``tests/webhook/test_fastdecode.py`` (damaged real bodies) and
+``tests/rules/test_fast_path.py`` (generated VMs) check it against the ordinary route.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Annotated, Any
 
 import msgspec
 import orjson
 
-from nichotplug.rules.admission import validate_create_facts
+from nichotplug.rules.admission import new_vm_macs_plainly_allowed
 from nichotplug.rules.cluster import ClusterState
-from nichotplug.rules.facts import InterfaceFacts, NadRef, VmFacts
-from nichotplug.rules.views import OBSERVED_MACS_ANNOTATION, RUNNING_STRATEGIES, observed_macs_error
+from nichotplug.rules.views import OBSERVED_MACS_ANNOTATION, observed_macs_error
 from nichotplug.webhook.review import API_VERSION, KIND
 
-__all__ = ["FastCreate", "allowed_create", "decode_create"]
+__all__ = ["allowed_create"]
 
 _UNSET: Any = msgspec.UNSET  # "the key is absent", told apart from an explicit null
 
@@ -39,7 +40,15 @@ _UNSET: Any = msgspec.UNSET  # "the key is absent", told apart from an explicit 
 # absent key and null alike, as ``rules.facts`` does.
 
 
-class _Metadata(msgspec.Struct):
+# An interface or network needs a name (``rules.facts`` cannot vouch for one without): checked in C.
+_Name = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class _Struct(msgspec.Struct, gc=False):
+    """Not tracked by the cycle collector: a decoded review holds no cycles and dies with its request."""
+
+
+class _Metadata(_Struct):
     name: str | None = None
     namespace: str | None = None
     uid: str | None = None
@@ -49,85 +58,85 @@ class _Metadata(msgspec.Struct):
     deletionTimestamp: Any = None
 
 
-class _Interface(msgspec.Struct):
-    name: str
+class _Interface(_Struct):
+    name: _Name
     model: str | None = None
     macAddress: str | None = None
     state: str | None = None
 
 
-class _Multus(msgspec.Struct):
+class _Multus(_Struct):
     networkName: str | None = None
 
 
-class _Network(msgspec.Struct):
-    name: str
+class _Network(_Struct):
+    name: _Name
     multus: _Multus | None = _UNSET  # UNSET: no multus key (pod or other network)
 
 
-class _Devices(msgspec.Struct):
+class _Devices(_Struct):
     interfaces: list[_Interface] | None = None
     hostDevices: list[Any] | None = None
     gpus: list[Any] | None = None
 
 
-class _Resources(msgspec.Struct):
+class _Resources(_Struct):
     requests: dict[str, Any] | None = None
 
 
-class _Memory(msgspec.Struct):
+class _Memory(_Struct):
     guest: Any = None
 
 
-class _Domain(msgspec.Struct):
+class _Domain(_Struct):
     devices: _Devices | None = None
     memory: _Memory | None = None
     resources: _Resources | None = None
 
 
-class _TemplateSpec(msgspec.Struct):
+class _TemplateSpec(_Struct):
     domain: _Domain | None = None
     networks: list[_Network] | None = None
     nodeSelector: dict[str, str] | None = None
 
 
-class _Template(msgspec.Struct):
+class _Template(_Struct):
     spec: _TemplateSpec | None = None
 
 
-class _Spec(msgspec.Struct):
+class _Spec(_Struct):
     template: _Template | None = None
     runStrategy: str | None = None
     running: bool | None = None
 
 
-class _Status(msgspec.Struct):
+class _Status(_Struct):
     printableStatus: str | None = None
 
 
-class _VirtualMachine(msgspec.Struct):
+class _VirtualMachine(_Struct):
     metadata: _Metadata
     spec: _Spec | None = None
     status: _Status | None = None
 
 
-class _GroupVersionKind(msgspec.Struct):
+class _GroupVersionKind(_Struct):
     group: str
     version: str
     kind: str
 
 
-class _GroupVersionResource(msgspec.Struct):
+class _GroupVersionResource(_Struct):
     group: str
     version: str
     resource: str
 
 
-class _UserInfo(msgspec.Struct):
+class _UserInfo(_Struct):
     username: str = ""
 
 
-class _Request(msgspec.Struct):
+class _Request(_Struct):
     uid: str
     operation: str
     kind: _GroupVersionKind
@@ -141,7 +150,7 @@ class _Request(msgspec.Struct):
     dryRun: bool = False
 
 
-class _Review(msgspec.Struct):
+class _Review(_Struct):
     apiVersion: str
     kind: str
     request: _Request
@@ -150,16 +159,18 @@ class _Review(msgspec.Struct):
 _DECODER = msgspec.json.Decoder(_Review)
 
 
-class FastCreate(NamedTuple):
-    """What the route needs of a decoded CREATE: the uid to echo and the VM's facts."""
+def _number_shapes_table() -> bytes:
+    """A ``bytes.translate`` table keeping only what a number's size shows: digits become "0",
+    "e" and "E" become "e", anything else a space (the "+" of an exponent is deleted apart)."""
+    table = bytearray(b" " * 256)
+    table[ord("0"):ord("9") + 1] = b"0" * 10
+    table[ord("e")] = table[ord("E")] = ord("e")
+    return bytes(table)
 
-    uid: str
-    facts: VmFacts
 
-
-# For spotting numbers orjson may refuse: every digit becomes "0".
-_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
-_OVERFLOW_SHAPES = (b"0e000", b"0e+000", b"0E000", b"0E+000", b"0" * 309)
+_NUMBER_SHAPES = _number_shapes_table()
+# A number too large for a double has a 3-digit exponent or 309 digits in a row.
+_OVERFLOW_SHAPES = (b"0e000", b"0" * 309)
 
 
 def _orjson_would_refuse(body: bytes) -> bool:
@@ -170,18 +181,16 @@ def _orjson_would_refuse(body: bytes) -> bool:
     not UTF-8, and a number that does not fit a double (``1e400``). The API server sends neither,
     but an answer must never depend on the route. UTF-8 is checked at C speed (an ASCII body, the
     usual one, needs no decoding); only a body with a number that has a 3-digit exponent or 309
-    digits in a row pays for orjson's judgement.
+    digits in a row pays for orjson's judgement (a string that looks so costs time, never a wrong
+    answer).
     """
     if not body.isascii():
         try:
             body.decode("utf-8")
         except UnicodeDecodeError:
             return True
-    shape = body.translate(_DIGITS_AS_ZERO)
-    for overflow in _OVERFLOW_SHAPES:  # a plain loop: a generator here cost more than the searches
-        if overflow in shape:
-            break
-    else:
+    shape = body.translate(_NUMBER_SHAPES, b"+")
+    if _OVERFLOW_SHAPES[0] not in shape and _OVERFLOW_SHAPES[1] not in shape:
         return False
     try:
         orjson.loads(body)
@@ -190,60 +199,46 @@ def _orjson_would_refuse(body: bytes) -> bool:
     return False
 
 
-def decode_create(body: bytes) -> FastCreate | None:
-    """The uid and facts of a VirtualMachine CREATE review, or None: take the ordinary route."""
+def allowed_create(body: bytes, cluster: ClusterState) -> str | None:
+    """The uid of a VM CREATE the validating rules allow as it is (no warning), else None."""
     try:
         review = _DECODER.decode(body)
     except (msgspec.DecodeError, ValueError, RecursionError):
         # DecodeError includes ValidationError (a field of another type); invalid UTF-8 raises
         # UnicodeDecodeError (a ValueError); nesting deeper than Python's recursion limit raises.
         return None
-    if _orjson_would_refuse(body):
-        return None
     request = review.request
-    if (review.apiVersion != API_VERSION or review.kind != KIND or request.operation != "CREATE"
-            or not request.uid or request.userInfo is None or request.subResource
-            or request.resource.resource != "virtualmachines" or request.resource.group != "kubevirt.io"):
+    if not _is_vm_create(review):
         return None
-    facts = _facts(request.object, request.namespace)
-    return None if facts is None else FastCreate(request.uid, facts)
+    macs = _spec_macs(request.object)
+    if macs is None or not new_vm_macs_plainly_allowed(macs, cluster) or _orjson_would_refuse(body):
+        return None
+    return request.uid
 
 
-def _facts(vm: _VirtualMachine, namespace: str) -> VmFacts | None:
-    """``rules.facts.read_vm_facts`` of the typed VM (the types were checked by the decode)."""
+def _is_vm_create(review: _Review) -> bool:
+    """Whether the review is one the codec accepts and the rules judge as a VirtualMachine CREATE."""
+    request = review.request
+    return (review.apiVersion == API_VERSION and review.kind == KIND and request.operation == "CREATE"
+            and bool(request.uid) and request.userInfo is not None and not request.subResource
+            and request.resource.resource == "virtualmachines" and request.resource.group == "kubevirt.io")
+
+
+def _spec_macs(vm: _VirtualMachine) -> list[str] | None:
+    """The MACs the VM's interfaces write, or None when the rules would do more than judge them.
+
+    None for what ``rules.facts.read_vm_facts`` cannot vouch for (a VM being deleted; a nameless
+    interface or network already failed the decode) and for an observed-MAC annotation that does
+    not parse (the rules allow with a warning, which only the ordinary route words). The types were
+    checked by the decode.
+    """
     metadata = vm.metadata
     if metadata.deletionTimestamp is not None:
         return None
-    spec = vm.spec or _Spec()
-    template_spec = (spec.template or _Template()).spec or _TemplateSpec()
-    devices = (template_spec.domain or _Domain()).devices or _Devices()
-    interfaces = []
-    for item in devices.interfaces or ():
-        if not item.name:
-            return None
-        interfaces.append(InterfaceFacts(item.name, item.macAddress or "", item.state or ""))
-    vm_namespace = metadata.namespace or namespace
-    nads: dict[str, NadRef] = {}
-    for network in template_spec.networks or ():
-        if not network.name:
-            return None
-        if network.multus is _UNSET:
-            nads[network.name] = None
-        else:
-            ref_namespace, slash, nad_name = ((network.multus and network.multus.networkName) or "").partition("/")
-            nads[network.name] = (ref_namespace, nad_name) if slash else (vm_namespace, ref_namespace)
-    running = spec.runStrategy in RUNNING_STRATEGIES if spec.runStrategy else spec.running is True
-    annotation = (metadata.annotations or {}).get(OBSERVED_MACS_ANNOTATION, "")
-    return VmFacts(vm_namespace, metadata.name or "", running, tuple(interfaces), nads,
-                   observed_macs_error(annotation))
-
-
-def allowed_create(body: bytes, cluster: ClusterState) -> str | None:
-    """The uid of a VM CREATE the validating rules allow as it is (no warning), else None."""
-    create = decode_create(body)
-    if create is None:
+    if metadata.annotations and observed_macs_error(metadata.annotations.get(OBSERVED_MACS_ANNOTATION, "")):
         return None
-    decision = validate_create_facts(create.facts, cluster)
-    if not decision.allowed or decision.warnings or decision.reason != "allowed":
-        return None  # the ordinary route decides again and words the answer
-    return create.uid
+    template_spec = vm.spec and vm.spec.template and vm.spec.template.spec
+    devices = template_spec and template_spec.domain and template_spec.domain.devices
+    if not devices or not devices.interfaces:
+        return []
+    return [item.macAddress for item in devices.interfaces if item.macAddress]

@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nichotplug.rules.mac import InvalidMac, MacGenerationError, check_unicast_mac, generate_mac, normalize_mac
+from nichotplug.rules.mac import (
+    InvalidMac,
+    MacGenerationError,
+    are_distinct_canonical_unicast_macs,
+    are_macs,
+    check_unicast_mac,
+    generate_mac,
+    normalize_mac,
+)
 
 
 @pytest.mark.parametrize(
@@ -90,3 +98,44 @@ def test_generate_rejects_a_short_random_source() -> None:
 
 def test_generate_uses_a_random_source_by_default() -> None:
     assert len({generate_mac() for _ in range(20)}) == 20
+
+
+# -- the webhook's at-a-glance test of a new VM's MACs ---------------------------------------------
+
+
+@pytest.mark.parametrize(("macs", "expected"), [
+    ([], True),
+    (["02:00:00:00:00:01", "02:00:00:00:00:02"], True),
+    (["fe:ff:ff:ff:ff:ff"], True),  # unicast (second digit even), locally administered
+    (["02:00:00:00:00:01", "02:00:00:00:00:01"], False),  # two interfaces, one MAC
+    (["02:AA:00:00:00:01"], False),  # upper case: valid, but not the normal form
+    (["02-00-00-00-00-01"], False),  # dashes: valid, but not the normal form
+    (["03:00:00:00:00:01"], False),  # multicast
+    (["00:00:00:00:00:00"], False),  # all zero
+    (["02:00:00:00:00:1"], False),
+    (["02:00:00:00:00:01\n"], False),
+    (["0x:00:00:00:00:01"], False),
+])
+def test_distinct_canonical_unicast_macs(macs: list[str], expected: bool) -> None:
+    assert are_distinct_canonical_unicast_macs(macs) is expected
+
+
+@given(st.lists(st.text(alphabet="0123456789abcdefABCDEF:-x\n", min_size=15, max_size=18), max_size=4))
+def test_distinct_canonical_unicast_means_check_unicast_mac_keeps_each(macs: list[str]) -> None:
+    """True promises what the full rule would say: each MAC valid unicast, unchanged by normalising."""
+    if are_distinct_canonical_unicast_macs(macs):
+        assert [check_unicast_mac(mac) for mac in macs] == macs
+        assert len(set(macs)) == len(macs)
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ([], True),
+    (["02:00:00:00:00:01", "02-AA-00-00-00-01", "03:00:00:00:00:01"], True),  # any MAC, any spelling
+    (["02:00:00:00:00:01", 7], False),
+    ([None], False),
+    (["02:00-00:00:00:01"], False),  # mixed separators
+    (["02:00:00:00:00:01 "], False),
+    ([["02:00:00:00:00:01"]], False),
+])
+def test_are_macs(values: list[object], expected: bool) -> None:
+    assert are_macs(values) is expected

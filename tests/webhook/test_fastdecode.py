@@ -1,9 +1,10 @@
-"""The validating webhook's msgspec route reads a body only if the ordinary route reads it alike.
+"""The validating webhook's msgspec route allows a body only if the ordinary route allows it alike.
 
 msgspec skips the fields it does not need; the ordinary route (orjson, then the codec's checks,
-then ``rules.facts``) reads everything. A body the ordinary route refuses with a 400 must never be
-allowed by the fast route, so these tests damage real review bodies byte by byte and require that
-whatever the route reads, the ordinary route accepts with the same uid and the same facts.
+then the rules) reads everything. A body the ordinary route refuses with a 400, or whose VM it
+denies or warns about, must never be allowed by the fast route, so these tests damage real review
+bodies byte by byte and require that whatever the route allows, the ordinary route allows with the
+same uid and no warning.
 """
 
 from __future__ import annotations
@@ -11,15 +12,15 @@ from __future__ import annotations
 import json
 
 import aiohttp
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from webhook_support import FIXTURES, ServeFn, admission_review, vm
 
 from nichotplug.rules.cluster import StaticCluster
-from nichotplug.rules.facts import read_vm_facts
 from nichotplug.service import build_webhook_app
 from nichotplug.webhook.codec import BadReview, decode_review
-from nichotplug.webhook.fastdecode import decode_create
+from nichotplug.webhook.engine import review
+from nichotplug.webhook.fastdecode import allowed_create
 from nichotplug.webhook.registration import VALIDATION_PATH
 
 # Real CREATE reviews recorded from kube-apiserver.
@@ -42,29 +43,32 @@ def damaged(draw: st.DrawFn) -> bytes:
     return bytes(body)
 
 
+EMPTY = StaticCluster()
+
+
 def test_every_recorded_create_takes_the_route() -> None:
     """Real API server bodies are what the route is for (this fails if a change loses them)."""
     assert BODIES
     for body in BODIES:
-        create = decode_create(body)
-        assert create is not None
-        request = decode_review(body)
-        assert create.facts == read_vm_facts(request["object"], namespace=request["namespace"])
+        uid = allowed_create(body, EMPTY)
+        assert uid is not None
+        assert uid == decode_review(body)["uid"]
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(damaged())
-def test_what_the_route_reads_the_ordinary_route_reads_alike(body: bytes) -> None:
-    create = decode_create(body)
-    if create is None:
+def test_what_the_route_allows_the_ordinary_route_allows(body: bytes) -> None:
+    uid = allowed_create(body, EMPTY)
+    event("route: " + ("allowed" if uid is not None else "passed on"))
+    if uid is None:
         return
     try:
         request = decode_review(body)
     except BadReview as error:
-        raise AssertionError(f"the route read a body the codec refuses ({error.message})") from None
-    assert request["operation"] == "CREATE"
-    assert request["uid"] == create.uid
-    assert read_vm_facts(request["object"], namespace=request.get("namespace", "")) == create.facts
+        raise AssertionError(f"the route allowed a body the codec refuses ({error.message})") from None
+    assert request["uid"] == uid
+    verdict = review("validation", request, EMPTY)
+    assert (verdict.response["allowed"], verdict.reason, verdict.response.get("warnings")) == (True, "allowed", None)
 
 
 async def test_the_route_answers_as_the_ordinary_route(serve_tls: ServeFn) -> None:
@@ -75,7 +79,7 @@ async def test_the_route_answers_as_the_ordinary_route(serve_tls: ServeFn) -> No
     allowed = json.dumps(admission_review(vm(macs=("02:00:00:00:00:01",)), uid="uid-1")).encode()
     overflow = allowed.replace(b'"oldObject": null', b'"oldObject": null, "x": 1e400')
     taken = json.dumps(admission_review(vm(macs=("02:00:00:00:00:aa",)), uid="uid-2")).encode()
-    assert decode_create(allowed) is not None
+    assert allowed_create(allowed, cluster) == "uid-1"
     assert b"1e400" in overflow
     answers = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False)) as session:
