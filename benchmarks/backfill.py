@@ -40,7 +40,7 @@ from nichotplug.controller import MacController
 from nichotplug.kube.cache import ClusterView
 from nichotplug.kube.patch import json_patch
 from nichotplug.rules.backfill import MAC_ANNOTATION, plan_backfill
-from nichotplug.service import build_webhook_app
+from nichotplug.service import build_webhook_app, start_tls_runner
 from nichotplug.testing.server import ApiServer
 from nichotplug.webhook.registration import webhook_configurations
 
@@ -93,10 +93,7 @@ async def start_webhooks(api: ApiClient, view: ClusterView, folder: Path) -> web
     (folder / "tls.key").write_bytes(bundle.key_pem)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(folder / "tls.crt", folder / "tls.key")
-    runner = web.AppRunner(build_webhook_app(view, synced=view.synced))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
-    await site.start()
+    runner, _door = await start_tls_runner(build_webhook_app(view, synced=view.synced), "127.0.0.1", 0, context)
     port = runner.addresses[0][1]
     mutating, validating = webhook_configurations("nichotplug", url=f"https://127.0.0.1:{port}",
                                                   ca_bundle=bundle.ca_cert_pem)

@@ -15,6 +15,7 @@ import contextlib
 import gc
 import logging
 import signal
+import ssl
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Coroutine
@@ -31,7 +32,7 @@ from nichotplug.kube.cache import ClusterView
 from nichotplug.kube.certificates import start_certificate_manager
 from nichotplug.rules.cluster import ClusterState
 from nichotplug.webhook.codec import MAX_BODY_BYTES
-from nichotplug.webhook.http import Readiness, add_health_routes, add_webhook_routes
+from nichotplug.webhook.http import FrontDoor, Readiness, add_health_routes, add_webhook_routes, open_front_door
 from nichotplug.webhook.metrics import metrics_app
 from nichotplug.webhook.tls import CertReloader
 
@@ -44,59 +45,21 @@ DRAIN_SECONDS = 15.0
 Stopper = Callable[[], Awaitable[None]]
 
 
-class InFlight:
-    """Counts the requests being handled, so that a shutdown can wait for them.
-
-    aiohttp's own graceful shutdown is not enough: once it starts, it stops reading
-    from open connections, so a request whose body is still arriving is cut off
-    (tests/webhook/test_serve.py shows it). ``drain`` waits here first.
-    """
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    @web.middleware
-    async def middleware(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        self.count += 1
-        self._idle.clear()
-        try:
-            return await handler(request)
-        finally:
-            self.count -= 1
-            if self.count == 0:
-                self._idle.set()
-
-    async def wait_idle(self, grace_seconds: float) -> bool:
-        """True once no request is in flight; False if ``grace_seconds`` passed first."""
-        try:
-            async with asyncio.timeout(grace_seconds):
-                await self._idle.wait()
-        except TimeoutError:
-            return False
-        return True
-
-
 def build_webhook_app(
     cluster: ClusterState,
     *,
     synced: asyncio.Event | None = None,
     tls: CertReloader | None = None,
     readiness: Readiness | None = None,
-    in_flight: InFlight | None = None,
 ) -> web.Application:
     """The TLS app: both webhooks, ``/healthz`` and ``/readyz``.
 
     Ready when ``synced`` is set (the cluster view has listed everything) and
     ``tls`` has a certificate in service; a check that is not given is not
     required. Extra checks go into ``readiness`` (``serve`` adds "not draining").
-    ``in_flight`` counts the requests in progress, for :func:`drain`.
+    Serve it with :func:`start_tls_runner`, which puts the webhooks' front door before it.
     """
-    middlewares = [in_flight.middleware] if in_flight is not None else []
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
     readiness = readiness or Readiness()
     if synced is not None:
         readiness.add("cluster view not synced yet", synced.is_set)
@@ -167,13 +130,24 @@ async def freeze_heap_when_synced(synced: asyncio.Event) -> None:
     log.info("cluster view synced; %d objects moved out of the cyclic GC's reach", gc.get_freeze_count())
 
 
-async def drain(runner: web.AppRunner, in_flight: InFlight, grace_seconds: float = DRAIN_SECONDS) -> None:
+async def drain(runner: web.AppRunner, door: FrontDoor, grace_seconds: float = DRAIN_SECONDS) -> None:
     """Stop accepting connections, let the requests in flight finish (bodies still arriving included), close."""
     for site in list(runner.sites):
         await site.stop()
-    if not await in_flight.wait_idle(grace_seconds):
-        log.warning("%d request(s) still in flight after %.0f s; closing anyway", in_flight.count, grace_seconds)
+    if not await door.wait_idle(grace_seconds):
+        log.warning("%d request(s) still in flight after %.0f s; closing anyway", door.in_flight, grace_seconds)
     await runner.cleanup()
+
+
+async def start_tls_runner(app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext,
+                           **runner_kwargs: Any) -> tuple[web.AppRunner, FrontDoor]:
+    """Serve ``app`` (from :func:`build_webhook_app`) over TLS, its admission webhooks through a
+    ``FrontDoor``; returns the runner and the door, which :func:`drain` needs."""
+    runner = web.AppRunner(app, access_log=None, **runner_kwargs)
+    await runner.setup()
+    door = open_front_door(runner)
+    await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+    return runner, door
 
 
 async def _start_site(runner: web.AppRunner, host: str, port: int, **kwargs: Any) -> None:
@@ -204,8 +178,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         draining = False
         readiness = Readiness()
         readiness.add("shutting down", lambda: not draining)
-        in_flight = InFlight()
-        app = build_webhook_app(view, synced=view.synced, tls=tls, readiness=readiness, in_flight=in_flight)
+        app = build_webhook_app(view, synced=view.synced, tls=tls, readiness=readiness)
         setup_action_routes(app, api_client, args, view)
         controller_stopper = await start_controller(api_client, view, args)
         if controller_stopper is not None:
@@ -216,9 +189,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
             metrics_runner = web.AppRunner(metrics_app(), access_log=None)
             await _start_site(metrics_runner, args.host, args.metrics_port)
             cleanups.append(metrics_runner.cleanup)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-        await _start_site(runner, args.host, args.port, ssl_context=tls.context)
-        cleanups.append(lambda: drain(runner, in_flight))
+        runner, door = await start_tls_runner(app, args.host, args.port, tls.context, shutdown_timeout=2.0)
+        cleanups.append(lambda: drain(runner, door))
         log.info("serving webhooks on https://%s:%d, metrics on :%d", args.host, args.port, args.metrics_port)
 
         await stop.wait()
@@ -279,4 +251,4 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["build_webhook_app", "run_serve", "serve", "setup_action_routes", "start_controller"]
+__all__ = ["build_webhook_app", "run_serve", "serve", "setup_action_routes", "start_controller", "start_tls_runner"]

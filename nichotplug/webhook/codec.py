@@ -136,6 +136,16 @@ def encode_review(response: AdmissionResponse) -> bytes:
     return orjson.dumps({"apiVersion": API_VERSION, "kind": KIND, "response": response})
 
 
+_ALLOWED_HEAD = orjson.dumps({"apiVersion": API_VERSION, "kind": KIND, "response": {"uid": ""}})[:-4]
+_ALLOWED_TAIL = b',"allowed":true}}'
+
+
+def encode_allowed(uid: str) -> bytes:
+    """``encode_review({"uid": uid, "allowed": True})``, the answer to nearly every request, without
+    building the dicts: only the uid needs encoding (orjson escapes it)."""
+    return _ALLOWED_HEAD + orjson.dumps(uid) + _ALLOWED_TAIL
+
+
 def encode_error(error: BadReview) -> bytes:
     """A metav1.Status body: the API server's client decodes it and shows our message."""
     status: dict[str, Any] = {

@@ -5,6 +5,10 @@ usable call with HTTP 200 and a full AdmissionReview; an unusable call (wrong
 content type, body too large, not an AdmissionReview) gets a 4xx with a
 ``metav1.Status`` naming the problem. ``GET /healthz`` is the liveness probe,
 ``GET /readyz`` the readiness probe (see :class:`Readiness`).
+
+:class:`FrontDoor` is the request handler of the TLS port's server: it hands the
+two admission paths straight to their handlers, skipping the application's
+router and middleware chain, and counts every request in flight for the drain.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import hdrs, web
 
@@ -23,6 +27,7 @@ from nichotplug.webhook.codec import (
     MAX_BODY_BYTES,
     BadReview,
     decode_review,
+    encode_allowed,
     encode_error,
     encode_review,
 )
@@ -33,12 +38,19 @@ from nichotplug.webhook.review import AdmissionRequest, WebhookName
 
 log = logging.getLogger(__name__)
 
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+# path -> handler of each admission webhook mounted on an app, for the FrontDoor.
+ADMISSION_HANDLERS = web.AppKey("nichotplug_admission_handlers", dict[str, Handler])
+
 # The paths are declared with the webhook registrations, so the chart and the server cannot disagree.
 WEBHOOK_PATHS: dict[WebhookName, str] = {"mutation": MUTATION_PATH, "validation": VALIDATION_PATH}
 
 _KNOWN_REASONS = metrics.known_reasons()
 # The (operation, result, reason) of every answer of the fast route: a CREATE allowed unchanged.
 _FAST_ALLOWED = ("CREATE", metrics.RESULT_ALLOWED, "allowed")
+
+# Passed as headers rather than content_type=: aiohttp then skips re-assembling the media type.
+_JSON_HEADERS = {hdrs.CONTENT_TYPE: JSON_CONTENT_TYPE}
 
 # How long a request that arrives before the cluster view's first list may wait for it. Well inside
 # the API server's timeout (the chart's default is 5 s), so a brief start-up window costs a short
@@ -57,7 +69,7 @@ class WebhookHandler:
         self.sync_wait_seconds = sync_wait_seconds
         self._stats = metrics.STATS[webhook]  # plain-int bookkeeping: no lock per request
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.BaseRequest) -> web.Response:
         started = time.perf_counter()
         stats = self._stats
         stats.in_flight += 1
@@ -77,14 +89,14 @@ class WebhookHandler:
             body = encode_review(verdict.response)
             self._count(admission, verdict)
             stats.count_code("200")
-            return web.Response(body=body, content_type=JSON_CONTENT_TYPE)
+            return web.Response(body=body, headers=_JSON_HEADERS)
         except Exception:
             # A bug in this layer (the engine already contains the rules' own): answer a Status the API
             # server can show; it then applies the webhook's failurePolicy (validation fails closed).
             log.exception("%s webhook: internal error answering a request", self.webhook)
             stats.count_code("500")
             internal = BadReview(500, "internal-error", "nichotplug could not answer this review (internal error)")
-            return web.Response(status=500, body=encode_error(internal), content_type=JSON_CONTENT_TYPE)
+            return web.Response(status=500, body=encode_error(internal), headers=_JSON_HEADERS)
         finally:
             stats.in_flight -= 1
             stats.observe_latency(time.perf_counter() - started)
@@ -108,7 +120,7 @@ class WebhookHandler:
             return None
         self._stats.count_decision(_FAST_ALLOWED)
         self._stats.count_code("200")
-        return web.Response(body=encode_review({"uid": uid, "allowed": True}), content_type=JSON_CONTENT_TYPE)
+        return web.Response(body=encode_allowed(uid), headers=_JSON_HEADERS)
 
     async def _cluster_is_read(self, admission: AdmissionRequest) -> bool:
         """Whether the cluster view is complete enough to judge this request (waiting a little for it)."""
@@ -120,14 +132,14 @@ class WebhookHandler:
             return False
         return True
 
-    def _bad_request(self, request: web.Request, error: BadReview) -> web.Response:
+    def _bad_request(self, request: web.BaseRequest, error: BadReview) -> web.Response:
         metrics.BAD_REQUESTS.labels(self.webhook, error.reason).inc()
         self._stats.count_code(str(error.http_status))
         log.warning(
             "%s webhook: unusable call from %s answered %d: %s",
             self.webhook, request.remote, error.http_status, error.message,
         )
-        return web.Response(status=error.http_status, body=encode_error(error), content_type=JSON_CONTENT_TYPE)
+        return web.Response(status=error.http_status, body=encode_error(error), headers=_JSON_HEADERS)
 
     def _count(self, admission: AdmissionRequest, verdict: Verdict) -> None:
         reason = verdict.reason if verdict.reason in _KNOWN_REASONS else metrics.REASON_OTHER
@@ -155,7 +167,7 @@ def _log_verdict(level: int, webhook: WebhookName, admission: AdmissionRequest, 
     )
 
 
-async def _read_body(request: web.Request) -> bytes:
+async def _read_body(request: web.BaseRequest) -> bytes:
     """The body, after the checks that need no reading: content type, then size."""
     # The API server sends exactly "application/json": compare the raw header before paying for
     # aiohttp's full media-type parse (which also accepts parameters such as a charset).
@@ -163,16 +175,19 @@ async def _read_body(request: web.Request) -> bytes:
         raise BadReview(
             415, "content-type", f"Content-Type must be {JSON_CONTENT_TYPE}, got {request.content_type or 'none'!r}"
         )
-    too_large = BadReview(
-        413, "too-large", f"request body larger than {MAX_BODY_BYTES} bytes; an AdmissionReview is never that big"
-    )
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise too_large
+        raise _too_large()
     try:
         # The app's client_max_size is MAX_BODY_BYTES, so a chunked body without a length stops here too.
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise too_large from None
+        raise _too_large() from None
+
+
+def _too_large() -> BadReview:
+    return BadReview(
+        413, "too-large", f"request body larger than {MAX_BODY_BYTES} bytes; an AdmissionReview is never that big"
+    )
 
 
 class Readiness:
@@ -205,9 +220,74 @@ def _readyz_handler(readiness: Readiness) -> Callable[[web.Request], Awaitable[w
 
 def add_webhook_routes(app: web.Application, cluster: ClusterState, synced: asyncio.Event | None = None,
                        *, sync_wait_seconds: float = SYNC_WAIT_SECONDS) -> None:
-    """Mount both admission endpoints on ``app``; with ``synced``, nothing is judged before it is set."""
+    """Mount both admission endpoints on ``app``; with ``synced``, nothing is judged before it is set.
+
+    They are also recorded under ``ADMISSION_HANDLERS``, where a :class:`FrontDoor` finds them.
+    """
+    handlers: dict[str, Handler] = {}
     for webhook, path in WEBHOOK_PATHS.items():
-        app.router.add_post(path, WebhookHandler(webhook, cluster, synced, sync_wait_seconds).handle)
+        handlers[path] = WebhookHandler(webhook, cluster, synced, sync_wait_seconds).handle
+        app.router.add_post(path, handlers[path])
+    app[ADMISSION_HANDLERS] = handlers
+
+
+class FrontDoor:
+    """The request handler of an app's server: admission reviews first, anything else to the app.
+
+    The API server calls the admission paths on every VM write of the cluster. Through the
+    application each call would be resolved by the router, get its match info and pass the
+    middleware chain: about a tenth of the whole answer's cost on these machines, for nothing
+    those handlers use. A ``POST`` to one of ``admission`` paths goes straight to its handler;
+    every other request (probes, the action API, a wrong method) goes to ``app_handler`` and is
+    answered as the application answers it (404, 405 included).
+
+    It also counts the requests in flight, webhook or not, so a shutdown can wait for them:
+    aiohttp's own graceful shutdown stops reading open connections, cutting off a request whose
+    body is still arriving (``tests/webhook/test_serve.py`` shows it).
+    """
+
+    def __init__(self, app_handler: Handler, admission: Mapping[str, Handler]) -> None:
+        self._app_handler = app_handler
+        self._admission = dict(admission)
+        self.in_flight = 0
+        self._idle: asyncio.Event | None = None  # made by wait_idle: no Event traffic per request until then
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        self.in_flight += 1
+        try:
+            handler = self._admission.get(request.path) if request.method == hdrs.METH_POST else None
+            return await (handler or self._app_handler)(request)
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight and self._idle is not None:
+                self._idle.set()
+
+    async def wait_idle(self, grace_seconds: float) -> bool:
+        """True once no request is in flight; False if ``grace_seconds`` passed first."""
+        if not self.in_flight:
+            return True
+        self._idle = self._idle or asyncio.Event()
+        try:
+            async with asyncio.timeout(grace_seconds):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+def open_front_door(runner: web.AppRunner) -> FrontDoor:
+    """Put a :class:`FrontDoor` before the app of ``runner`` (after ``setup()``, before a site starts).
+
+    Connections take the server's handler when they open, so every connection of the sites
+    started afterwards goes through the door.
+    """
+    server = runner.server
+    if server is None:
+        raise RuntimeError("open_front_door: call runner.setup() first")
+    admission: dict[str, Handler] = runner.app.get(ADMISSION_HANDLERS, {})
+    door = FrontDoor(server.request_handler, admission)
+    server.request_handler = door
+    return door
 
 
 def add_health_routes(app: web.Application, readiness: Readiness) -> None:

@@ -170,11 +170,10 @@ async def started_view(api: ApiClient) -> AsyncIterator[ClusterView]:
 @contextlib.asynccontextmanager
 async def serving_webhooks(api: ApiClient, view: ClusterView, folder: Path) -> AsyncIterator[str]:
     """Our real mutating and validating webhooks, served over TLS from ``view`` and registered."""
-    from aiohttp import web
     from kubernetes_asyncio.client import AdmissionregistrationV1Api
 
     from nichotplug.certs import make_bundle
-    from nichotplug.service import build_webhook_app
+    from nichotplug.service import build_webhook_app, start_tls_runner
     from nichotplug.webhook.registration import webhook_configurations
 
     bundle = make_bundle(dns_names=["localhost"], ip_addresses=["127.0.0.1"])
@@ -182,9 +181,7 @@ async def serving_webhooks(api: ApiClient, view: ClusterView, folder: Path) -> A
     (folder / "tls.key").write_bytes(bundle.key_pem)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(folder / "tls.crt", folder / "tls.key")
-    runner = web.AppRunner(build_webhook_app(view, synced=view.synced))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+    runner, _door = await start_tls_runner(build_webhook_app(view, synced=view.synced), "127.0.0.1", 0, context)
     url = f"https://127.0.0.1:{runner.addresses[0][1]}"
     mutating, validating = webhook_configurations("nichotplug", url=url, ca_bundle=bundle.ca_cert_pem)
     admission = AdmissionregistrationV1Api(api)

@@ -9,10 +9,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
-from webhook_support import ServeFn
+from webhook_support import Served, ServeFn
 
 from nichotplug.certs import CertBundle, make_bundle, write_bundle
+from nichotplug.service import start_tls_runner
 from nichotplug.webhook.tls import CertReloader
 
 
@@ -43,18 +43,18 @@ def client_ssl(bundle: CertBundle) -> ssl.SSLContext:
 
 @pytest.fixture
 async def serve_tls(reloader: CertReloader) -> AsyncIterator[ServeFn]:
-    """Start an app over TLS (the reloader's live context) on 127.0.0.1; all stopped at teardown."""
-    servers: list[TestServer] = []
+    """Serve an app over TLS (the reloader's live context) on 127.0.0.1 as ``serve`` does, front door
+    included; all stopped at teardown."""
+    runners: list[web.AppRunner] = []
 
-    async def start(app: web.Application) -> TestServer:
-        server = TestServer(app, host="127.0.0.1")
-        await server.start_server(ssl=reloader.context)
-        servers.append(server)
-        return server
+    async def start(app: web.Application) -> Served:
+        runner, door = await start_tls_runner(app, "127.0.0.1", 0, reloader.context)
+        runners.append(runner)
+        return Served(runner, door, runner.addresses[0][1])
 
     yield start
-    for server in servers:
-        await server.close()
+    for runner in runners:
+        await runner.cleanup()
 
 
 @pytest.fixture

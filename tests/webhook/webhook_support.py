@@ -5,18 +5,30 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Collection, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from nichotplug.rules.cluster import MacOwner
 from nichotplug.rules.views import NadView, VmiView
 from nichotplug.testing.fixtures import SHARED_FIXTURES
+from nichotplug.webhook.http import FrontDoor
 
 FIXTURES = SHARED_FIXTURES / "admission"
 
-ServeFn = Callable[[web.Application], Coroutine[Any, Any, TestServer]]
+
+
+@dataclass(frozen=True)
+class Served:
+    """An app served over TLS by ``start_tls_runner`` (the ``serve_tls`` fixture)."""
+
+    runner: web.AppRunner
+    door: FrontDoor
+    port: int
+
+
+ServeFn = Callable[[web.Application], Coroutine[Any, Any, Served]]
 
 RESPONSE_KEYS = {"uid", "allowed", "status", "patch", "patchType", "warnings"}
 
