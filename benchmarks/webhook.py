@@ -1,23 +1,22 @@
 """Benchmark: the validating webhook over TLS against a bare aiohttp server (numbers, not a test).
 
-This process builds a ``ClusterView`` of N VirtualMachines (4 bridge interfaces
-each, fed through ``ClusterView.apply_event``, the path the watches use) and
-serves ``/v1/webhook/validation`` from it over TLS. A bare aiohttp server in
-its own process only parses the review and answers allowed. A second process
-loads each in turn: ``wrk`` (C, one thread, C keep-alive TLS connections, a
-Lua script POSTing the review as application/json and checking every answer
-says allowed), or, when wrk is not installed, an aiohttp client (which
-saturates before either server, so its requests/s flatter the slower one).
-Every request is a CREATE of a VM whose four MACs the rules look up in the
-view. Rounds are interleaved (bare, ours, bare, ours...) because the machine
-is shared; the summary is the median over rounds. Printed: requests/s, p50
-and p99 latency seen by the load generator, server CPU per request (utime +
-stime deltas of the server process from /proc, the figure that survives a
-busy machine), the ratios to the bare server, and the RSS of the view's
-process. Variants: uvloop vs asyncio, orjson vs the standard json module.
-Last, a hot loop of ``engine.review`` (CPU time, no HTTP) for a CREATE, a
-hot-plug, a label edit and a cold edit, and the CREATE from body bytes to answer
-bytes by the ordinary and the msgspec route: the least noisy figures here.
+Two servers, each in its own process: ours builds a ``ClusterView`` of N VirtualMachines (4 bridge
+interfaces each, fed through ``ClusterView.apply_event``, the path the watches use), freezes it out
+of the cyclic GC as ``serve`` does once synced, and serves ``/v1/webhook/validation`` over TLS the
+way ``serve`` does (``service.start_tls_runner``); the bare aiohttp server only parses the review
+and answers allowed. A third process loads each in turn: ``wrk`` (C, one thread, C keep-alive TLS
+connections, a Lua script POSTing the review as application/json and checking every answer says
+allowed), or, when wrk is not installed, an aiohttp client (which saturates before either server,
+so its requests/s flatter the slower one). Every request is a CREATE of a VM whose four MACs the
+rules look up in the view. On a machine with two or more CPUs the servers run on one CPU and the
+load generator on another, so they never share a core. Rounds are interleaved (bare, ours, bare,
+ours...) because the machine is shared; the summary is the median over rounds. Printed: requests/s,
+p50 and p99 latency seen by the load generator, server CPU per request (utime + stime deltas of the
+server process from /proc, the figure that survives a busy machine), the ratios to the bare server,
+and the RSS of our server's process. Variants: uvloop vs asyncio, orjson vs the standard json module.
+Last, a hot loop of ``engine.review`` (CPU time, no HTTP) for a CREATE, a hot-plug, a label edit and
+a cold edit, and the CREATE from body bytes to answer bytes by the ordinary and the msgspec route:
+the least noisy figures here.
 
 Run: ``.venv/bin/python benchmarks/webhook.py [--vms 100000] [--seconds 3] [--rounds 5] [--quick]``
 (``--loader aiohttp`` forces the Python load generator).
@@ -126,6 +125,7 @@ def server_context(cert_dir: Path) -> ssl.SSLContext:
 
 def run_bare(port: int, cert_dir: Path, loop: str, use_orjson: bool) -> None:
     """The baseline: parse the review, answer allowed with its uid. Nothing else."""
+    pin_to_server_cpu()
     loads: Callable[[bytes], Any]
     dumps: Callable[[Any], bytes]
     if use_orjson:
@@ -256,7 +256,7 @@ def run_wrk(wrk: str, url: str, body_file: Path, connections: int, seconds: int)
         [wrk, "--threads", "1", "--connections", str(connections), "--duration", f"{seconds}s", "--timeout", "5s",
          "--script", str(script), url],
         capture_output=True, text=True, check=False, timeout=seconds + 30,
-        env={**os.environ, "NICHOTPLUG_BENCH_BODY": str(body_file)},
+        env={**os.environ, "NICHOTPLUG_BENCH_BODY": str(body_file)}, preexec_fn=pin_to_loader_cpu,
     )
     summary = completed.stdout.strip().splitlines()[-1] if completed.stdout.strip() else ""
     if completed.returncode != 0 or not summary.startswith("{"):
@@ -286,6 +286,7 @@ def measure(url: str, body_file: Path, ca_file: Path, args: argparse.Namespace,
          "--connections", str(args.connections), "--warmup", str(args.warmup), "--seconds", str(args.seconds),
          "--rate", str(args.rate)],
         capture_output=True, text=True, check=False, timeout=args.seconds + args.warmup + 60,
+        preexec_fn=pin_to_loader_cpu,
     )
     server_cpu = cpu_seconds() - cpu_before  # warm-up included: total_requests counts its requests too
     if completed.returncode != 0:
@@ -361,43 +362,94 @@ def stdlib_json_codec() -> Any:
         namespace["orjson"] = original
 
 
-async def serve_ours_and_measure(view: Any, port: int, cert_dir: Path, body_file: Path,
-                                 args: argparse.Namespace) -> dict[str, Any]:
-    from nichotplug.service import build_webhook_app
+def run_ours(args: argparse.Namespace) -> None:
+    """Our server: build the view, freeze it as ``serve`` does, serve it as ``serve`` does."""
+    from nichotplug.service import build_webhook_app, start_tls_runner
 
-    runner = web.AppRunner(build_webhook_app(view), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_context(cert_dir)).start()
-    try:
-        return await asyncio.to_thread(measure, f"https://127.0.0.1:{port}/v1/webhook/validation",
-                                       body_file, cert_dir / "ca.crt", args, lambda: process_cpu_seconds(os.getpid()))
-    finally:
-        await runner.cleanup()
+    pin_to_server_cpu()
+    gc.collect()
+    rss_before = rss_mib()
+    started = time.perf_counter()
+    view = build_view(args.vms, with_vmis=args.vmis)
+    build_seconds = time.perf_counter() - started
+    gc.collect()
+    if not args.no_freeze:
+        gc.freeze()  # what serve does once the view has synced: full GCs stop walking the view
+
+    async def serve_forever() -> None:  # until the orchestrator terminates this process
+        await start_tls_runner(build_webhook_app(view), "127.0.0.1", args.port, server_context(args.certs))
+        print(json.dumps({"build_seconds": build_seconds, "macs": view.counts()["macs"],
+                          "rss_before_mib": rss_before, "rss_view_mib": rss_mib()}), flush=True)
+        await asyncio.Event().wait()
+
+    codec = contextlib.nullcontext() if not args.stdlib_json else stdlib_json_codec()
+    with codec, asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+        runner.run(serve_forever())
 
 
-def measure_bare(port: int, cert_dir: Path, body_file: Path, args: argparse.Namespace, *, loop: str,
-                 use_orjson: bool) -> dict[str, Any]:
-    bare = subprocess.Popen(
-        [sys.executable, __file__, "--role", "bare", "--port", str(port), "--certs", str(cert_dir), "--loop", loop]
-        + ([] if use_orjson else ["--stdlib-json"]),
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:  # wait until it listens
-            try:
-                with ssl.create_default_context(cafile=str(cert_dir / "ca.crt")).wrap_socket(
-                    __import__("socket").create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1"
-                ):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        return measure(f"https://127.0.0.1:{port}/v1/webhook/validation", body_file, cert_dir / "ca.crt", args,
-                       lambda: process_cpu_seconds(bare.pid))
-    finally:
-        bare.terminate()
-        bare.wait(timeout=30)
+class Server:
+    """A server role in its own process, listening on its own port until stopped."""
+
+    def __init__(self, role: str, cert_dir: Path, args: argparse.Namespace, *, loop: str = "uvloop",
+                 use_orjson: bool = True) -> None:
+        self.port = free_port()
+        command = [sys.executable, __file__, "--role", role, "--port", str(self.port), "--certs", str(cert_dir),
+                   "--loop", loop, "--vms", str(args.vms)]
+        command += ([] if use_orjson else ["--stdlib-json"]) + (["--vmis"] if args.vmis else [])
+        command += ["--no-freeze"] if args.no_freeze else []
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        self.url = f"https://127.0.0.1:{self.port}/v1/webhook/validation"
+        self.facts: dict[str, Any] = {}
+        if role == "ours":  # it says when it listens (after building its view), with figures
+            line = self.process.stdout.readline() if self.process.stdout else ""
+            if not line:
+                raise RuntimeError("our server died before listening")
+            self.facts = json.loads(line)
+        else:
+            wait_listening(self.port, cert_dir)
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.process.pid)
+
+    def rss_mib(self) -> float:
+        with open(f"/proc/{self.process.pid}/statm") as statm:
+            return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+
+    def measure(self, body_file: Path, ca_file: Path, args: argparse.Namespace) -> dict[str, Any]:
+        return measure(self.url, body_file, ca_file, args, self.cpu_seconds)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def wait_listening(port: int, cert_dir: Path) -> None:
+    import socket
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with ssl.create_default_context(cafile=str(cert_dir / "ca.crt")).wrap_socket(
+                socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1"
+            ):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+# The servers run on the last CPU, the load generator on the first: never on one core together.
+def pin_to_server_cpu() -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 2:
+        os.sched_setaffinity(0, {cpus[-1]})
+
+
+def pin_to_loader_cpu() -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 2:
+        os.sched_setaffinity(0, {cpus[0]})
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -531,64 +583,60 @@ def orchestrate(args: argparse.Namespace) -> None:
         write_bundle(make_bundle(dns_names=["localhost"], ip_addresses=["127.0.0.1"]), cert_dir)
         body_file = cert_dir / "review.json"
         body_file.write_bytes(review_body(args.vms))
+        ca_file = cert_dir / "ca.crt"
+        servers: list[Server] = []
+        try:
+            bare = Server("bare", cert_dir, args)
+            ours = Server("ours", cert_dir, args)
+            servers += [bare, ours]
+            facts = ours.facts
+            print(f"cluster view: {args.vms:,} VMs x {INTERFACES} interfaces{' + a VMI each' if args.vmis else ''} "
+                  f"via ClusterView.apply_event in {facts['build_seconds']:.1f} s; {facts['macs']:,} MACs indexed")
+            print(f"  RSS of our server: {facts['rss_before_mib']:.0f} MiB before, {facts['rss_view_mib']:.0f} MiB "
+                  f"with the view (+{facts['rss_view_mib'] - facts['rss_before_mib']:.0f} MiB)")
+            loader = wrk_binary(args) or "aiohttp client"
+            pinned = "servers and loader on separate CPUs" if len(os.sched_getaffinity(0)) >= 2 else "one CPU"
+            print(f"load: {args.connections} keep-alive TLS connections from a second process ({loader}; {pinned}), "
+                  f"{args.warmup:g} s warm-up + {args.seconds:g} s, review of {len(body_file.read_bytes()):,} bytes")
 
-        import nichotplug.kube.cache
-        import nichotplug.service  # noqa: F401 - imported first so the RSS growth is the view's alone
-
-        gc.collect()
-        rss_before = rss_mib()
-        started = time.perf_counter()
-        view = build_view(args.vms, with_vmis=args.vmis)
-        build_seconds = time.perf_counter() - started
-        gc.collect()
-        rss_view = rss_mib()
-        if not args.no_freeze:
-            gc.freeze()  # what serve does once the view has synced: full GCs stop walking the view
-        print(f"cluster view: {args.vms:,} VMs x {INTERFACES} interfaces{' + a VMI each' if args.vmis else ''} "
-              f"via ClusterView.apply_event in {build_seconds:.1f} s; {view.counts()['macs']:,} MACs indexed")
-        print(f"  RSS of this process: {rss_before:.0f} MiB before, {rss_view:.0f} MiB with the view "
-              f"(+{rss_view - rss_before:.0f} MiB)")
-        loader = wrk_binary(args) or "aiohttp client"
-        print(f"load: {args.connections} keep-alive TLS connections from a second process ({loader}), "
-              f"{args.warmup:g} s warm-up + {args.seconds:g} s, review of {len(body_file.read_bytes()):,} bytes")
-
-        def ours(loop: str, use_orjson: bool) -> dict[str, Any]:
-            codec = contextlib.nullcontext() if use_orjson else stdlib_json_codec()
-            with codec, asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
-                return runner.run(serve_ours_and_measure(view, free_port(), cert_dir, body_file, args))
-
-        # Interleaved rounds: other load on the machine hits both sides alike.
-        rounds: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        for round_number in range(1, args.rounds + 1):
-            bare = measure_bare(free_port(), cert_dir, body_file, args, loop="uvloop", use_orjson=True)
-            print(f"round {round_number} (load: {bare['loader']}):")
-            print(line("bare aiohttp (uvloop, orjson)", bare))
-            rounds.append((bare, ours("uvloop", True)))
-            print(line("nichotplug (uvloop, orjson)", rounds[-1][1], bare))
-        summarize(rounds)
-        bare = median_figures([pair[0] for pair in rounds])
-        # Paced below saturation: the latency an API server sees when it is not flooding us.
-        paced = argparse.Namespace(**{**vars(args), "rate": round(bare["rps"] * args.paced_fraction)})
-        print(f"paced at {paced.rate} req/s ({args.paced_fraction:g} of the bare server's closed-loop rate; "
-              "load: aiohttp, wrk cannot pace):")
-        paced_bare = measure_bare(free_port(), cert_dir, body_file, paced, loop="uvloop", use_orjson=True)
-        print(line("bare aiohttp (uvloop, orjson)", paced_bare))
-        with asyncio.Runner(loop_factory=loop_factory("uvloop")) as runner:
-            paced_ours = runner.run(serve_ours_and_measure(view, free_port(), cert_dir, body_file, paced))
-        print(line("nichotplug (uvloop, orjson)", paced_ours, paced_bare))
-        if not args.quick:
-            print("variants (closed loop, one run each, compared with the median bare round):")
-            print(line("nichotplug (asyncio, orjson)", ours("asyncio", True), bare))
-            print(line("nichotplug (uvloop, json)", ours("uvloop", False), bare))
-            print(line("bare aiohttp (asyncio, json)",
-                       measure_bare(free_port(), cert_dir, body_file, args, loop="asyncio", use_orjson=False)))
-        print(f"  RSS after the runs: {rss_mib():.0f} MiB")
-        hot_loop(view, args.vms)
+            # Interleaved rounds: other load on the machine hits both sides alike.
+            rounds: list[tuple[dict[str, Any], dict[str, Any]]] = []
+            for round_number in range(1, args.rounds + 1):
+                bare_result = bare.measure(body_file, ca_file, args)
+                print(f"round {round_number} (load: {bare_result['loader']}):")
+                print(line("bare aiohttp (uvloop, orjson)", bare_result))
+                rounds.append((bare_result, ours.measure(body_file, ca_file, args)))
+                print(line("nichotplug (uvloop, orjson)", rounds[-1][1], bare_result))
+            summarize(rounds)
+            median_bare = median_figures([pair[0] for pair in rounds])
+            # Paced below saturation: the latency an API server sees when it is not flooding us.
+            paced = argparse.Namespace(**{**vars(args), "rate": round(median_bare["rps"] * args.paced_fraction)})
+            print(f"paced at {paced.rate} req/s ({args.paced_fraction:g} of the bare server's closed-loop rate; "
+                  "load: aiohttp, wrk cannot pace):")
+            paced_bare = bare.measure(body_file, ca_file, paced)
+            print(line("bare aiohttp (uvloop, orjson)", paced_bare))
+            print(line("nichotplug (uvloop, orjson)", ours.measure(body_file, ca_file, paced), paced_bare))
+            print(f"  RSS of our server after the runs: {ours.rss_mib():.0f} MiB")
+            if not args.quick:
+                print("variants (closed loop, one run each, compared with the median bare round):")
+                for label, role, loop, use_orjson in (("nichotplug (asyncio, orjson)", "ours", "asyncio", True),
+                                                      ("nichotplug (uvloop, json)", "ours", "uvloop", False),
+                                                      ("bare aiohttp (asyncio, json)", "bare", "asyncio", False)):
+                    variant = Server(role, cert_dir, args, loop=loop, use_orjson=use_orjson)
+                    servers.append(variant)
+                    result = variant.measure(body_file, ca_file, args)
+                    print(line(label, result, None if role == "bare" else median_bare))
+                    variant.stop()
+                    servers.remove(variant)
+        finally:
+            for server in servers:
+                server.stop()
+    hot_loop(build_view(args.vms), args.vms)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--role", choices=["orchestrate", "bare", "load"], default="orchestrate")
+    parser.add_argument("--role", choices=["orchestrate", "bare", "ours", "load"], default="orchestrate")
     parser.add_argument("--vms", type=int, default=100_000)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--warmup", type=float, default=1.0)
@@ -613,6 +661,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.role == "bare":
         run_bare(args.port, args.certs, args.loop, not args.stdlib_json)
+    elif args.role == "ours":
+        run_ours(args)
     elif args.role == "load":
         run_load(args)
     else:
