@@ -78,7 +78,6 @@ __all__ = [
     "hotplug_port_budget",
     "mutate_vm",
     "new_vm_macs_plainly_allowed",
-    "validate_create_facts",
     "validate_vm",
 ]
 
@@ -492,20 +491,14 @@ def _validate_facts(vm: VmFacts, old: VmFacts | None, cluster: ClusterState) -> 
     return _ALLOWED
 
 
-def validate_create_facts(vm: VmFacts, cluster: ClusterState) -> Decision:
-    """``validate_vm`` of a CREATE whose object reads as ``vm`` (facts built by ``read_vm_facts`` or by
-    a decoder that checks the same field types, as the webhook's msgspec route does)."""
-    return _validate_facts(vm, None, cluster)
-
-
 def new_vm_macs_plainly_allowed(macs: Sequence[str], cluster: ClusterState) -> bool:
     """Whether the spec MACs of a VM being created pass rules 2-4 at a glance: each is a unicast MAC
     written in the normal form, no two are alike, and no VM in the cluster uses any of them.
 
-    The webhook's quickest route asks this of nearly every CREATE. True implies what
-    ``validate_create_facts`` decides for these MACs (claims all valid, no duplicate, no owner hence
-    no collision in any scope); False only means "look closer": the full rules may still allow
-    (another spelling, an owner in another scope, the VM's own earlier entry in the index).
+    The webhook's quickest route asks this of nearly every CREATE. True implies what rules 2-4
+    decide for a new VM with these MACs (claims all valid, no duplicate, no owner hence no collision
+    in any scope); False only means "look closer": the full rules may still allow (another spelling,
+    an owner in another scope, the VM's own earlier entry in the index).
     """
     return are_distinct_canonical_unicast_macs(macs) and not any(map(cluster.owners_of_mac, macs))
 

@@ -20,7 +20,7 @@ refuses; ``tests/webhook/test_fastdecode.py`` (damaged real bodies) and
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import orjson
@@ -28,12 +28,8 @@ import orjson
 from nichotplug.rules.admission import new_vm_macs_plainly_allowed
 from nichotplug.rules.cluster import ClusterState
 from nichotplug.rules.views import OBSERVED_MACS_ANNOTATION, observed_macs_error
-from nichotplug.webhook.review import API_VERSION, KIND
 
 __all__ = ["allowed_create"]
-
-_UNSET: Any = msgspec.UNSET  # "the key is absent", told apart from an explicit null
-
 
 # Fields not declared are skipped unread; every declared one must have the JSON type given, else
 # the whole decode fails and the ordinary route reads the body. ``X | None = None`` accepts an
@@ -71,7 +67,7 @@ class _Multus(_Struct):
 
 class _Network(_Struct):
     name: _Name
-    multus: _Multus | None = _UNSET  # UNSET: no multus key (pod or other network)
+    multus: _Multus | None = None
 
 
 class _Devices(_Struct):
@@ -127,32 +123,35 @@ class _GroupVersionKind(_Struct):
 
 
 class _GroupVersionResource(_Struct):
-    group: str
+    group: Literal["kubevirt.io"]
     version: str
-    resource: str
+    resource: Literal["virtualmachines"]
 
 
 class _UserInfo(_Struct):
     username: str = ""
 
 
+# What makes the review a VirtualMachine CREATE the rules judge is part of the types: a review of
+# anything else (another operation, resource or subresource, a null userInfo the codec refuses,
+# an empty uid) fails the decode, usually within its first few fields, and goes the ordinary way.
 class _Request(_Struct):
-    uid: str
-    operation: str
+    uid: Annotated[str, msgspec.Meta(min_length=1)]
+    operation: Literal["CREATE"]
     kind: _GroupVersionKind
     resource: _GroupVersionResource
     object: _VirtualMachine
-    subResource: str = ""
+    subResource: Literal[""] = ""
     name: str = ""
     namespace: str = ""
-    userInfo: _UserInfo | None = _UNSET  # null is a bad field for the codec: refused below
+    userInfo: _UserInfo = msgspec.field(default_factory=_UserInfo)
     oldObject: None = None  # a CREATE has none
     dryRun: bool = False
 
 
 class _Review(_Struct):
-    apiVersion: str
-    kind: str
+    apiVersion: Literal["admission.k8s.io/v1"]  # review.API_VERSION
+    kind: Literal["AdmissionReview"]  # review.KIND
     request: _Request
 
 
@@ -207,21 +206,10 @@ def allowed_create(body: bytes, cluster: ClusterState) -> str | None:
         # DecodeError includes ValidationError (a field of another type); invalid UTF-8 raises
         # UnicodeDecodeError (a ValueError); nesting deeper than Python's recursion limit raises.
         return None
-    request = review.request
-    if not _is_vm_create(review):
-        return None
-    macs = _spec_macs(request.object)
+    macs = _spec_macs(review.request.object)
     if macs is None or not new_vm_macs_plainly_allowed(macs, cluster) or _orjson_would_refuse(body):
         return None
-    return request.uid
-
-
-def _is_vm_create(review: _Review) -> bool:
-    """Whether the review is one the codec accepts and the rules judge as a VirtualMachine CREATE."""
-    request = review.request
-    return (review.apiVersion == API_VERSION and review.kind == KIND and request.operation == "CREATE"
-            and bool(request.uid) and request.userInfo is not None and not request.subResource
-            and request.resource.resource == "virtualmachines" and request.resource.group == "kubevirt.io")
+    return review.request.uid
 
 
 def _spec_macs(vm: _VirtualMachine) -> list[str] | None:
