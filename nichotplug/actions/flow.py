@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Collection, Mapping
+from collections.abc import Awaitable, Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol, TypeVar
 
@@ -110,6 +110,9 @@ class FreshCluster:
             owners.update(owner for owner in self._cache.owners_of_mac(mac)
                           if (owner.namespace, owner.vm) != self._vm_key)
         return frozenset(owners)
+
+    def macs_in_use(self, macs: Iterable[str]) -> bool:
+        return any(self.owners_of_mac(mac) for mac in macs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -478,6 +478,19 @@ class _MacOwners:
         return frozenset([record.owner(index) for record in _owner_records(entry)
                           for index in record.interfaces_using(number)])
 
+    def any_used(self, macs: Iterable[str]) -> bool:
+        """``any(owners(mac) for mac in macs)`` without building owners: one call per request."""
+        by_mac = self._by_mac
+        for mac in macs:
+            if len(mac) != 17:
+                continue
+            try:
+                if int(mac.replace(":", ""), 16) in by_mac:  # _mac_number, inlined
+                    return True
+            except ValueError:
+                continue
+        return False
+
     def claimed_more_than_once(self) -> list[int]:
         return list(self._claimed_twice)
 
@@ -595,9 +608,10 @@ class ClusterView:
         }
         self._shared = _SharedValues(self._shared_values_in_use)
         self._macs = _MacOwners()
-        # rules.ClusterState.owners_of_mac: the index's own method, bound here because the webhook
-        # asks it for every MAC of every request (a wrapper method would be one more call each time).
+        # rules.ClusterState.owners_of_mac and macs_in_use: the index's own methods, bound here
+        # because the webhook asks them on every request (a wrapper would be one more call each time).
         self.owners_of_mac: Callable[[str], Collection[MacOwner]] = self._macs.owners
+        self.macs_in_use: Callable[[Iterable[str]], bool] = self._macs.any_used
         # The webhook asks for the same VMI twice per request (is it running? is it eligible?).
         self._last_vmi: tuple[_VmiRecord, VmiView] | None = None
         self._listeners: list[Listener] = []

@@ -48,7 +48,7 @@ before; ``tests/rules/test_fast_path.py`` checks on generated VMs that both path
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 from nichotplug.rules.cluster import ClusterState, MacOwner, owner_scope
@@ -71,13 +71,13 @@ from nichotplug.rules.mac import (
     normalize_mac,
 )
 from nichotplug.rules.nad import nad_verdict
-from nichotplug.rules.views import InterfaceView, InvalidObject, VmView, read_vm_metadata
+from nichotplug.rules.views import InterfaceView, InvalidObject, VmView, observed_macs_error, read_vm_metadata
 
 __all__ = [
     "AdmissionInput",
     "hotplug_port_budget",
     "mutate_vm",
-    "new_vm_macs_plainly_allowed",
+    "new_vm_plainly_allowed",
     "validate_vm",
 ]
 
@@ -491,16 +491,20 @@ def _validate_facts(vm: VmFacts, old: VmFacts | None, cluster: ClusterState) -> 
     return _ALLOWED
 
 
-def new_vm_macs_plainly_allowed(macs: Sequence[str], cluster: ClusterState) -> bool:
-    """Whether the spec MACs of a VM being created pass rules 2-4 at a glance: each is a unicast MAC
-    written in the normal form, no two are alike, and no VM in the cluster uses any of them.
+def new_vm_plainly_allowed(macs: Collection[str], observed_macs: str, cluster: ClusterState) -> bool:
+    """Whether validation allows a new VM outright, without a warning, judging by what the MAC rules
+    read: its spec MACs (each a unicast MAC written in the normal form, no two alike, none used by
+    any VM of the cluster) and its observed-MAC annotation (absent, empty, or it parses).
 
-    The webhook's quickest route asks this of nearly every CREATE. True implies what rules 2-4
-    decide for a new VM with these MACs (claims all valid, no duplicate, no owner hence no collision
-    in any scope); False only means "look closer": the full rules may still allow (another spelling,
-    an owner in another scope, the VM's own earlier entry in the index).
+    The webhook's quickest route asks this of nearly every CREATE (see ``webhook.fastdecode``, which
+    has already checked that the object reads as ``rules.facts`` reads it and is not being deleted).
+    True promises what ``validate_vm`` decides for such a VM: rules 2-4 pass (no owner means no
+    collision in any scope) and no warning. False only means "look closer": the full rules may still
+    allow (another spelling, an owner in another scope, the VM's own earlier entry in the index).
     """
-    return are_distinct_canonical_unicast_macs(macs) and not any(map(cluster.owners_of_mac, macs))
+    if observed_macs and observed_macs_error(observed_macs):
+        return False
+    return are_distinct_canonical_unicast_macs(macs) and not cluster.macs_in_use(macs)
 
 
 def validate_vm(req: AdmissionInput, cluster: ClusterState) -> Decision:

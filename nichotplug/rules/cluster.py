@@ -25,6 +25,11 @@ class ClusterState(Protocol):
         """Every VM interface using ``mac`` (normalised), whatever its scope."""
         ...
 
+    def macs_in_use(self, macs: Iterable[str]) -> bool:
+        """Whether some VM interface uses one of ``macs`` (normalised): ``any(owners_of_mac(mac))``,
+        asked of every MAC a new VM brings, so worth a single call."""
+        ...
+
 
 def owner_scope(nad: tuple[str, str] | None, cluster: ClusterState) -> str:
     """The MAC-uniqueness scope of an interface on ``nad``: its NAD's cluster-network label, else "".
@@ -67,3 +72,6 @@ class StaticCluster:
 
     def owners_of_mac(self, mac: str) -> Collection[MacOwner]:
         return self.macs.owners(mac)
+
+    def macs_in_use(self, macs: Iterable[str]) -> bool:
+        return any(self.macs.owners(mac) for mac in macs)

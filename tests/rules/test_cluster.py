@@ -105,3 +105,10 @@ def test_an_unchanged_vm_update_keeps_the_same_owners() -> None:
     before = index.owners("02:00:00:00:00:02")
     index.update_vm(vm(annotations={"note": "status-only change"}))
     assert index.owners("02:00:00:00:00:02") == before
+
+
+def test_macs_in_use_is_any_owner() -> None:
+    cluster = StaticCluster(vms=[vm("a", interfaces=[iface("nic-1", mac="02:AA:00:00:00:01")])])
+    assert cluster.macs_in_use(["02:00:00:00:00:09", "02:aa:00:00:00:01"]) is True
+    assert cluster.macs_in_use(["02:00:00:00:00:09"]) is False
+    assert cluster.macs_in_use([]) is False

@@ -21,7 +21,7 @@ from nichotplug.rules.admission import (
     AdmissionInput,
     mutate_vm,
     mutate_vm_fully,
-    new_vm_macs_plainly_allowed,
+    new_vm_plainly_allowed,
     validate_vm,
     validate_vm_fully,
 )
@@ -239,18 +239,27 @@ def test_the_msgspec_route_reads_an_ordinary_vm_and_leaves_the_rest() -> None:
         assert allowed_create(refused, CLUSTER) is None, refused[-120:]
 
 
-@pytest.mark.parametrize(("macs", "expected"), [
-    ([], True),
-    (["02:00:00:00:00:05", "02:00:00:00:00:06"], True),
-    (["02:00:00:00:00:05", "02:00:00:00:00:02"], False),  # owner-1 uses it: the full rules judge the scope
-    (["02:00:00:00:00:10"], False),  # owner-2's, on the pod network
-    (["02:00:00:00:00:05", "02:00:00:00:00:05"], False),
-    (["02:AA:BB:CC:DD:EE"], False),  # not the normal form: the full rules normalise it
+OBSERVED = '{"nic-0":"02:00:00:00:00:05"}'
+
+
+@pytest.mark.parametrize(("macs", "observed", "expected"), [
+    ([], "", True),
+    (["02:00:00:00:00:05", "02:00:00:00:00:06"], "", True),
+    (["02:00:00:00:00:05"], OBSERVED, True),
+    (["02:00:00:00:00:05"], '{"nic-0": "02-AA-00-00-00-05"}', True),  # any spelling parses
+    (["02:00:00:00:00:05"], '{"nic-0": "nope"}', False),  # allowed, but with a warning
+    (["02:00:00:00:00:05"], "not json", False),
+    (["02:00:00:00:00:05", "02:00:00:00:00:02"], "", False),  # owner-1 uses it: the full rules judge the scope
+    (["02:00:00:00:00:10"], "", False),  # owner-2's, on the pod network
+    (["02:00:00:00:00:05", "02:00:00:00:00:05"], "", False),
+    (["02:AA:BB:CC:DD:EE"], "", False),  # not the normal form: the full rules normalise it
 ])
-def test_new_vm_macs_plainly_allowed(macs: list[str], expected: bool) -> None:
-    assert new_vm_macs_plainly_allowed(macs, CLUSTER) is expected
+def test_new_vm_plainly_allowed(macs: list[str], observed: str, expected: bool) -> None:
+    assert new_vm_plainly_allowed(macs, observed, CLUSTER) is expected
     if expected:  # what it promises: the full rules allow a new VM with these MACs, without a warning
+        annotations = {"harvesterhci.io/mac-address": observed} if observed else {}
         obj = vm("vm-new", interfaces=[iface(f"nic-{i}", mac=mac) for i, mac in enumerate(macs)],
-                 networks=[multus_net(f"nic-{i}", "default/vlan1") for i in range(len(macs))])
+                 networks=[multus_net(f"nic-{i}", "default/vlan1") for i in range(len(macs))],
+                 annotations=annotations)
         general = validate_vm_fully(AdmissionInput("CREATE", "default", "vm-new", obj), CLUSTER)
         assert (general.allowed, general.reason, general.warnings) == (True, "allowed", ())

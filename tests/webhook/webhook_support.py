@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Collection, Coroutine
+from collections.abc import Callable, Collection, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +83,9 @@ class ExplodingCluster:
         raise RuntimeError("cluster view exploded")
 
     def owners_of_mac(self, mac: str) -> Collection[MacOwner]:
+        raise RuntimeError("cluster view exploded")
+
+    def macs_in_use(self, macs: Iterable[str]) -> bool:
         raise RuntimeError("cluster view exploded")
 
 
