@@ -13,6 +13,7 @@ the cost of a request.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -68,10 +69,7 @@ def decode_review(body: bytes) -> AdmissionRequest:
     """The checked ``request`` of an AdmissionReview body; raises :class:`BadReview`."""
     if not body:
         raise BadReview(400, "empty-body", "empty request body: expected an AdmissionReview")
-    try:
-        review = orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        raise BadReview(400, "malformed-json", f"request body is not valid JSON: {error}") from None
+    review = _loads(body)
     if not isinstance(review, dict):
         raise BadReview(400, "not-a-review", f"expected an AdmissionReview object, got JSON {_json_type(review)}")
     if review.get("apiVersion") != API_VERSION or review.get("kind") != KIND:
@@ -86,6 +84,39 @@ def decode_review(body: bytes) -> AdmissionRequest:
         raise BadReview(400, "missing-field", "the AdmissionReview has no request object")
     _check_request(request)
     return cast(AdmissionRequest, request)
+
+
+def _loads(body: bytes) -> Any:
+    """The JSON value of ``body``: orjson's reading, or, for a number orjson cannot hold, the standard
+    library's.
+
+    orjson refuses a number beyond a double's range (``1e400``, 309 digits). That is valid JSON, and a
+    webhook written in Go reads such a number in a field it does not decode without complaint. The
+    API server never sends one. The standard json module reads it (as infinity, or a big int), but it
+    is laxer than orjson in three other ways, each held here to orjson's rule:
+
+    - bytes that are not UTF-8 (decoded strictly first);
+    - ``NaN`` and ``Infinity`` literals (refused by ``parse_constant``);
+    - a lone surrogate escape (the round trip through UTF-8 refuses it).
+
+    So a body is refused only for what orjson refuses in it other than a number's size, with orjson's
+    message. The msgspec route (``fastdecode``) relies on this: it skips unread numbers without
+    reading their size.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        refusal = error
+    try:
+        value = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError):  # JSONDecodeError and the Unicode errors are ValueErrors
+        raise BadReview(400, "malformed-json", f"request body is not valid JSON: {refusal}") from None
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _check_request(request: dict[str, Any]) -> None:
