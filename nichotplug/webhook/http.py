@@ -118,8 +118,7 @@ class WebhookHandler:
             return None
         if uid is None:
             return None
-        self._stats.count_decision(_FAST_ALLOWED)
-        self._stats.count_code("200")
+        self._stats.count_answer(_FAST_ALLOWED, "200")
         return web.Response(body=encode_allowed(uid), headers=_JSON_HEADERS)
 
     async def _cluster_is_read(self, admission: AdmissionRequest) -> bool:
@@ -255,7 +254,10 @@ class FrontDoor:
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         self.in_flight += 1
         try:
-            handler = self._admission.get(request.path) if request.method == hdrs.METH_POST else None
+            # The raw target without its query (the API server adds ?timeout=...): no URL decoding.
+            # A path spelled otherwise (percent-encoded) misses here and the app's router answers it.
+            handler = (self._admission.get(request.raw_path.partition("?")[0])
+                       if request.method == hdrs.METH_POST else None)
             return await (handler or self._app_handler)(request)
         finally:
             self.in_flight -= 1

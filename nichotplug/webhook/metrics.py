@@ -95,6 +95,12 @@ class WebhookStats:
     def count_decision(self, key: tuple[str, str, str]) -> None:
         self.decisions[key] = self.decisions.get(key, 0) + 1
 
+    def count_answer(self, decision: tuple[str, str, str], code: str) -> None:
+        """``count_decision`` and ``count_code`` of one answered review, in one call (the hot path)."""
+        decisions, codes = self.decisions, self.codes
+        decisions[decision] = decisions.get(decision, 0) + 1
+        codes[code] = codes.get(code, 0) + 1
+
 
 class HotPathCollector(Collector):
     """Exports every :class:`WebhookStats` as the four request metrics, pre-seeded like the rest."""

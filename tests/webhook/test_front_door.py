@@ -15,6 +15,7 @@ from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 from webhook_support import Served, ServeFn, admission_review, check_review, vm
+from yarl import URL
 
 from nichotplug.rules.cluster import StaticCluster
 from nichotplug.service import build_webhook_app
@@ -47,6 +48,10 @@ async def test_admission_reviews_are_answered_through_the_door(served: Served,
         assert answer["status"]["code"] == 409
     async with session.post(url(served, MUTATION_PATH), json=admission_review(vm(), uid="uid-3")) as response:
         assert check_review(await response.json(), uid="uid-3", webhook="mutation")["patchType"] == "JSONPatch"
+    # Spelled otherwise (percent-encoded), the path misses the door's table; the app's router answers it.
+    encoded = URL(url(served, VALIDATION_PATH.replace("/validation", "/%76alidation")), encoded=True)
+    async with session.post(encoded, json=admission_review(vm(), uid="uid-4")) as response:
+        assert check_review(await response.json(), uid="uid-4", webhook="validation")["allowed"] is True
 
 
 async def test_everything_else_is_answered_by_the_application(served: Served,
