@@ -14,9 +14,10 @@ ours...) because the machine is shared; the summary is the median over rounds. P
 p50 and p99 latency seen by the load generator, server CPU per request (utime + stime deltas of the
 server process from /proc, the figure that survives a busy machine), the ratios to the bare server,
 and the RSS of our server's process. Variants: uvloop vs asyncio, orjson vs the standard json module.
-Last, a hot loop of ``engine.review`` (CPU time, no HTTP) for a CREATE, a hot-plug, a label edit and
-a cold edit, and the CREATE from body bytes to answer bytes by the ordinary and the msgspec route:
-the least noisy figures here.
+Then the two side by side: loaded at the same instant, each by its own wrk on its own CPU (swapped
+every round), so drift on a shared machine hits both alike. Last, a hot loop of ``engine.review``
+(CPU time, no HTTP) for a CREATE, a hot-plug, a label edit and a cold edit, and the CREATE from body
+bytes to answer bytes by the ordinary and the msgspec route: the least noisy figures here.
 
 Run: ``.venv/bin/python benchmarks/webhook.py [--vms 100000] [--seconds 3] [--rounds 5] [--quick]``
 (``--loader aiohttp`` forces the Python load generator).
@@ -248,23 +249,34 @@ def wrk_binary(args: argparse.Namespace) -> str | None:
     return found
 
 
-def run_wrk(wrk: str, url: str, body_file: Path, connections: int, seconds: int) -> dict[str, Any]:
-    """One bounded wrk run from a second process; its figures, raising if any answer was not an allow."""
+def start_wrk(wrk: str, url: str, body_file: Path, connections: int, seconds: int,
+              pin: Callable[[], None] = lambda: pin_to_loader_cpu()) -> subprocess.Popen[str]:
+    """Start one bounded wrk run from a second process (``finish_wrk`` collects it)."""
     script = body_file.with_name("wrk.lua")
     script.write_text(WRK_SCRIPT)
-    completed = subprocess.run(
+    return subprocess.Popen(
         [wrk, "--threads", "1", "--connections", str(connections), "--duration", f"{seconds}s", "--timeout", "5s",
          "--script", str(script), url],
-        capture_output=True, text=True, check=False, timeout=seconds + 30,
-        env={**os.environ, "NICHOTPLUG_BENCH_BODY": str(body_file)}, preexec_fn=pin_to_loader_cpu,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "NICHOTPLUG_BENCH_BODY": str(body_file)}, preexec_fn=pin,
     )
-    summary = completed.stdout.strip().splitlines()[-1] if completed.stdout.strip() else ""
-    if completed.returncode != 0 or not summary.startswith("{"):
-        raise RuntimeError(f"wrk failed ({completed.returncode}):\n{completed.stdout}\n{completed.stderr}")
+
+
+def finish_wrk(run: subprocess.Popen[str], seconds: int) -> dict[str, Any]:
+    """The figures of a wrk run, raising if it failed or any answer was not an allow."""
+    stdout, stderr = run.communicate(timeout=seconds + 30)
+    summary = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    if run.returncode != 0 or not summary.startswith("{"):
+        raise RuntimeError(f"wrk failed ({run.returncode}):\n{stdout}\n{stderr}")
     figures: dict[str, Any] = json.loads(summary)
     if figures["errors"] or figures["not_allowed"]:
         raise RuntimeError(f"wrk saw {figures['errors']} errors and {figures['not_allowed']} answers not allowed")
     return figures
+
+
+def run_wrk(wrk: str, url: str, body_file: Path, connections: int, seconds: int) -> dict[str, Any]:
+    """One bounded wrk run from a second process; its figures."""
+    return finish_wrk(start_wrk(wrk, url, body_file, connections, seconds), seconds)
 
 
 def measure(url: str, body_file: Path, ca_file: Path, args: argparse.Namespace,
@@ -575,6 +587,37 @@ def served_route(view: Any, body: bytes) -> None:
         print(f"  {label:<33} {best * 1e6:6.1f} us")
 
 
+def side_by_side(bare: Server, ours: Server, body_file: Path, args: argparse.Namespace) -> None:
+    """Both servers loaded at the same instant, each by its own wrk on its own CPU (the server's),
+    the CPUs swapped every round: whatever the shared machine does hits both alike."""
+    wrk = wrk_binary(args)
+    cpus = sorted(os.sched_getaffinity(0))
+    if wrk is None or len(cpus) < 2:
+        print("side by side: skipped (needs wrk and two CPUs)")
+        return
+    seconds = max(1, round(args.seconds))
+    print(f"side by side ({args.rounds} rounds; each server shares its CPU with its own wrk):")
+    ratios: list[tuple[float, float]] = []
+    for round_number in range(args.rounds):
+        first, second = (cpus[0], cpus[-1]) if round_number % 2 == 0 else (cpus[-1], cpus[0])
+        runs = []
+        for server, cpu in ((bare, first), (ours, second)):
+            os.sched_setaffinity(server.process.pid, {cpu})
+            runs.append((server, server.cpu_seconds(),
+                         start_wrk(wrk, server.url, body_file, args.connections, seconds,
+                                   pin=lambda cpu=cpu: os.sched_setaffinity(0, {cpu}))))
+        figures = [(finish_wrk(run, seconds), server.cpu_seconds() - cpu_before) for server, cpu_before, run in runs]
+        (bare_figures, bare_cpu), (ours_figures, ours_cpu) = figures
+        ratios.append((ours_figures["requests"] / bare_figures["requests"],
+                       (bare_cpu / bare_figures["requests"]) / (ours_cpu / ours_figures["requests"])))
+    throughput = statistics.median(ratio for ratio, _ in ratios)
+    capacity = statistics.median(capacity for _, capacity in ratios)
+    print(f"  per-round ratios: throughput {', '.join(f'{ratio:.2f}' for ratio, _ in ratios)}")
+    print(f"  median: throughput {throughput:.2f}x (target >= 0.90), per-core capacity {capacity:.2f}x")
+    for server in (bare, ours):  # back where the interleaved phases keep them
+        os.sched_setaffinity(server.process.pid, {cpus[-1]})
+
+
 def orchestrate(args: argparse.Namespace) -> None:
     from nichotplug.certs import make_bundle, write_bundle
 
@@ -608,6 +651,7 @@ def orchestrate(args: argparse.Namespace) -> None:
                 rounds.append((bare_result, ours.measure(body_file, ca_file, args)))
                 print(line("nichotplug (uvloop, orjson)", rounds[-1][1], bare_result))
             summarize(rounds)
+            side_by_side(bare, ours, body_file, args)
             median_bare = median_figures([pair[0] for pair in rounds])
             # Paced below saturation: the latency an API server sees when it is not flooding us.
             paced = argparse.Namespace(**{**vars(args), "rate": round(median_bare["rps"] * args.paced_fraction)})
