@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from rules_factory import iface, multus_net, nad, pod_net, vm, vmi
 
 from nichotplug.rules.views import (
@@ -14,6 +18,7 @@ from nichotplug.rules.views import (
     NetworkView,
     VmiView,
     VmView,
+    observed_macs_error,
     parse_observed_macs,
     parse_quantity,
 )
@@ -175,3 +180,30 @@ def test_nad_view_reads_the_cluster_network_label() -> None:
 
 def test_unlabelled_nad_has_the_empty_cluster_network() -> None:
     assert NadView.from_dict(nad(cluster_network=None)).cluster_network == ""
+
+
+# -- the observed-MAC annotation check validation runs on every VM write ---------------------------
+
+_MAC_TEXT = st.sampled_from(["02:00:00:00:00:01", "02:AA:00:00:00:01", "02-00-00-00-00-01", "02:00:00:00:00:0g", ""])
+_NAME = st.text(max_size=6) | st.sampled_from(["nic-1", 'a"b', "a\\b", "a\nb", "\x7f"])
+
+
+@st.composite
+def observed_annotations(draw: st.DrawFn) -> str:
+    """As our controller writes it (compact JSON), as a person might, or damaged."""
+    mapping = draw(st.dictionaries(_NAME, _MAC_TEXT | st.integers(-(2**63), 2**63 - 1) | st.none(), max_size=4))
+    text = draw(st.sampled_from([orjson.dumps(mapping).decode(), json.dumps(mapping), json.dumps(mapping, indent=1)]))
+    if text and draw(st.booleans()):
+        at = draw(st.integers(0, len(text) - 1))
+        text = text[:at] + draw(st.sampled_from(['"', ",", "}", " ", "\\", ""])) + text[at + 1:]
+    return text
+
+
+@given(observed_annotations())
+def test_observed_macs_error_is_the_parsers_verdict(text: str) -> None:
+    assert observed_macs_error(text) == parse_observed_macs(text)[1]
+
+
+def test_the_controllers_spelling_parses() -> None:
+    assert observed_macs_error('{"nic-1":"02:00:00:00:00:01","nic-2":"02:00:00:00:00:02"}') == ""
+    assert observed_macs_error('{"nic-1":"02:00:00:00:00:01",}') != ""
