@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
-from webhook_support import Served, ServeFn, admission_review, check_review, vm
+from webhook_support import HalfSentBody, Served, ServeFn, admission_review, check_review, vm
 from yarl import URL
 
 from nichotplug.rules.cluster import StaticCluster
@@ -70,28 +69,21 @@ async def test_everything_else_is_answered_by_the_application(served: Served,
 async def test_a_request_whose_body_is_still_arriving_is_in_flight(served: Served,
                                                                     session: aiohttp.ClientSession) -> None:
     """What the drain on shutdown waits for: counted from its headers until its answer is sent."""
-    body = json.dumps(admission_review(vm(macs=("02:00:00:00:00:01",)), uid="uid-slow")).encode()
-    first_half_sent, rest_may_go = asyncio.Event(), asyncio.Event()
-
-    async def slow_body() -> AsyncIterator[bytes]:
-        yield body[:100]
-        first_half_sent.set()
-        await rest_may_go.wait()
-        yield body[100:]
+    body = HalfSentBody(json.dumps(admission_review(vm(macs=("02:00:00:00:00:01",)), uid="uid-slow")).encode())
 
     async def post_slowly() -> int:
-        async with session.post(url(served, VALIDATION_PATH), data=slow_body(), headers=JSON) as response:
+        async with session.post(url(served, VALIDATION_PATH), data=body.chunks(), headers=JSON) as response:
             return response.status
 
     posting = asyncio.create_task(post_slowly())
-    await first_half_sent.wait()
+    await body.first_part_sent.wait()
     for _ in range(100):  # until the server has read the headers and called the door
         if served.door.in_flight:
             break
         await asyncio.sleep(0.01)
     assert served.door.in_flight == 1
     assert await served.door.wait_idle(0.1) is False
-    rest_may_go.set()
+    body.release()
     assert await served.door.wait_idle(5) is True
     assert await posting == 200
     assert served.door.in_flight == 0

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from webhook_support import admission_review, check_review, vm
+from webhook_support import HalfSentBody, admission_review, check_review, vm
 
 from nichotplug.certs import CertBundle, make_bundle, write_bundle
 from nichotplug.cli import main
@@ -186,26 +186,19 @@ async def test_serve_end_to_end_with_kubectl_then_drain_on_sigterm(
             assert await response.json() == {"interfaces": []}  # "first" is not running: nothing to unplug
 
         # SIGTERM while a request is half sent: it is still answered, then the process exits 0.
-        body = json.dumps(admission_review(vm("third", ("02:00:00:00:00:33",)))).encode()
-        first_half_sent, rest_may_go = asyncio.Event(), asyncio.Event()
-
-        async def slow_body() -> AsyncIterator[bytes]:
-            yield body[:100]
-            first_half_sent.set()
-            await rest_may_go.wait()
-            yield body[100:]
+        body = HalfSentBody(json.dumps(admission_review(vm("third", ("02:00:00:00:00:33",)))).encode())
 
         async def post_slowly() -> tuple[int, Any]:
-            async with session.post(f"https://127.0.0.1:{served.port}{VALIDATION_PATH}", data=slow_body(),
+            async with session.post(f"https://127.0.0.1:{served.port}{VALIDATION_PATH}", data=body.chunks(),
                                     headers={"Content-Type": "application/json"}) as response:
                 return response.status, await response.json()
 
         in_flight = asyncio.create_task(post_slowly())
-        await first_half_sent.wait()
+        await body.first_part_sent.wait()
         await asyncio.sleep(0.2)  # let the server start the handler; its log line below is the real signal
         served.process.send_signal(signal.SIGTERM)
         await served.wait_for_line("stopping: draining requests in flight")
-        rest_may_go.set()
+        body.release()
         status, answer = await in_flight
         assert status == 200
         assert check_review(answer, uid="uid-1", webhook="validation")["allowed"] is True

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
-from collections.abc import Callable, Collection, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,29 @@ class Served:
 
 
 ServeFn = Callable[[web.Application], Coroutine[Any, Any, Served]]
+
+
+class HalfSentBody:
+    """A request body sent in two parts: the first at once, the rest only after ``release()``.
+
+    Pass ``chunks()`` as aiohttp's ``data=``; ``first_part_sent`` is set once the server can have
+    the headers and part of the body, which is what a drain must wait for.
+    """
+
+    def __init__(self, body: bytes, first_part: int = 100) -> None:
+        self.body = body
+        self.first_part = first_part
+        self.first_part_sent = asyncio.Event()
+        self._released = asyncio.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        yield self.body[:self.first_part]
+        self.first_part_sent.set()
+        await self._released.wait()
+        yield self.body[self.first_part:]
 
 RESPONSE_KEYS = {"uid", "allowed", "status", "patch", "patchType", "warnings"}
 
