@@ -174,7 +174,8 @@ async def _read_body(request: web.BaseRequest) -> bytes:
         raise BadReview(
             415, "content-type", f"Content-Type must be {JSON_CONTENT_TYPE}, got {request.content_type or 'none'!r}"
         )
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+    length = request.content_length  # parsed from the header at each access
+    if length is not None and length > MAX_BODY_BYTES:
         raise _too_large()
     try:
         # The app's client_max_size is MAX_BODY_BYTES, so a chunked body without a length stops here too.
@@ -268,7 +269,9 @@ class FrontDoor:
         """True once no request is in flight; False if ``grace_seconds`` passed first."""
         if not self.in_flight:
             return True
-        self._idle = self._idle or asyncio.Event()
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        self._idle.clear()  # set when the count last reached zero: wait for it to get there again
         try:
             async with asyncio.timeout(grace_seconds):
                 await self._idle.wait()
