@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 __all__ = [
+    "CANONICAL_MAC_PATTERN",
     "InvalidMac",
     "MacGenerationError",
     "are_distinct_canonical_unicast_macs",
@@ -27,7 +28,8 @@ __all__ = [
 _MAC_FORMS = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}")
 # The normal form itself. Nearly every MAC we see is already written so (KubeVirt, Harvester and
 # our own generator all write it), and then normalising is one match and no new string.
-_CANONICAL = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+CANONICAL_MAC_PATTERN = r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}"
+_CANONICAL = re.compile(CANONICAL_MAC_PATTERN)
 # The normal form of a unicast MAC: the first byte's second hex digit is even (multicast bit clear).
 _CANONICAL_UNICAST = re.compile(r"[0-9a-f][02468ace](?::[0-9a-f]{2}){5}")
 # Second hex digit of a first byte with the multicast (lowest) bit set.

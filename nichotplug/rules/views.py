@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from nichotplug.rules.mac import InvalidMac, are_macs, normalize_mac
+from nichotplug.rules.mac import CANONICAL_MAC_PATTERN, InvalidMac, are_macs, normalize_mac
 
 __all__ = [
     "BINDING_KEYS",
@@ -63,7 +63,7 @@ _EMPTY: Mapping[str, Any] = {}
 def _compact_mac_map_pattern() -> re.Pattern[str]:
     """The observed-MAC annotation exactly as our controller writes it: a compact JSON object of plain
     names to MACs in the normal form. Matching it proves the annotation parses, in one regex call."""
-    entry = r'"[^"\\\x00-\x1f]*":"[0-9a-f]{2}(?::[0-9a-f]{2}){5}"'
+    entry = rf'"[^"\\\x00-\x1f]*":"{CANONICAL_MAC_PATTERN}"'
     return re.compile(rf"\{{(?:{entry}(?:,{entry})*)?\}}")
 
 
