@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol, TypeVar
 
@@ -37,6 +37,7 @@ from nichotplug.kube.patch import (
 from nichotplug.rules import actions as plan
 from nichotplug.rules.actions import ActionRefusal
 from nichotplug.rules.cluster import ClusterState, MacOwner, StaticCluster
+from nichotplug.rules.mac import mac_text
 from nichotplug.rules.views import InvalidObject, NadView, VmiView, VmView
 
 log = logging.getLogger(__name__)
@@ -111,8 +112,8 @@ class FreshCluster:
                           if (owner.namespace, owner.vm) != self._vm_key)
         return frozenset(owners)
 
-    def macs_in_use(self, macs: Iterable[str]) -> bool:
-        return any(self.owners_of_mac(mac) for mac in macs)
+    def mac_numbers_in_use(self, numbers: Collection[int]) -> bool:
+        return any(self.owners_of_mac(mac_text(number)) for number in numbers)
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,7 +48,7 @@ before; ``tests/rules/test_fast_path.py`` checks on generated VMs that both path
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 from nichotplug.rules.cluster import ClusterState, MacOwner, owner_scope
@@ -65,10 +65,10 @@ from nichotplug.rules.facts import VmFacts, read_vm_facts
 from nichotplug.rules.mac import (
     InvalidMac,
     MacGenerationError,
-    are_distinct_canonical_unicast_macs,
     check_unicast_mac,
     generate_mac,
     normalize_mac,
+    plain_mac_numbers,
 )
 from nichotplug.rules.nad import nad_verdict
 from nichotplug.rules.views import InterfaceView, InvalidObject, VmView, observed_macs_error, read_vm_metadata
@@ -491,7 +491,7 @@ def _validate_facts(vm: VmFacts, old: VmFacts | None, cluster: ClusterState) -> 
     return _ALLOWED
 
 
-def new_vm_plainly_allowed(macs: Collection[str], observed_macs: str, cluster: ClusterState) -> bool:
+def new_vm_plainly_allowed(macs: Sequence[str], observed_macs: str, cluster: ClusterState) -> bool:
     """Whether validation allows a new VM outright, without a warning, judging by what the MAC rules
     read: its spec MACs (each a unicast MAC written in the normal form, no two alike, none used by
     any VM of the cluster) and its observed-MAC annotation (absent, empty, or it parses).
@@ -504,7 +504,8 @@ def new_vm_plainly_allowed(macs: Collection[str], observed_macs: str, cluster: C
     """
     if observed_macs and observed_macs_error(observed_macs):
         return False
-    return are_distinct_canonical_unicast_macs(macs) and not cluster.macs_in_use(macs)
+    numbers = plain_mac_numbers(macs)
+    return numbers is not None and not cluster.mac_numbers_in_use(numbers)
 
 
 def validate_vm(req: AdmissionInput, cluster: ClusterState) -> Decision:

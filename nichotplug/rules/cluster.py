@@ -25,9 +25,9 @@ class ClusterState(Protocol):
         """Every VM interface using ``mac`` (normalised), whatever its scope."""
         ...
 
-    def macs_in_use(self, macs: Iterable[str]) -> bool:
-        """Whether some VM interface uses one of ``macs`` (normalised): ``any(owners_of_mac(mac))``,
-        asked of every MAC a new VM brings, so worth a single call."""
+    def mac_numbers_in_use(self, numbers: Collection[int]) -> bool:
+        """Whether some VM interface uses a MAC whose ``mac.mac_number`` is one of ``numbers``:
+        ``any(owners_of_mac(mac))``, asked of every MAC a new VM brings, so worth a single call."""
         ...
 
 
@@ -73,5 +73,5 @@ class StaticCluster:
     def owners_of_mac(self, mac: str) -> Collection[MacOwner]:
         return self.macs.owners(mac)
 
-    def macs_in_use(self, macs: Iterable[str]) -> bool:
-        return any(self.macs.owners(mac) for mac in macs)
+    def mac_numbers_in_use(self, numbers: Collection[int]) -> bool:
+        return self.macs.numbers_used(numbers)

@@ -8,30 +8,31 @@ strings, which lets a differently spelled duplicate through).
 
 from __future__ import annotations
 
+import binascii
 import re
 import secrets
-from collections.abc import Callable, Collection, Iterable
+import struct
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 __all__ = [
-    "CANONICAL_MAC_PATTERN",
     "InvalidMac",
     "MacGenerationError",
-    "are_distinct_canonical_unicast_macs",
+    "are_canonical_macs",
     "are_macs",
     "check_unicast_mac",
     "generate_mac",
+    "mac_number",
+    "mac_text",
     "normalize_mac",
+    "plain_mac_numbers",
 ]
 
 # Six hex pairs with one consistent separator; the backreference forbids mixing ':' and '-'.
 _MAC_FORMS = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}")
 # The normal form itself. Nearly every MAC we see is already written so (KubeVirt, Harvester and
 # our own generator all write it), and then normalising is one match and no new string.
-CANONICAL_MAC_PATTERN = r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}"
-_CANONICAL = re.compile(CANONICAL_MAC_PATTERN)
-# The normal form of a unicast MAC: the first byte's second hex digit is even (multicast bit clear).
-_CANONICAL_UNICAST = re.compile(r"[0-9a-f][02468ace](?::[0-9a-f]{2}){5}")
+_CANONICAL = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 # Second hex digit of a first byte with the multicast (lowest) bit set.
 _MULTICAST_DIGITS = frozenset("13579bdf")
 
@@ -84,10 +85,72 @@ def are_macs(values: Iterable[Any]) -> bool:
         return False
 
 
-def are_distinct_canonical_unicast_macs(macs: Collection[str]) -> bool:
-    """Whether ``check_unicast_mac`` returns each MAC unchanged (unicast, not all zero, already in the
-    normal form) and no two are alike; the webhook's quickest route asks this of nearly every CREATE."""
-    return _ALL_ZERO not in macs and all(map(_CANONICAL_UNICAST.fullmatch, macs)) and len(set(macs)) == len(macs)
+def mac_number(mac: str) -> int:
+    """The 48 bits of a MAC in the normal form, as the MAC indexes key it; ValueError for other text."""
+    if len(mac) != 17:
+        raise ValueError(mac)
+    return int(mac.replace(":", ""), 16)
+
+
+def mac_text(number: int) -> str:
+    """The MAC in the normal form whose ``mac_number`` is ``number`` (a 48-bit int)."""
+    return number.to_bytes(6, "big").hex(":")
+
+
+# -- many MACs at once, for the webhook's quickest route -------------------------------------------
+# Checked one by one, a MAC costs a regex match (CPython's engine spends about 80 instructions a
+# character) and an int parse. Joined by commas, MACs in the normal form make one ASCII string in
+# which a translation table turns every character into 'x' (a lowercase hex digit), ':' or ','
+# (anything else into '?'), and whose shape then depends on the count alone. A comma inside a value
+# would add to the commas that shape allows, so each value is exactly the 17 characters between two
+# separators. A few C passes over ~70 bytes replace a dozen Python-level calls per MAC.
+_SHAPE_TABLE = bytes(
+    ord("x") if char in "0123456789abcdef" else ord(char) if char in ":," else ord("?")
+    for char in map(chr, range(256))
+)
+_ONE_SHAPE = b"xx:xx:xx:xx:xx:xx"
+_SHAPES = tuple(b",".join([_ONE_SHAPE] * count) for count in range(65))  # a VM has far fewer NICs
+_UNICAST_SECOND_DIGITS = b"02468ace"  # second hex digit of a first byte whose multicast bit is clear
+_UNPACK_NUMBERS = tuple(struct.Struct(f">{count}Q").unpack for count in range(len(_SHAPES)))
+
+
+def _joined_canonical(values: Collection[Any]) -> bytes | None:
+    """``values`` joined by commas, as bytes, when each is a MAC in the normal form; else None."""
+    try:
+        joined = ",".join(values).encode("ascii")
+    except (TypeError, UnicodeEncodeError):  # a value that is not text, or text that is not ASCII
+        return None
+    count = len(values)
+    shape = _SHAPES[count] if count < len(_SHAPES) else b",".join([_ONE_SHAPE] * count)
+    return joined if joined.translate(_SHAPE_TABLE) == shape else None
+
+
+def are_canonical_macs(values: Collection[Any]) -> bool:
+    """Whether every value (decoded JSON: any type) is a MAC already in the normal form: a quicker
+    ``are_macs`` for the spelling nearly every MAC has (False says nothing about other spellings)."""
+    return _joined_canonical(values) is not None
+
+
+def plain_mac_numbers(macs: Sequence[str]) -> tuple[int, ...] | None:
+    """``mac_number`` of each MAC when ``check_unicast_mac`` returns every one unchanged (unicast, not
+    all zero, already in the normal form) and no two are alike; None otherwise.
+
+    The webhook's quickest route asks this of nearly every CREATE, and probes the MAC index with the
+    numbers: a handful of C calls for all the MACs of a VM.
+    """
+    if not macs:
+        return ()
+    joined = _joined_canonical(macs)
+    # Every MAC's second digit (one of ``_SHAPE_TABLE``'s 'x'): stripping the even ones leaves none.
+    if joined is None or joined[1::18].strip(_UNICAST_SECOND_DIGITS):
+        return None
+    # Each MAC's twelve hex digits, widened to sixteen with leading zeros: big-endian 64-bit ints.
+    count = len(macs)
+    unpack = _UNPACK_NUMBERS[count] if count < len(_UNPACK_NUMBERS) else struct.Struct(f">{count}Q").unpack
+    numbers: tuple[int, ...] = unpack(binascii.unhexlify(b"0000" + joined.replace(b":", b"").replace(b",", b"0000")))
+    if 0 in numbers or len(set(numbers)) != count:  # the all-zero MAC, or two interfaces sharing one
+        return None
+    return numbers
 
 
 def _never_taken(_mac: str) -> bool:

@@ -15,10 +15,10 @@ integers (half the size of their text), a MAC with one owner, the usual case, st
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any, NamedTuple
 
-from nichotplug.rules.mac import InvalidMac, normalize_mac
+from nichotplug.rules.mac import InvalidMac, mac_number, normalize_mac
 from nichotplug.rules.views import VmView
 
 __all__ = ["MacIndex", "MacOwner", "vm_mac_claims"]
@@ -70,13 +70,6 @@ def _shared_nad(nad: tuple[str, str]) -> tuple[str, str]:
     return shared
 
 
-def _mac_key(mac: str) -> int:
-    """The 48-bit number of a normalised MAC (ValueError for other text)."""
-    if len(mac) != 17:
-        raise ValueError(mac)
-    return int(mac.replace(":", ""), 16)
-
-
 class MacIndex:
     """MAC -> owners over every VM given to ``update_vm``; ``len()`` is the number of distinct MACs."""
 
@@ -94,7 +87,7 @@ class MacIndex:
         """Index (or re-index) a VM from its view or its dict; raises InvalidObject for a garbage dict."""
         view = vm if isinstance(vm, VmView) else VmView.from_dict(vm)
         pairs = list(vm_mac_claims(view))
-        macs = tuple(_mac_key(mac) for mac, _owner in pairs)
+        macs = tuple(mac_number(mac) for mac, _owner in pairs)
         owners = tuple(owner for _mac, owner in pairs)
         key = (view.namespace, view.name)
         if self._by_vm.get(key) == (macs, owners):
@@ -114,7 +107,7 @@ class MacIndex:
     def owners(self, mac: str) -> frozenset[MacOwner]:
         """Every interface using ``mac`` (normalised form expected; any other text has no owners)."""
         try:
-            entry = self._by_mac.get(_mac_key(mac))
+            entry = self._by_mac.get(mac_number(mac))
         except ValueError:
             return frozenset()
         if entry is None:
@@ -122,6 +115,10 @@ class MacIndex:
         if isinstance(entry, MacOwner):
             return frozenset((entry,))
         return entry
+
+    def numbers_used(self, numbers: Collection[int]) -> bool:
+        """Whether a MAC of one of ``numbers`` (``mac_number``) has an owner."""
+        return not self._by_mac.keys().isdisjoint(numbers)
 
     def _add(self, mac: int, owner: MacOwner) -> None:
         entry = self._by_mac.get(mac)

@@ -32,6 +32,7 @@ from nichotplug.kube.cache import (
     ClusterView,
 )
 from nichotplug.rules.cluster import owner_scope
+from nichotplug.rules.mac import mac_number
 from nichotplug.rules.macindex import MacIndex, MacOwner
 from nichotplug.rules.views import NadView, VmiView, VmView
 from nichotplug.testing.server import ApiServer
@@ -71,8 +72,9 @@ def check_first_list(view: ClusterView) -> None:
     assert view.owners_of_mac(MAC_A) == {MacOwner("default", "pinned", "nic-1", ("default", "vlan1"))}
     assert view.owners_of_mac(MAC_B) == {MacOwner("default", "observed", "nic-1", ("default", "vlan1"))}
     assert view.owners_of_mac("02:00:00:00:00:99") == frozenset()
-    assert view.macs_in_use(["02:00:00:00:00:99", MAC_B]) is True
-    assert view.macs_in_use(["02:00:00:00:00:99", "not a mac", "0x:00:00:00:00:99", ""]) is False
+    assert view.mac_numbers_in_use([mac_number("02:00:00:00:00:99"), mac_number(MAC_B)]) is True
+    assert view.mac_numbers_in_use([mac_number("02:00:00:00:00:99"), 0, 2**48 - 1]) is False
+    assert view.mac_numbers_in_use([]) is False
     nad_view = view.get_nad("default", "vlan1")
     assert isinstance(nad_view, NadView)
     assert nad_view.cluster_network == "mgmt"
@@ -126,7 +128,7 @@ async def test_watch_follows_creates_updates_and_deletes_of_all_kinds_and_tells_
     await merge(api_client, vmi_obj, {"status": {"phase": "Running"}})
     await eventually(lambda: bool(view.owners_of_mac(MAC_B)), "VM update re-indexed")
     assert view.owners_of_mac(MAC_A) == frozenset()  # the old MAC is free again
-    assert not view.macs_in_use([MAC_A])
+    assert not view.mac_numbers_in_use([mac_number(MAC_A)])
     await eventually(lambda: view.get_vmi("default", "vm1").phase == "Running", "VMI update")  # type: ignore[union-attr]
 
     for obj in (vm_obj, vmi_obj, nad_obj):

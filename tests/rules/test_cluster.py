@@ -5,6 +5,7 @@ from __future__ import annotations
 from rules_factory import iface, multus_net, nad, pod_net, vm, vmi
 
 from nichotplug.rules.cluster import StaticCluster, owner_scope
+from nichotplug.rules.mac import mac_number
 from nichotplug.rules.macindex import MacIndex, MacOwner
 
 
@@ -107,8 +108,9 @@ def test_an_unchanged_vm_update_keeps_the_same_owners() -> None:
     assert index.owners("02:00:00:00:00:02") == before
 
 
-def test_macs_in_use_is_any_owner() -> None:
+def test_mac_numbers_in_use_is_any_owner() -> None:
     cluster = StaticCluster(vms=[vm("a", interfaces=[iface("nic-1", mac="02:AA:00:00:00:01")])])
-    assert cluster.macs_in_use(["02:00:00:00:00:09", "02:aa:00:00:00:01"]) is True
-    assert cluster.macs_in_use(["02:00:00:00:00:09"]) is False
-    assert cluster.macs_in_use([]) is False
+    assert cluster.mac_numbers_in_use([0x02_00_00_00_00_09, 0x02_AA_00_00_00_01]) is True
+    assert cluster.mac_numbers_in_use((mac_number("02:aa:00:00:00:01"),)) is True
+    assert cluster.mac_numbers_in_use([0x02_00_00_00_00_09]) is False
+    assert cluster.mac_numbers_in_use([]) is False

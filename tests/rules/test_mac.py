@@ -11,11 +11,14 @@ from hypothesis import strategies as st
 from nichotplug.rules.mac import (
     InvalidMac,
     MacGenerationError,
-    are_distinct_canonical_unicast_macs,
+    are_canonical_macs,
     are_macs,
     check_unicast_mac,
     generate_mac,
+    mac_number,
+    mac_text,
     normalize_mac,
+    plain_mac_numbers,
 )
 
 
@@ -107,25 +110,69 @@ def test_generate_uses_a_random_source_by_default() -> None:
     ([], True),
     (["02:00:00:00:00:01", "02:00:00:00:00:02"], True),
     (["fe:ff:ff:ff:ff:ff"], True),  # unicast (second digit even), locally administered
+    (["02:00:00:00:00:01"] * 65, False),  # more MACs than the precomputed shapes, two alike
+    ([f"02:00:00:00:00:{i:02x}" for i in range(70)], True),
     (["02:00:00:00:00:01", "02:00:00:00:00:01"], False),  # two interfaces, one MAC
     (["02:AA:00:00:00:01"], False),  # upper case: valid, but not the normal form
     (["02-00-00-00-00-01"], False),  # dashes: valid, but not the normal form
     (["03:00:00:00:00:01"], False),  # multicast
+    (["02:00:00:00:00:01", "ff:ff:ff:ff:ff:ff"], False),  # broadcast, second
     (["00:00:00:00:00:00"], False),  # all zero
     (["02:00:00:00:00:1"], False),
     (["02:00:00:00:00:01\n"], False),
     (["0x:00:00:00:00:01"], False),
+    (["02:00:00:00:00:0g"], False),
+    (["02:00:00:00:00:01,02:00:00:00:00:02"], False),  # two MACs in one value
+    (["02:00:00:00:00:01,02:00:00:00:00", "02"], False),  # the right length and commas, wrong places
+    (["02:00:00:00:00:0\u0661"], False),  # a non-ASCII digit
+    ([""], False),
 ])
-def test_distinct_canonical_unicast_macs(macs: list[str], expected: bool) -> None:
-    assert are_distinct_canonical_unicast_macs(macs) is expected
+def test_plain_mac_numbers(macs: list[str], expected: bool) -> None:
+    numbers = plain_mac_numbers(macs)
+    assert (numbers is not None) is expected
+    if numbers is not None:
+        assert numbers == tuple(mac_number(mac) for mac in macs)
+        assert [mac_text(number) for number in numbers] == macs
 
 
-@given(st.lists(st.text(alphabet="0123456789abcdefABCDEF:-x\n", min_size=15, max_size=18), max_size=4))
-def test_distinct_canonical_unicast_means_check_unicast_mac_keeps_each(macs: list[str]) -> None:
-    """True promises what the full rule would say: each MAC valid unicast, unchanged by normalising."""
-    if are_distinct_canonical_unicast_macs(macs):
-        assert [check_unicast_mac(mac) for mac in macs] == macs
-        assert len(set(macs)) == len(macs)
+def _plain_by_the_full_rule(macs: list[str]) -> bool:
+    """The reference: check_unicast_mac returns each MAC unchanged, and no two are alike."""
+    try:
+        return [check_unicast_mac(mac) for mac in macs] == macs and len(set(macs)) == len(macs)
+    except InvalidMac:
+        return False
+
+
+# Mostly MACs in the normal form or nearly so, plus characters that probe the shape check.
+_MAC_LIKE = st.one_of(
+    st.builds(lambda raw: raw.hex(":"), st.binary(min_size=6, max_size=6)),
+    st.text(alphabet="0123456789abcdefABCDEF:-,x\n\u0661", min_size=15, max_size=19),
+)
+
+
+@given(st.lists(_MAC_LIKE, max_size=5))
+def test_plain_mac_numbers_agrees_with_check_unicast_mac(macs: list[str]) -> None:
+    numbers = plain_mac_numbers(macs)
+    assert (numbers is not None) is _plain_by_the_full_rule(macs)
+    if numbers is not None:
+        assert numbers == tuple(mac_number(mac) for mac in macs)
+
+
+@given(st.lists(st.one_of(_MAC_LIKE, st.integers(), st.none()), max_size=5))
+def test_are_canonical_macs_is_normalize_mac_returning_each_unchanged(values: list[object]) -> None:
+    def unchanged(value: object) -> bool:
+        try:
+            return normalize_mac(value) == value  # type: ignore[arg-type]
+        except InvalidMac:
+            return False
+
+    assert are_canonical_macs(values) is all(map(unchanged, values))
+
+
+@given(st.integers(min_value=0, max_value=2**48 - 1))
+def test_mac_text_and_mac_number_are_inverse(number: int) -> None:
+    assert mac_number(mac_text(number)) == number
+    assert normalize_mac(mac_text(number)) == mac_text(number)
 
 
 @pytest.mark.parametrize(("values", "expected"), [

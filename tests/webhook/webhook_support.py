@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,7 +109,7 @@ class ExplodingCluster:
     def owners_of_mac(self, mac: str) -> Collection[MacOwner]:
         raise RuntimeError("cluster view exploded")
 
-    def macs_in_use(self, macs: Iterable[str]) -> bool:
+    def mac_numbers_in_use(self, numbers: Collection[int]) -> bool:
         raise RuntimeError("cluster view exploded")
 
 
