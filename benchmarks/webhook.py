@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 import timeit
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -403,10 +403,11 @@ class Server:
     """A server role in its own process, listening on its own port until stopped."""
 
     def __init__(self, role: str, cert_dir: Path, args: argparse.Namespace, *, loop: str = "uvloop",
-                 use_orjson: bool = True) -> None:
+                 use_orjson: bool = True, prefix: Sequence[str] = ()) -> None:
         self.port = free_port()
-        command = [sys.executable, __file__, "--role", role, "--port", str(self.port), "--certs", str(cert_dir),
-                   "--loop", loop, "--vms", str(args.vms)]
+        # ``prefix``: a command that runs the server in its own process, e.g. valgrind.
+        command = [*prefix, sys.executable, __file__, "--role", role, "--port", str(self.port),
+                   "--certs", str(cert_dir), "--loop", loop, "--vms", str(args.vms)]
         command += ([] if use_orjson else ["--stdlib-json"]) + (["--vmis"] if args.vmis else [])
         command += ["--no-freeze"] if args.no_freeze else []
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -438,7 +439,7 @@ class Server:
 def wait_listening(port: int, cert_dir: Path) -> None:
     import socket
 
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a server under valgrind starts slowly
     while True:
         try:
             with ssl.create_default_context(cafile=str(cert_dir / "ca.crt")).wrap_socket(
