@@ -107,7 +107,7 @@ def plain_mac_numbers(macs: Sequence[str]) -> tuple[int, ...] | None:
     """
     if _ALL_ZERO in macs or not all(map(_CANONICAL_UNICAST.fullmatch, macs)) or len(set(macs)) != len(macs):
         return None
-    return tuple([int(mac.replace(":", ""), 16) for mac in macs])  # mac_number of each, already checked
+    return tuple(map(mac_number, macs))
 
 
 def _never_taken(_mac: str) -> bool:
