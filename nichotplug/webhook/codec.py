@@ -100,8 +100,9 @@ def _loads(body: bytes) -> Any:
     - a lone surrogate escape (the round trip through UTF-8 refuses it).
 
     So a body is refused only for what orjson refuses in it other than a number's size, with orjson's
-    message. The msgspec route (``fastdecode``) relies on this: it skips unread numbers without
-    reading their size.
+    message; when orjson stopped at a big number and the body has another fault further on, the
+    message names that fault (the big number is not one). The msgspec route (``fastdecode``) relies
+    on this: it skips unread numbers without reading their size.
     """
     try:
         return orjson.loads(body)
@@ -110,9 +111,14 @@ def _loads(body: bytes) -> Any:
     try:
         value = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
         json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except (ValueError, RecursionError):  # JSONDecodeError and the Unicode errors are ValueErrors
-        raise BadReview(400, "malformed-json", f"request body is not valid JSON: {refusal}") from None
+    except (ValueError, RecursionError) as error:  # JSONDecodeError and the Unicode errors are ValueErrors
+        fault = error if str(refusal).startswith(_ORJSON_BIG_NUMBER) else refusal
+        raise BadReview(400, "malformed-json", f"request body is not valid JSON: {fault}") from None
     return value
+
+
+# How orjson words its refusal of a number beyond a double's range (1e400, or 309 digits and more).
+_ORJSON_BIG_NUMBER = "number is infinity when parsed as double"
 
 
 def _refuse_constant(name: str) -> Any:
