@@ -117,7 +117,16 @@ def _read_old(req: AdmissionInput) -> VmView | None:
 
 
 def _vm_runs(vm: VmView, old: VmView | None, cluster: ClusterState) -> bool:
-    return cluster.get_vmi(vm.namespace, vm.name) is not None or (old is not None and old.running)
+    """Whether an UPDATE meets a running guest, so its interface edits are hot-plug edits.
+
+    Yes with a VMI that has not finished; with none, when the spec asked to run before the edit
+    (its VMI is on the way). A finished VMI (the guest shut itself down) is a stopped VM: the next
+    start boots a new VMI from the spec, so edits are cold edits, as SPEC has them for a stopped VM.
+    """
+    vmi = cluster.get_vmi(vm.namespace, vm.name)
+    if vmi is not None:
+        return not vmi.finished
+    return old is not None and old.running
 
 
 # -- mutation -------------------------------------------------------------------------------------

@@ -57,7 +57,10 @@ def _running_findings(vm: VmView, vmi: VmiView | None) -> list[Finding]:
         if vmi.deleting:
             found.append(Finding("vm-not-running", f"VM {ref} is stopping (its VirtualMachineInstance is being "
                                                    "deleted)"))
-        if vmi.phase != "Running":
+        if vmi.finished:
+            found.append(Finding("vm-not-running", f"VM {ref} is stopped: its VirtualMachineInstance is in phase "
+                                                   f"{vmi.phase}; start the VM and wait until it is Running"))
+        elif vmi.phase != "Running":
             found.append(Finding("vm-not-running", f"VM {ref} is not running: its VirtualMachineInstance is in "
                                                    f"phase {vmi.phase or 'unknown'}; wait until it is Running"))
         if not vmi.ready:

@@ -485,6 +485,9 @@ def _interface_macs(status: Mapping[str, Any]) -> Mapping[str, str]:
     return macs
 
 
+_FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
+
+
 @dataclass(frozen=True, slots=True)
 class VmiView:
     """What the rules read from a VirtualMachineInstance (its status, mostly).
@@ -504,6 +507,16 @@ class VmiView:
     live_migratable_reason: str
     migration_in_flight: bool
     interface_macs: Mapping[str, str]
+
+    @property
+    def finished(self) -> bool:
+        """The guest has stopped for good: phase ``Succeeded`` or ``Failed``.
+
+        KubeVirt keeps such a VMI after a shutdown from inside the guest (runStrategy
+        ``RerunOnFailure`` or ``Once``, Harvester's default is the first) until the VM is started
+        again, which boots a new VMI from the VM's spec.
+        """
+        return self.phase in _FINISHED_PHASES
 
     @classmethod
     def from_dict(cls, obj: object, *, namespace: str = "") -> VmiView:

@@ -60,6 +60,24 @@ def test_each_eligibility_reason_has_its_message(vm_kwargs: dict[str, Any], vmi_
     assert problems(vm_kwargs, vmi_kwargs) == (message,)
 
 
+@pytest.mark.parametrize("phase", ["Succeeded", "Failed"])
+def test_a_guest_that_shut_down_is_stopped_and_must_be_started(phase: str) -> None:
+    assert problems({"printable_status": "Stopped"}, {"phase": phase, "ready": False}) == (
+        f"VM default/vm1 is stopped: its VirtualMachineInstance is in phase {phase}; start the VM and wait until "
+        "it is Running",
+        "VM default/vm1 is not ready (VirtualMachineInstance condition Ready is not True); wait until it is ready",
+        "VM default/vm1 status is Stopped, not Running",
+    )
+
+
+def test_gpus_make_a_vm_not_migratable() -> None:
+    obj = vm()
+    gpu = {"name": "gpu1", "deviceName": "nvidia.com/TU104GL"}
+    obj["spec"]["template"]["spec"]["domain"]["devices"]["gpus"] = [gpu]
+    assert eligibility_problems(VmView.from_dict(obj), VmiView.from_dict(vmi())) == (
+        "VM default/vm1 has host devices or GPUs, so it cannot be live-migrated; hot-plug needs live migration",)
+
+
 def test_no_vmi_is_not_running() -> None:
     assert problems({"printable_status": "Stopped"}, with_vmi=False) == (
         "VM default/vm1 is not running (it has no VirtualMachineInstance); start it and wait until it is Running",

@@ -131,6 +131,18 @@ def test_update_of_stopped_vm_is_like_create() -> None:
     assert list(added_macs(decision)) == [MAC_PATH.format(i) for i in range(3)]
 
 
+@pytest.mark.parametrize("phase", ["Succeeded", "Failed"])
+def test_update_of_vm_whose_guest_shut_down_is_like_create(phase: str) -> None:
+    # runStrategy RerunOnFailure (Harvester's default): the VMI stays after a shutdown from inside the
+    # guest, and the spec still asks to run; the next start boots a new VMI from the spec.
+    old = copy.deepcopy(RUNNING_OLD)
+    old["spec"]["runStrategy"] = "RerunOnFailure"
+    new = copy.deepcopy(HOTPLUG_NEW)
+    new["spec"]["runStrategy"] = "RerunOnFailure"
+    decision = mutate(new, old, cluster=StaticCluster(vmis=[vmi(phase=phase, ready=False)]))
+    assert list(added_macs(decision)) == [MAC_PATH.format(i) for i in range(3)]
+
+
 def test_update_of_running_vm_without_new_interfaces_has_no_patch() -> None:
     assert mutate(RUNNING_OLD, RUNNING_OLD).patch == ()
 

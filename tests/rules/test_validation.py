@@ -316,6 +316,31 @@ def test_a_vm_started_by_this_very_edit_is_a_cold_edit() -> None:
     assert validate(new, old, cluster=STOPPED).allowed
 
 
+def test_cold_edit_of_a_vm_stopped_by_running_false() -> None:
+    def stopped(obj: dict[str, Any]) -> dict[str, Any]:
+        del obj["spec"]["runStrategy"]
+        obj["spec"]["running"] = False
+        return obj
+
+    old = stopped(vm(printable_status="Stopped"))
+    new = stopped(with_added(iface("nic-2", binding="masquerade", model="e1000", mac="02:00:00:00:00:03"),
+                             pod_net("nic-2"), printable_status="Stopped"))
+    assert validate(new, old, cluster=STOPPED) == Decision.allow()
+
+
+@pytest.mark.parametrize("phase", ["Succeeded", "Failed"])
+def test_cold_edit_of_a_vm_whose_guest_shut_down(phase: str) -> None:
+    # runStrategy RerunOnFailure (Harvester's default) keeps the finished VMI after a shutdown from inside
+    # the guest; the next start boots a new VMI from the spec.
+    cluster = StaticCluster(vmis=[vmi(phase=phase, ready=False)], nads=NADS)
+    old = vm(run_strategy="RerunOnFailure", printable_status="Stopped")
+    new = with_added(iface("nic-2", binding="masquerade", model="e1000", mac="02:00:00:00:00:03"), pod_net("nic-2"),
+                     run_strategy="RerunOnFailure", printable_status="Stopped")
+    assert validate(new, old, cluster=cluster) == Decision.allow()
+    clash = with_added(iface("nic-2", mac="02:00:00:00:00:02"), pod_net("nic-2"), run_strategy="RerunOnFailure")
+    assert validate(clash, old, cluster=cluster).reason == "duplicate-mac"
+
+
 def test_hot_rules_apply_when_a_vmi_exists_even_if_the_spec_says_halted() -> None:
     old = vm(run_strategy="Halted")
     new = with_added(iface("nic-2", binding="masquerade", mac="02:00:00:00:00:03"), pod_net("nic-2"),
