@@ -4,9 +4,10 @@ The webhook adapter decodes the AdmissionReview into an ``AdmissionInput``, call
 ``validate_vm`` with the cluster view, and encodes the returned ``Decision``. Neither function
 raises, whatever the input; other operations (DELETE, CONNECT) are allowed untouched.
 
-When does a VM *run*? When the cluster has a VMI of that namespace/name, or when the old object's
-spec asks it to run (run strategy Always, RerunOnFailure or Once, or ``running: true``). Otherwise
-the edit is *cold*: only the MAC rules apply, and mutation treats it like a CREATE.
+When does a VM *run*? When the cluster has a VMI of that namespace/name that has not finished
+(phase Succeeded or Failed), or, with no VMI, when the old object's spec asks it to run (run
+strategy Always, RerunOnFailure or Once, or ``running: true``). Otherwise the edit is *cold*: only
+the MAC rules apply, and mutation treats it like a CREATE.
 
 Mutation (SPEC "Mutating webhook"): on CREATE and cold UPDATE, every interface without a
 ``macAddress`` gets the MAC the observed-MAC annotation records for it, else a generated one; on an
