@@ -59,7 +59,7 @@ from nichotplug.rules.eligibility import (
     HOTPLUG_MODELS,
     Finding,
     active_interface_count,
-    eligibility_findings,
+    edit_eligibility_findings,
     unplug_finding,
 )
 from nichotplug.rules.facts import VmFacts, read_vm_facts
@@ -398,7 +398,7 @@ def _port_budget_warning(vm: VmView, old: VmView, diff: InterfaceDiff) -> str | 
 
 
 def _check_hotplug(vm: VmView, old: VmView, diff: InterfaceDiff, cluster: ClusterState) -> Decision | None:
-    findings = eligibility_findings(vm, cluster.get_vmi(vm.namespace, vm.name))
+    findings = edit_eligibility_findings(old, vm, cluster.get_vmi(vm.namespace, vm.name))
     if findings:
         return Decision.deny(403, "NIC hot-plug refused: " + "; ".join(found.message for found in findings),
                              findings[0].reason)

@@ -22,6 +22,7 @@ __all__ = [
     "UNPLUG_REASONS",
     "Finding",
     "active_interface_count",
+    "edit_eligibility_findings",
     "eligibility_findings",
     "eligibility_problems",
     "hotunpluggable_interfaces",
@@ -92,21 +93,58 @@ def _migratable_findings(vm: VmView, vmi: VmiView | None) -> list[Finding]:
     return found
 
 
+def _guest_cluster_findings(vm: VmView) -> list[Finding]:
+    if vm.labels.get(GUEST_CLUSTER_LABEL) != GUEST_CLUSTER_CREATOR:
+        return []
+    return [Finding("vm-guest-cluster", f"VM {vm.ref} belongs to a guest cluster (label {GUEST_CLUSTER_LABEL}="
+                                        f"{GUEST_CLUSTER_CREATOR}); its NICs are managed by that cluster's machine "
+                                        "driver, not by hot-plug")]
+
+
+def _missing_mac_findings(vm: VmView, names: list[str]) -> list[Finding]:
+    if not names:
+        return []
+    return [Finding("vm-missing-macs", f"VM {vm.ref} interface(s) {', '.join(names)} have no macAddress in the "
+                                       "spec; stop the VM once so its observed MACs are written into the spec, "
+                                       "then start it again")]
+
+
 def eligibility_findings(vm: VmView, vmi: VmiView | None) -> tuple[Finding, ...]:
     """Every failed eligibility condition, in SPEC order; empty means the VM is eligible."""
-    found: list[Finding] = []
-    if vm.labels.get(GUEST_CLUSTER_LABEL) == GUEST_CLUSTER_CREATOR:
-        found.append(Finding("vm-guest-cluster", f"VM {vm.ref} belongs to a guest cluster (label "
-                                                 f"{GUEST_CLUSTER_LABEL}={GUEST_CLUSTER_CREATOR}); its NICs are "
-                                                 "managed by that cluster's machine driver, not by hot-plug"))
-    found += _running_findings(vm, vmi)
-    found += _migratable_findings(vm, vmi)
     without_mac = [iface.name for iface in vm.interfaces if not iface.mac]
-    if without_mac:
-        found.append(Finding("vm-missing-macs", f"VM {vm.ref} interface(s) {', '.join(without_mac)} have no "
-                                                "macAddress in the spec; stop the VM once so its observed MACs are "
-                                                "written into the spec, then start it again"))
+    return (*_guest_cluster_findings(vm), *_running_findings(vm, vmi), *_migratable_findings(vm, vmi),
+            *_missing_mac_findings(vm, without_mac))
+
+
+def edit_eligibility_findings(old: VmView, new: VmView, vmi: VmiView | None) -> tuple[Finding, ...]:
+    """``eligibility_findings`` of an UPDATE that hot-plugs or unplugs: the VM must be eligible both as
+    it runs (``old``) and as the edit leaves it (``new``).
+
+    An edit that drops the guest-cluster label, the hostname selector or the host devices changes
+    nothing for the running VMI (those changes wait for a restart), so it cannot carry a hot-plug.
+    An existing interface needs its MAC in the spec before and after. An interface the edit adds
+    without one has its own message: the mutating webhook gives every new interface a MAC, so its
+    absence means that webhook did not run (its failure policy lets writes through when it is down).
+    """
+    existing = {iface.name for iface in old.interfaces}
+    old_without_mac = {iface.name for iface in old.interfaces if not iface.mac}
+    without_mac = [iface.name for iface in new.interfaces
+                   if iface.name in existing and (not iface.mac or iface.name in old_without_mac)]
+    added_without_mac = [iface.name for iface in new.interfaces if iface.name not in existing and not iface.mac]
+    found = [*(_guest_cluster_findings(new) or _guest_cluster_findings(old)), *_running_findings(new, vmi)]
+    found += _distinct([*_migratable_findings(new, vmi), *_migratable_findings(old, vmi)])
+    found += _missing_mac_findings(new, without_mac)
+    if added_without_mac:
+        found.append(Finding("vm-missing-macs", f"VM {new.ref} interface(s) {', '.join(added_without_mac)} are "
+                                                "hot-plugged without a macAddress; nichotplug's mutating webhook "
+                                                "gives every new interface one, so check that it is running, or "
+                                                "write a macAddress yourself"))
     return tuple(found)
+
+
+def _distinct(findings: list[Finding]) -> list[Finding]:
+    """``findings`` without repeats, in order (old and new often fail a condition alike)."""
+    return list(dict.fromkeys(findings))
 
 
 def eligibility_problems(vm: VmView, vmi: VmiView | None) -> tuple[str, ...]:

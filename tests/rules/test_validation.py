@@ -250,6 +250,54 @@ def test_hotplug_of_a_vm_with_interfaces_lacking_macs_says_to_restart_once() -> 
                                      "it again")
 
 
+GUEST_CLUSTER = {"harvesterhci.io/creator": "docker-machine-driver-harvester"}
+PINNED = {"kubernetes.io/hostname": "node1"}
+
+
+@pytest.mark.parametrize(("old_kwargs", "reason", "words"), [
+    ({"labels": GUEST_CLUSTER}, "vm-guest-cluster", "belongs to a guest cluster"),
+    ({"node_selector": PINNED}, "vm-not-migratable", "is pinned to node node1"),
+    ({"host_devices": True}, "vm-not-migratable", "has host devices or GPUs"),
+], ids=["guest-cluster-label", "hostname-selector", "host-devices"])
+def test_an_edit_that_also_drops_what_made_the_vm_ineligible_cannot_hotplug(
+        old_kwargs: dict[str, Any], reason: str, words: str) -> None:
+    # The running VMI keeps what the old spec gave it until a restart: one `kubectl edit` that drops it
+    # and adds a NIC is still a hot-plug into an ineligible VM.
+    new = with_added(iface("nic-2", mac="02:00:00:00:00:03"), multus_net("nic-2", "vlan2"))
+    decision = validate(new, vm(**old_kwargs), cluster=RUNNING)
+    assert (decision.allowed, decision.code, decision.reason) == (False, 403, reason)
+    assert words in decision.message
+
+
+def test_an_edit_that_makes_the_vm_ineligible_cannot_hotplug_either() -> None:
+    new = with_added(iface("nic-2", mac="02:00:00:00:00:03"), multus_net("nic-2", "vlan2"), node_selector=PINNED)
+    assert validate(new, vm(), cluster=RUNNING).reason == "vm-not-migratable"
+
+
+def test_a_condition_failed_before_and_after_the_edit_is_named_once() -> None:
+    new = with_added(iface("nic-2", mac="02:00:00:00:00:03"), multus_net("nic-2", "vlan2"), node_selector=PINNED)
+    decision = validate(new, vm(node_selector=PINNED), cluster=RUNNING)
+    assert decision.message.count("is pinned to node node1") == 1
+
+
+def test_a_hotplugged_interface_without_a_mac_points_at_the_mutating_webhook() -> None:
+    # What arrives when the mutating webhook (failure policy Ignore) was down.
+    decision = hotplug(iface("nic-2"), multus_net("nic-2", "vlan2"))
+    assert decision == Decision.deny(
+        403, "NIC hot-plug refused: VM default/vm1 interface(s) nic-2 are hot-plugged without a macAddress; "
+             "nichotplug's mutating webhook gives every new interface one, so check that it is running, or write "
+             "a macAddress yourself", "vm-missing-macs")
+
+
+def test_writing_a_mac_into_a_running_interface_that_had_none_still_says_to_restart_once() -> None:
+    old = vm(interfaces=[iface("default", binding="masquerade"), BASE_IFACES[1]])
+    new = vm(interfaces=[*BASE_IFACES, iface("nic-2", mac="02:00:00:00:00:03")],
+             networks=[*BASE_NETS, multus_net("nic-2", "vlan2")])
+    decision = validate(new, old, cluster=RUNNING)
+    assert decision.reason == "vm-missing-macs"
+    assert "interface(s) default have no macAddress in the spec; stop the VM once" in decision.message
+
+
 def unplug(name: str, cluster: StaticCluster = RUNNING, extra: list[dict[str, Any]] | None = None) -> Decision:
     interfaces = [*BASE_IFACES, *(extra or [])]
     networks = [*BASE_NETS, *([multus_net(i["name"], "vlan2") for i in extra] if extra else [])]
