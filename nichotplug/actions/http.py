@@ -68,7 +68,7 @@ async def _json_object_body(request: web.Request) -> Mapping[str, Any]:
         raise ActionFailed(ActionRefusal(422, plan.INVALID_BODY, "the request body is empty: send a JSON object"))
     try:
         decoded = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError; RecursionError: too deep
         raise ActionFailed(ActionRefusal(422, plan.INVALID_BODY, f"the request body is not JSON: {error}")) from error
     if not isinstance(decoded, dict):
         raise ActionFailed(ActionRefusal(

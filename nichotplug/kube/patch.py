@@ -82,7 +82,7 @@ def _status_body(exc: ApiException) -> Mapping[str, Any]:
         return {}
     try:
         decoded = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return decoded if isinstance(decoded, dict) else {}
 

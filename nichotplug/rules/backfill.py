@@ -173,7 +173,7 @@ def parse_observed_macs(text: str | None) -> dict[str, str]:
         return {}
     try:
         decoded = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than Python's stack
         raise ValueError(f"annotation {MAC_ANNOTATION} is not JSON ({exc}): {text[:200]!r}") from None
     if not isinstance(decoded, dict):
         raise ValueError(f"annotation {MAC_ANNOTATION} must be a JSON object of interface name to MAC, "

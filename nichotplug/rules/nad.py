@@ -39,7 +39,7 @@ def cni_type(config: str) -> tuple[str, str]:
         return "", "its spec.config is empty"
     try:
         decoded = json.loads(config)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:  # RecursionError: nested deeper than Python's stack
         return "", f"its CNI config is not valid JSON ({error})"
     if not isinstance(decoded, dict):
         return "", "its CNI config is not a JSON object"

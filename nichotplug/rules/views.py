@@ -196,7 +196,7 @@ def parse_observed_macs(text: str) -> tuple[Mapping[str, str], str]:
         # integers); it decides, so both parsers give the same verdict and the same message.
         try:
             decoded = json.loads(text)
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:  # RecursionError: nested deeper than Python's stack
             return _EMPTY, f"annotation {OBSERVED_MACS_ANNOTATION} is not valid JSON ({error})"
     if not isinstance(decoded, dict):
         return _EMPTY, f"annotation {OBSERVED_MACS_ANNOTATION} must be a JSON object of interface name to MAC"

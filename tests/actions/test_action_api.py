@@ -158,7 +158,8 @@ async def test_find_hotunpluggable_nics_of_an_ineligible_vm_is_empty_not_an_erro
 
 @pytest.mark.parametrize(("raw", "words"), [
     (b"{not json", "not JSON"), (b"", "empty"), (b"[1, 2]", "must be a JSON object"), (b"\xff\xfe", "not JSON"),
-])
+    (b"[" * 100_000 + b"]" * 100_000, "not JSON: maximum recursion depth exceeded"),
+], ids=["not-json", "empty", "array", "not-utf8", "nested-too-deep"])
 async def test_a_body_that_is_not_a_json_object_is_422_and_changes_nothing(
         actions_client: ActionClient, api_client: ApiClient, running_vm: dict[str, Any],
         raw: bytes, words: str) -> None:

@@ -279,6 +279,15 @@ def test_an_unreadable_object_is_dropped_and_counted_without_touching_the_others
     assert view.invalid_objects == 2
 
 
+def test_a_vm_whose_annotation_is_nested_too_deep_keeps_its_spec_macs_indexed() -> None:
+    view = ClusterView()
+    deep = '{"nic-2": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    view.apply_event(VIRTUAL_MACHINE, "ADDED", vm("vm1", [("nic-1", MAC_A, None)],
+                                                   annotations={"harvesterhci.io/mac-address": deep}))
+    assert owners(view, MAC_A) == {("default", "vm1", "nic-1")}
+    assert view.invalid_objects == 0
+
+
 def test_a_failing_listener_does_not_stop_the_others_or_the_cache() -> None:
     view = ClusterView()
     heard: list[str] = []

@@ -185,6 +185,16 @@ def test_real_api_server_answers_map_to_our_errors(recorded: str, kind: type[Kub
     assert error.message
 
 
+@pytest.mark.parametrize("body", [b"<html>502 Bad Gateway</html>", b"[" * 100_000 + b"]" * 100_000, b"[1]", None],
+                         ids=["html", "nested-too-deep", "not-an-object", "none"])
+def test_an_error_body_that_is_not_a_status_still_maps_by_http_code(body: bytes | None) -> None:
+    # What a proxy in front of the API server, or a cut connection, may leave in the body.
+    exc = ApiException(status=503, reason="Service Unavailable")
+    exc.body = body
+    error = as_kube_error(exc)
+    assert (type(error), error.status, error.message) == (KubeError, 503, "Service Unavailable")
+
+
 def test_recorded_webhook_denial_keeps_the_webhook_message() -> None:
     error = as_kube_error(_recorded_exception("15-webhook-denied.json"))
     assert isinstance(error, Denied)

@@ -141,6 +141,7 @@ def test_a_stale_resource_version_makes_the_annotation_patch_fail() -> None:
 
 @pytest.mark.parametrize(("text", "complaint"), [
     ("{not json", "is not JSON"),
+    ("[" * 100_000 + "]" * 100_000, "is not JSON \\(maximum recursion depth exceeded"),
     ('["default"]', "must be a JSON object"),
     ('{"default": 5}', "is not a string"),
     ('{"default": "zz:zz"}', "is not a MAC address"),

@@ -61,6 +61,14 @@ def test_missing_nad_is_not_hotpluggable() -> None:
     assert nad_verdict(None).hotpluggable is False
 
 
+def test_a_config_nested_too_deep_to_parse_is_refused_not_a_crash() -> None:
+    deep = '{"type": "bridge", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    hotpluggable, reason = verdict_for(config=deep)
+    assert hotpluggable is False
+    assert reason.endswith("its CNI config is not valid JSON (maximum recursion depth exceeded while decoding a JSON "
+                           "array from a unicode string)")
+
+
 def test_unparsable_config_is_refused_with_the_parse_error() -> None:
     hotpluggable, reason = verdict_for(config='{"type": "bridge",')
     assert (hotpluggable, "is not valid JSON (Expecting property name" in reason) == (False, True)

@@ -433,6 +433,15 @@ def test_an_unparsable_mac_annotation_warns() -> None:
         "VM default/vm1: annotation harvesterhci.io/mac-address is not valid JSON")) == (True, True)
 
 
+def test_an_annotation_nested_too_deep_warns_on_every_write_instead_of_a_500() -> None:
+    deep = {"harvesterhci.io/mac-address": '{"default": ' + "[" * 100_000 + "]" * 100_000 + "}"}
+    created = validate(vm(annotations=deep))
+    relabelled = vm(annotations=deep, labels={"team": "a"})
+    for decision in (created, validate(relabelled, vm(annotations=deep))):
+        assert (decision.allowed, "is not valid JSON (maximum recursion depth exceeded" in decision.warnings[0]) == (
+            True, True)
+
+
 # -- what is not judged, and garbage ---------------------------------------------------------------------
 
 

@@ -139,6 +139,12 @@ def test_observed_mac_annotation_parsing(text: str, macs: dict[str, str], error:
     assert parse_observed_macs(text) == (macs, error)
 
 
+def test_an_annotation_nested_too_deep_to_parse_is_an_error_not_an_exception() -> None:
+    macs, error = parse_observed_macs('{"default": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert (macs, error.startswith("annotation harvesterhci.io/mac-address is not valid JSON (maximum recursion")) == (
+        {}, True)
+
+
 def test_unparsable_observed_mac_annotation_is_an_error_not_an_exception() -> None:
     macs, error = parse_observed_macs("{not json")
     assert (macs, error.startswith("annotation harvesterhci.io/mac-address is not valid JSON")) == ({}, True)
