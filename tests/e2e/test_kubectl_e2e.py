@@ -271,6 +271,8 @@ async def test_a_duplicate_mac_on_the_same_cluster_network_is_refused(cluster: C
 
     assert done.returncode != 0
     assert DENIED in done.stderr, done.stderr
+    # A refusal, not a lost race: client-go's IsConflict is false, so RetryOnConflict does not resend it.
+    assert "Error from server (Forbidden)" in done.stderr
     assert taken in done.stderr
     assert "default/first" in done.stderr
     missing = await cluster.kubectl("get", "vm", "second")

@@ -185,7 +185,8 @@ async def test_collision_is_denied_409_and_mutation_patches_only_what_is_missing
     response = check_review(answer, uid="uid-1", webhook="validation")
     assert response["allowed"] is False
     assert response["status"]["code"] == 409
-    assert response["status"]["reason"] == "Conflict"
+    # Not reason Conflict: client-go's IsConflict would read a stale resourceVersion and retry the write.
+    assert response["status"]["reason"] == "Forbidden"
     assert "default/other" in response["status"]["message"]
     _, answer = await post(session, base_url + MUTATION_PATH, body)
     ops = json.loads(base64.b64decode(check_review(answer, uid="uid-1", webhook="mutation")["patch"]))
