@@ -180,9 +180,10 @@ class MacReconciler:
             return Outcome.CONFLICT
         except NotFound:
             return Outcome.SKIPPED  # deleted meanwhile; its DELETED event clears the rest
-        except Denied as exc:
-            return await self._denied_write(key, vm, kind, fingerprint, exc)
         except (KubeError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            if isinstance(exc, Denied) and not exc.transient:
+                return await self._denied_write(key, vm, kind, fingerprint, exc)
+            # Retried with back-off; that includes a webhook that could not judge (not synced yet).
             log.warning("could not write the %s of VM %s: %s", kind, key, exc)
             return Outcome.ERROR
         if kind == "annotation":

@@ -72,6 +72,12 @@ class Denied(KubeError):
     def __str__(self) -> str:
         return f'admission webhook "{self.webhook}" denied the request: {self.message}'
 
+    @property
+    def transient(self) -> bool:
+        """The webhook could not judge the write (5xx: not synced yet, an internal error), as opposed
+        to judging and refusing it: the same write may pass in a moment."""
+        return self.code >= 500
+
 
 def _status_body(exc: ApiException) -> Mapping[str, Any]:
     """The decoded ``kind: Status`` body of an API error, or ``{}`` when it is not JSON."""

@@ -180,6 +180,25 @@ async def test_a_webhook_refusing_the_write_is_not_retried_hot(
     assert await cluster.spec_macs("vm1") == {"default": None}
 
 
+async def test_a_webhook_that_could_not_judge_yet_is_retried_soon_not_reported_as_a_refusal(
+    api_client: ApiClient, apiserver: Any, cluster: Cluster,
+) -> None:
+    # What our own validating webhook answers while a replica is still reading the cluster (503).
+    await cluster.create_vm(vm_body("vm1", macs={"default": None}, annotation={"default": MAC_A}))
+    denied_before = metric("nichotplug_controller_writes_denied_total", write="backfill")
+    starting = apiserver.faults.add(
+        method="PATCH", path_regex=r"/virtualmachines/vm1", status=503, times=2,
+        message='admission webhook "validate-vm.nichotplug.harvesterhci.io" denied the request: nichotplug is '
+                "starting and has not finished reading the cluster's VMs, VMIs and networks")
+    async with running_controller(api_client, denied_backoff=600.0):
+        async def backfilled() -> bool:
+            return await cluster.spec_macs("vm1") == {"default": MAC_A}
+        await wait_for(backfilled)
+    assert starting.hits == 2
+    assert "MacWriteDenied" not in await _reasons(cluster, "vm1")
+    assert metric("nichotplug_controller_writes_denied_total", write="backfill") == denied_before
+
+
 async def test_it_survives_the_api_server_stopping_and_coming_back(
     api_client: ApiClient, apiserver: Any, cluster: Cluster,
 ) -> None:
