@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -55,6 +56,21 @@ _JSON_HEADERS = {hdrs.CONTENT_TYPE: JSON_CONTENT_TYPE}
 # delay rather than a refusal.
 SYNC_WAIT_SECONDS = 3.0
 
+# The API server puts its deadline for the call in the URL (``?timeout=10s``, a Go duration) and
+# never reads an answer that comes later: a request that waits for the sync stops waiting this long
+# before it, so the user gets our 503 instead of the API server's "context deadline exceeded".
+DEADLINE_MARGIN_SECONDS = 0.5
+_GO_DURATION = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+")
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def go_duration_seconds(text: str) -> float | None:
+    """The seconds of a Go ``time.Duration`` string (``10s``, ``1m30s``, ``500ms``); None for other text."""
+    if not _GO_DURATION.fullmatch(text):
+        return None
+    return sum(float(number) * _GO_UNIT_SECONDS[unit] for number, unit in _GO_DURATION_PART.findall(text))
+
 
 class WebhookHandler:
     """One webhook endpoint (mutation or validation) bound to the cluster view it consults."""
@@ -80,7 +96,7 @@ class WebhookHandler:
                 admission = decode_review(body)
             except BadReview as error:
                 return self._bad_request(request, error)
-            if await self._cluster_is_read(admission):
+            if await self._cluster_is_read(request, admission):
                 verdict = review(self.webhook, admission, self.cluster)
             else:
                 verdict = not_synced(self.webhook, admission)
@@ -119,15 +135,25 @@ class WebhookHandler:
         self._stats.fast_allows += 1  # a 200 and a FAST_ALLOWED_DECISION (see WebhookStats)
         return web.Response(body=encode_allowed(uid), headers=_JSON_HEADERS)
 
-    async def _cluster_is_read(self, admission: AdmissionRequest) -> bool:
+    async def _cluster_is_read(self, request: web.BaseRequest, admission: AdmissionRequest) -> bool:
         """Whether the cluster view is complete enough to judge this request (waiting a little for it)."""
         if self.synced is None or self.synced.is_set() or not is_judged(admission):
             return True
+        wait = self._sync_wait(request)
+        if wait <= 0:
+            return False
         try:
-            await asyncio.wait_for(self.synced.wait(), self.sync_wait_seconds)
+            await asyncio.wait_for(self.synced.wait(), wait)
         except TimeoutError:
             return False
         return True
+
+    def _sync_wait(self, request: web.BaseRequest) -> float:
+        """``sync_wait_seconds``, cut short to end before the API server's deadline for this call."""
+        deadline = go_duration_seconds(request.query.get("timeout", ""))
+        if deadline is None:
+            return self.sync_wait_seconds
+        return min(self.sync_wait_seconds, deadline - DEADLINE_MARGIN_SECONDS)
 
     def _bad_request(self, request: web.BaseRequest, error: BadReview) -> web.Response:
         metrics.BAD_REQUESTS.labels(self.webhook, error.reason).inc()
