@@ -30,6 +30,9 @@ class ResourceInfo:
     schema: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)  # openAPIV3Schema
     storage: bool = True  # the storage version of its group/kind
     printer_columns: tuple[Mapping[str, Any], ...] = field(default=(), compare=False, hash=False)
+    # Whether a PUT may leave out metadata.resourceVersion (the registry's AllowUnconditionalUpdate):
+    # false for custom resources, CRDs, Leases and webhook configurations.
+    unconditional_update: bool = True
 
     @property
     def group_version(self) -> str:
@@ -51,10 +54,11 @@ class ResourceInfo:
 
 def _builtin(group: str, version: str, plural: str, kind: str, *, namespaced: bool,
              short_names: tuple[str, ...] = (), verbs: tuple[str, ...] = ALL_VERBS,
-             subresources: frozenset[str] = frozenset()) -> ResourceInfo:
+             subresources: frozenset[str] = frozenset(), unconditional_update: bool = True) -> ResourceInfo:
     return ResourceInfo(
         group=group, version=version, plural=plural, singular=kind.lower(), kind=kind,
         namespaced=namespaced, short_names=short_names, verbs=verbs, subresources=subresources,
+        unconditional_update=unconditional_update,
     )
 
 
@@ -66,13 +70,14 @@ BUILTIN_RESOURCES: tuple[ResourceInfo, ...] = (
     _builtin("", "v1", "configmaps", "ConfigMap", namespaced=True, short_names=("cm",)),
     _builtin("", "v1", "serviceaccounts", "ServiceAccount", namespaced=True, short_names=("sa",)),
     _builtin("events.k8s.io", "v1", "events", "Event", namespaced=True, short_names=("ev",)),
-    _builtin("coordination.k8s.io", "v1", "leases", "Lease", namespaced=True),
+    _builtin("coordination.k8s.io", "v1", "leases", "Lease", namespaced=True, unconditional_update=False),
     _builtin("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
-             namespaced=False, short_names=("crd", "crds"), subresources=frozenset({"status"})),
+             namespaced=False, short_names=("crd", "crds"), subresources=frozenset({"status"}),
+             unconditional_update=False),
     _builtin("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations",
-             "MutatingWebhookConfiguration", namespaced=False),
+             "MutatingWebhookConfiguration", namespaced=False, unconditional_update=False),
     _builtin("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations",
-             "ValidatingWebhookConfiguration", namespaced=False),
+             "ValidatingWebhookConfiguration", namespaced=False, unconditional_update=False),
     _builtin("rbac.authorization.k8s.io", "v1", "roles", "Role", namespaced=True),
     _builtin("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", namespaced=True),
     _builtin("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", namespaced=False),
@@ -103,5 +108,6 @@ def resources_from_crd(crd: Mapping[str, Any]) -> list[ResourceInfo]:
             schema=(version.get("schema") or {}).get("openAPIV3Schema"),
             storage=bool(version.get("storage", False)),
             printer_columns=tuple(version.get("additionalPrinterColumns") or ()),
+            unconditional_update=False,
         ))
     return infos

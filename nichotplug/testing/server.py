@@ -766,6 +766,11 @@ class ApiServer:
         if new_meta.get("name", target.name) != target.name:
             raise bad_request(f"the name of the object ({new_meta.get('name')}) does not match the name on the URL "
                               f"({target.name})")
+        if call.request.method == "PUT" and not new_meta.get("resourceVersion") and not info.unconditional_update:
+            # The registry's AllowUnconditionalUpdate: a PUT must say which version it replaces.
+            raise invalid(info.kind, info.group, target.name, [{
+                "reason": "FieldValueInvalid", "field": "metadata.resourceVersion",
+                "message": "Invalid value: 0x0: must be specified for an update"}])
         if new_meta.get("uid") and new_meta["uid"] != old["metadata"]["uid"]:
             writes.check_preconditions({"preconditions": {"uid": new_meta["uid"]}}, old, info.qualified_name)
         has_status = "status" in info.subresources

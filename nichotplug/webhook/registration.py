@@ -182,6 +182,15 @@ def _client_config(path: str, service: ServiceRef | None, url: str | None, ca_bu
     return config
 
 
+def _namespace_selector(excluded_namespaces: Sequence[str]) -> dict[str, Any]:
+    """Every namespace but ``excluded_namespaces`` (the API server refuses ``NotIn`` with no values)."""
+    if not excluded_namespaces:
+        return {}
+    return {"matchExpressions": [
+        {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": list(excluded_namespaces)},
+    ]}
+
+
 def _webhook_entry(
     webhook: WebhookDeclaration,
     client_config: dict[str, Any],
@@ -198,9 +207,7 @@ def _webhook_entry(
         "failurePolicy": failure_policy,
         "clientConfig": client_config,
         "rules": webhook.as_webhook_rules(),
-        "namespaceSelector": {"matchExpressions": [
-            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": list(excluded_namespaces)},
-        ]},
+        "namespaceSelector": _namespace_selector(excluded_namespaces),
     }
     if webhook.kind == "mutating":
         entry["reinvocationPolicy"] = "Never"

@@ -328,3 +328,32 @@ async def test_put_with_mismatched_name_or_namespace_is_refused(raw: RawClient) 
     assert (await raw.call("GET", f"{VMS}/vm1")).body == stored
     assert answer.status == 400
     assert "does not match the name on the URL" in answer.body["message"]
+
+
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/default/leases"
+CONFIGMAPS = "/api/v1/namespaces/default/configmaps"
+
+
+@pytest.mark.parametrize(("collection", "body", "kind"), [
+    (VMS, vm("vm1"), "VirtualMachine.kubevirt.io"),
+    (LEASES, {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "vm1"},
+              "spec": {"holderIdentity": "a"}}, "Lease.coordination.k8s.io"),
+], ids=["custom-resource", "lease"])
+async def test_a_put_without_resource_version_is_refused_where_the_real_registry_refuses_it(
+        raw: RawClient, collection: str, body: dict[str, Any], kind: str) -> None:
+    # kube-apiserver's AllowUnconditionalUpdate is false for custom resources, Leases, CRDs and webhook
+    # configurations: `kubectl replace` of a manifest without resourceVersion fails against a real cluster.
+    stored = (await raw.call("POST", collection, body)).body
+    answer = await raw.call("PUT", f"{collection}/vm1", body)
+    assert (answer.status, answer.body["message"]) == (
+        422, f'{kind} "vm1" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update')
+    assert (await raw.call("GET", f"{collection}/vm1")).body == stored
+    with_version = {**body, "metadata": {**body["metadata"], "resourceVersion": stored["metadata"]["resourceVersion"]}}
+    assert (await raw.call("PUT", f"{collection}/vm1", with_version)).status == 200
+
+
+async def test_a_config_map_may_be_put_without_resource_version(raw: RawClient) -> None:
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "1"}}
+    await raw.call("POST", CONFIGMAPS, body)
+    answer = await raw.call("PUT", f"{CONFIGMAPS}/c", {**body, "data": {"a": "2"}})
+    assert (answer.status, answer.body["data"]) == (200, {"a": "2"})
