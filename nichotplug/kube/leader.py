@@ -225,7 +225,9 @@ class LeaderElector:
         """The Lease that makes us the holder, based on ``current`` (None: create a new one)."""
         now = _micro_time()
         ours = current is not None and current.holder == self.identity
-        transitions = 0 if current is None else current.transitions + (0 if ours or not current.holder else 1)
+        # Counted as client-go counts it: every time a candidate that did not hold the Lease takes it,
+        # a released one (holder cleared) included.
+        transitions = 0 if current is None else current.transitions + (0 if ours else 1)
         metadata: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
         if current is not None:
             metadata["resourceVersion"] = current.resource_version

@@ -65,6 +65,11 @@ async def holder(api: ApiClient) -> str:
     return str(lease.spec.holder_identity or "")
 
 
+async def transitions(api: ApiClient) -> int:
+    lease = await CoordinationV1Api(api).read_namespaced_lease("nichotplug", "default")
+    return int(lease.spec.lease_transitions or 0)
+
+
 async def test_two_candidates_one_leader_then_a_clean_hand_over(api_client: ApiClient,
                                                                 second_client: ApiClient) -> None:
     first = Candidate(LeaderElector(api_client, "nichotplug", "default", "replica-a", **TERMS))
@@ -78,11 +83,13 @@ async def test_two_candidates_one_leader_then_a_clean_hand_over(api_client: ApiC
         assert (first.elector.is_leader, second.elector.is_leader) == (True, False)
         assert await holder(api_client) == "replica-a"
         assert (first.started, second.started) == (1, 0)
+        assert await transitions(api_client) == 0  # renewals are no transitions
 
         await first.cancel()  # a clean shutdown releases the lease
         assert (first.stopped, first.work_cancelled) == (1, 1)
         await eventually(lambda: second.elector.is_leader, "replica-b takes over", within=TERMS["lease_duration"])
         assert await holder(api_client) == "replica-b"
+        assert await transitions(api_client) == 1  # taking a released Lease is a transition, as in client-go
         await eventually(lambda: second.started == 1, "replica-b's work starts")
     finally:
         await first.cancel()
