@@ -42,6 +42,7 @@ from nichotplug.testing.auth import (
     UserInfo,
     service_account_user,
 )
+from nichotplug.testing.builtins import builtin_causes
 from nichotplug.testing.errors import (
     StatusError,
     already_exists,
@@ -935,6 +936,7 @@ class ApiServer:
         causes = validation.metadata_causes(obj, dns_label=is_namespace) if old is None else []
         if info.schema is not None:
             causes += self._validator(info).causes(obj)
+        causes += builtin_causes(info.group, info.plural, obj)
         if causes:
             raise invalid(info.kind, info.group, obj.get("metadata", {}).get("name", ""), causes)
 

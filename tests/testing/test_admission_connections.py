@@ -52,7 +52,7 @@ class CountingWebhook:
                                   "response": {"uid": review["request"]["uid"], "allowed": True}})
 
     def configuration(self) -> dict[str, Any]:
-        entry = webhook("count.test", f"https://127.0.0.1:{self.port}/allow",
+        entry = webhook("count.nichotplug.test", f"https://127.0.0.1:{self.port}/allow",
                         base64.b64encode(self.bundle.ca_cert_pem).decode(), operations=("CREATE",))
         return configuration("ValidatingWebhookConfiguration", "count", entry)
 

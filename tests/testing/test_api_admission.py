@@ -77,8 +77,9 @@ async def test_warning_is_a_header_on_the_created_object(raw: RawClient, hook: S
 
 async def test_mutation_is_stored_and_seen_by_validating_webhooks(raw: RawClient, hook: ScriptedWebhook) -> None:
     await _register(raw, "MutatingWebhookConfiguration", "m",
-                    webhook("m.test", hook.url("patch", label="mutated", value="yes"), hook.ca_bundle))
-    await _register(raw, "ValidatingWebhookConfiguration", "v", webhook("v.test", hook.url("allow"), hook.ca_bundle))
+                    webhook("m.nichotplug.test", hook.url("patch", label="mutated", value="yes"), hook.ca_bundle))
+    await _register(raw, "ValidatingWebhookConfiguration", "v",
+                    webhook("v.nichotplug.test", hook.url("allow"), hook.ca_bundle))
     created = await raw.call("POST", VMS, vm("vm1"))
     assert created.body["metadata"]["labels"] == {"mutated": "yes"}
     (_, validated), = [(path, request) for path, request in hook.calls if path == "/allow"]
@@ -87,8 +88,9 @@ async def test_mutation_is_stored_and_seen_by_validating_webhooks(raw: RawClient
 
 
 async def test_schema_validation_runs_before_validating_webhooks(raw: RawClient, hook: ScriptedWebhook) -> None:
-    await _register(raw, "MutatingWebhookConfiguration", "m", webhook("m.test", hook.url("allow/m"), hook.ca_bundle))
-    await _register(raw, "ValidatingWebhookConfiguration", "v", webhook("v.test", hook.url("allow/v"),
+    await _register(raw, "MutatingWebhookConfiguration", "m",
+                    webhook("m.nichotplug.test", hook.url("allow/m"), hook.ca_bundle))
+    await _register(raw, "ValidatingWebhookConfiguration", "v", webhook("v.nichotplug.test", hook.url("allow/v"),
                                                                           hook.ca_bundle))
     body = vm("bad")
     del body["spec"]["template"]
@@ -99,7 +101,8 @@ async def test_schema_validation_runs_before_validating_webhooks(raw: RawClient,
 
 async def test_update_patch_and_delete_are_admitted_with_the_old_object(raw: RawClient, hook: ScriptedWebhook) -> None:
     await raw.call("POST", VMS, vm("vm1"))
-    await _register(raw, "ValidatingWebhookConfiguration", "v", webhook("v.test", hook.url("allow"), hook.ca_bundle))
+    await _register(raw, "ValidatingWebhookConfiguration", "v",
+                    webhook("v.nichotplug.test", hook.url("allow"), hook.ca_bundle))
     await raw.call("PATCH", f"{VMS}/vm1", {"spec": {"runStrategy": "Always"}}, content_type=MERGE)
     await raw.call("DELETE", f"{VMS}/vm1")
     (_, update), (_, delete) = hook.calls
@@ -111,18 +114,19 @@ async def test_update_patch_and_delete_are_admitted_with_the_old_object(raw: Raw
 async def test_denied_delete_keeps_the_object(raw: RawClient, hook: ScriptedWebhook) -> None:
     await raw.call("POST", VMS, vm("vm1"))
     await _register(raw, "ValidatingWebhookConfiguration", "v",
-                    webhook("v.test", hook.url("deny", code=403, message="no"), hook.ca_bundle,
+                    webhook("v.nichotplug.test", hook.url("deny", code=403, message="no"), hook.ca_bundle,
                             operations=("DELETE",)))
     answer = await raw.call("DELETE", f"{VMS}/vm1")
     assert answer.status == 403
-    assert answer.body["message"] == 'admission webhook "v.test" denied the request: no'
+    assert answer.body["message"] == 'admission webhook "v.nichotplug.test" denied the request: no'
     assert (await raw.call("GET", f"{VMS}/vm1")).status == 200
 
 
 async def test_status_writes_are_admitted_as_the_status_subresource(raw: RawClient, hook: ScriptedWebhook) -> None:
     await raw.call("POST", VMS, vm("vm1"))
     await _register(raw, "ValidatingWebhookConfiguration", "v",
-                    webhook("v.test", hook.url("allow"), hook.ca_bundle, resources=("virtualmachines/status",)))
+                    webhook("v.nichotplug.test", hook.url("allow"), hook.ca_bundle,
+                            resources=("virtualmachines/status",)))
     await raw.call("PATCH", f"{VMS}/vm1", {"metadata": {"labels": {"a": "b"}}}, content_type=MERGE)
     await raw.call("PATCH", f"{VMS}/vm1/status", {"status": {"ready": False}}, content_type=MERGE)
     (_, request), = hook.calls
@@ -131,7 +135,8 @@ async def test_status_writes_are_admitted_as_the_status_subresource(raw: RawClie
 
 async def test_dry_run_reaches_webhooks_without_side_effects_and_stores_nothing(
         raw: RawClient, hook: ScriptedWebhook, apiserver: ApiServer) -> None:
-    await _register(raw, "ValidatingWebhookConfiguration", "v", webhook("v.test", hook.url("allow"), hook.ca_bundle))
+    await _register(raw, "ValidatingWebhookConfiguration", "v",
+                    webhook("v.nichotplug.test", hook.url("allow"), hook.ca_bundle))
     answer = await raw.call("POST", f"{VMS}?dryRun=All", vm("vm1"))
     assert answer.status == 201
     (_, request), = hook.calls
@@ -141,17 +146,18 @@ async def test_dry_run_reaches_webhooks_without_side_effects_and_stores_nothing(
 
 async def test_unreachable_webhook_with_fail_policy_refuses_the_write(raw: RawClient, apiserver: ApiServer) -> None:
     await _register(raw, "ValidatingWebhookConfiguration", "v",
-                    webhook("v.test", "https://127.0.0.1:9/nowhere", None, failure_policy="Fail", timeout_seconds=1))
+                    webhook("v.nichotplug.test", "https://127.0.0.1:9/nowhere", None, failure_policy="Fail",
+                            timeout_seconds=1))
     answer = await raw.call("POST", VMS, vm("vm1"))
     assert answer.status == 500
-    assert answer.body["message"].startswith('Internal error occurred: failed calling webhook "v.test"')
+    assert answer.body["message"].startswith('Internal error occurred: failed calling webhook "v.nichotplug.test"')
     assert apiserver.store.count(("kubevirt.io", "virtualmachines")) == 0
 
 
 async def test_concurrent_patches_during_slow_admission_are_both_kept(raw: RawClient, hook: ScriptedWebhook) -> None:
     await raw.call("POST", VMS, vm("vm1"))
     await _register(raw, "ValidatingWebhookConfiguration", "v",
-                    webhook("v.test", hook.url("slow", seconds="0.2"), hook.ca_bundle, timeout_seconds=10))
+                    webhook("v.nichotplug.test", hook.url("slow", seconds="0.2"), hook.ca_bundle, timeout_seconds=10))
     first, second = await asyncio.gather(
         raw.call("PATCH", f"{VMS}/vm1", {"metadata": {"labels": {"a": "1"}}}, content_type=MERGE),
         raw.call("PATCH", f"{VMS}/vm1", {"metadata": {"labels": {"b": "2"}}}, content_type=MERGE))
@@ -163,7 +169,7 @@ async def test_concurrent_update_with_the_same_resource_version_conflicts(
         raw: RawClient, hook: ScriptedWebhook) -> None:
     stored = (await raw.call("POST", VMS, vm("vm1"))).body
     await _register(raw, "ValidatingWebhookConfiguration", "v",
-                    webhook("v.test", hook.url("slow", seconds="0.2"), hook.ca_bundle, timeout_seconds=10))
+                    webhook("v.nichotplug.test", hook.url("slow", seconds="0.2"), hook.ca_bundle, timeout_seconds=10))
     one, two = (json.loads(json.dumps(stored)) for _ in range(2))
     one["metadata"]["labels"], two["metadata"]["labels"] = {"a": "1"}, {"b": "2"}
     answers = await asyncio.gather(raw.call("PUT", f"{VMS}/vm1", one), raw.call("PUT", f"{VMS}/vm1", two))

@@ -34,19 +34,19 @@ async def raw(apiserver: ApiServer) -> AsyncIterator[RawClient]:
 
 
 def test_list_with_merge_key_merges_by_key() -> None:
-    live = {"webhooks": _hooks("a.test", "b.test")}
-    patch = {"webhooks": [{"name": "b.test", "clientConfig": {"caBundle": "Q0E="}}]}
+    live = {"webhooks": _hooks("a.nichotplug.test", "b.nichotplug.test")}
+    patch = {"webhooks": [{"name": "b.nichotplug.test", "clientConfig": {"caBundle": "Q0E="}}]}
     merged = strategic_merge(live, patch, WEBHOOK_LISTS)
-    assert [h["name"] for h in merged["webhooks"]] == ["a.test", "b.test"]
-    assert merged["webhooks"][1]["clientConfig"] == {"url": "https://b.test:8443/", "caBundle": "Q0E="}
+    assert [h["name"] for h in merged["webhooks"]] == ["a.nichotplug.test", "b.nichotplug.test"]
+    assert merged["webhooks"][1]["clientConfig"] == {"url": "https://b.nichotplug.test:8443/", "caBundle": "Q0E="}
 
 
 def test_delete_directive_and_element_order() -> None:
-    live = {"webhooks": _hooks("a.test", "b.test", "c.test")}
-    patch = {"$setElementOrder/webhooks": [{"name": "c.test"}, {"name": "a.test"}],
-             "webhooks": [{"name": "b.test", "$patch": "delete"}]}
+    live = {"webhooks": _hooks("a.nichotplug.test", "b.nichotplug.test", "c.nichotplug.test")}
+    patch = {"$setElementOrder/webhooks": [{"name": "c.nichotplug.test"}, {"name": "a.nichotplug.test"}],
+             "webhooks": [{"name": "b.nichotplug.test", "$patch": "delete"}]}
     merged = strategic_merge(live, patch, WEBHOOK_LISTS)
-    assert [h["name"] for h in merged["webhooks"]] == ["c.test", "a.test"]
+    assert [h["name"] for h in merged["webhooks"]] == ["c.nichotplug.test", "a.nichotplug.test"]
 
 
 def test_finalizers_merge_as_a_set_and_can_be_removed() -> None:
@@ -72,13 +72,13 @@ def test_replace_and_retain_keys_directives() -> None:
 
 async def test_strategic_patch_over_http_keeps_the_other_webhooks(raw: RawClient) -> None:
     config = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-              "metadata": {"name": "hooks"}, "webhooks": _hooks("a.test", "b.test")}
+              "metadata": {"name": "hooks"}, "webhooks": _hooks("a.nichotplug.test", "b.nichotplug.test")}
     assert (await raw.call("POST", CONFIGS, config)).status == 201
-    answer = await raw.call("PATCH", f"{CONFIGS}/hooks", {"webhooks": [{"name": "a.test", "timeoutSeconds": 5}]},
-                            content_type=SMP)
+    answer = await raw.call("PATCH", f"{CONFIGS}/hooks",
+                            {"webhooks": [{"name": "a.nichotplug.test", "timeoutSeconds": 5}]}, content_type=SMP)
     assert answer.status == 200
-    assert [(h["name"], h.get("timeoutSeconds")) for h in answer.body["webhooks"]] == [("a.test", 5),
-                                                                                       ("b.test", None)]
+    assert [(h["name"], h.get("timeoutSeconds")) for h in answer.body["webhooks"]] == [("a.nichotplug.test", 5),
+                                                                                       ("b.nichotplug.test", None)]
 
 
 @pytest.mark.kubectl
@@ -86,7 +86,7 @@ async def test_strategic_patch_over_http_keeps_the_other_webhooks(raw: RawClient
 async def test_kubectl_apply_twice_updates_one_webhook(apiserver: ApiServer, kubeconfig: Path, tmp_path: Path,
                                                        raw: RawClient) -> None:
     config = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-              "metadata": {"name": "hooks"}, "webhooks": _hooks("a.test", "b.test")}
+              "metadata": {"name": "hooks"}, "webhooks": _hooks("a.nichotplug.test", "b.nichotplug.test")}
     manifest = tmp_path / "hooks.yaml"
     for timeout in (None, 7):
         if timeout is not None:
@@ -98,4 +98,5 @@ async def test_kubectl_apply_twice_updates_one_webhook(apiserver: ApiServer, kub
         output, _ = await asyncio.wait_for(process.communicate(), 60)
         assert process.returncode == 0, output.decode()
     stored = (await raw.call("GET", f"{CONFIGS}/hooks")).body
-    assert [(h["name"], h.get("timeoutSeconds")) for h in stored["webhooks"]] == [("a.test", None), ("b.test", 7)]
+    assert [(h["name"], h.get("timeoutSeconds")) for h in stored["webhooks"]] == [
+        ("a.nichotplug.test", None), ("b.nichotplug.test", 7)]
