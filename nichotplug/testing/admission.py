@@ -9,9 +9,12 @@ with an AdmissionReview v1 built field by field as kube-apiserver builds it
 (``fixtures/admission/``). Denials, call failures and their ``failurePolicy`` give the same
 ``Status`` codes and messages as the real server (``fixtures/apiserver/15-webhook-denied.json``).
 
-Not modelled: ``matchPolicy: Equivalent`` (rules match the requested group/version exactly),
-``clientConfig.service`` (no cluster network here: a clear call error) and ``matchConditions``
-(CEL; a webhook that declares them fails clearly rather than matching silently).
+``matchConditions`` are evaluated after the selectors, on the object as the chain has it, but only
+in the one form CEL needs no engine for: ``has(object.<path>)`` or ``!has(oldObject.<path>)``. A
+webhook declaring any other expression fails clearly rather than matching silently.
+
+Not modelled: ``matchPolicy: Equivalent`` (rules match the requested group/version exactly) and
+``clientConfig.service`` (no cluster network here: a clear call error).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import base64
 import binascii
 import copy
 import logging
+import re
 import ssl
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -431,10 +435,13 @@ class _Chain:
                                  None, self.warnings)
 
     async def call(self, webhook: Mapping[str, Any], *, mutating: bool) -> dict[str, Any] | None:
-        """Call one webhook; its response, or None when it failed and ``failurePolicy`` is Ignore."""
+        """Call one webhook; its response, or None when a match condition is false or the call failed
+        and ``failurePolicy`` is Ignore."""
         name = str(webhook.get("name", ""))
         review = _review(self.attrs, self.obj)
         try:
+            if not self.conditions_hold(webhook):
+                return None
             versions = webhook.get("admissionReviewVersions") or []
             if "v1" not in versions:
                 raise _CallFailed(f"webhook does not accept v1 AdmissionReview (admissionReviewVersions: {versions})")
@@ -445,6 +452,21 @@ class _Chain:
                 log.warning('failed calling webhook "%s" (failurePolicy Ignore): %s', name, failure)
                 return None
             raise _internal_error(f'failed calling webhook "{name}": {failure}', self.warnings) from failure
+
+    def conditions_hold(self, webhook: Mapping[str, Any]) -> bool:
+        """Whether every ``matchConditions`` expression is true; a failed evaluation is a failed call."""
+        variables = {"object": self.obj, "oldObject": self.attrs.old_obj}
+        for condition in webhook.get("matchConditions") or ():
+            expression = str(condition.get("expression", ""))
+            found = _HAS.fullmatch(expression.strip())
+            if found is None:
+                raise _internal_error(f'webhook "{webhook.get("name", "")}" has match condition {expression!r}, '
+                                      "which the in-process API server does not evaluate (only has() of a "
+                                      "field of object or oldObject)", self.warnings)
+            negated, root, path = found.group(1) == "!", found.group(2), found.group(3).split(".")
+            if _has_field(variables[root], root, path) == negated:
+                return False
+        return True
 
     def take(self, webhook: Mapping[str, Any], response: Mapping[str, Any]) -> None:
         """Record warnings and raise the denial of one webhook's response."""
@@ -459,10 +481,19 @@ def _webhooks(configurations: Sequence[Mapping[str, Any]]) -> list[Mapping[str, 
     return [webhook for config in ordered for webhook in config.get("webhooks") or ()]
 
 
-def _check_supported(webhook: Mapping[str, Any], warnings: Sequence[str]) -> None:
-    if webhook.get("matchConditions"):
-        raise _internal_error(f'webhook "{webhook.get("name", "")}" declares matchConditions, which the '
-                              "in-process API server does not evaluate", warnings)
+_HAS = re.compile(r"(!?)\s*has\(\s*(object|oldObject)\.([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*\)")
+
+
+def _has_field(value: Any, root: str, path: list[str]) -> bool:
+    """CEL's ``has(root.a.b.c)``: whether ``c`` is set, each field before it being required."""
+    where = root
+    for key in path[:-1]:
+        if not isinstance(value, Mapping) or key not in value:
+            raise _CallFailed(f"failed to evaluate match condition: no such key: {key} (in {where})")
+        value, where = value[key], f"{where}.{key}"
+    if not isinstance(value, Mapping):
+        raise _CallFailed(f"failed to evaluate match condition: {where} is not an object")
+    return path[-1] in value
 
 
 async def _run_mutating(chain: _Chain, webhooks: Sequence[Mapping[str, Any]]) -> None:
@@ -481,7 +512,6 @@ async def _mutate_once(chain: _Chain, webhook: Mapping[str, Any]) -> bool:
     """Call one mutating webhook if it matches and apply its patch; whether it answered."""
     if not _matches(webhook, chain.attrs, chain.namespace_labels):
         return False
-    _check_supported(webhook, chain.warnings)
     chain.check_dry_run(webhook)
     response = await chain.call(webhook, mutating=True)
     if response is None:
@@ -495,7 +525,6 @@ async def _mutate_once(chain: _Chain, webhook: Mapping[str, Any]) -> bool:
 async def _run_validating(chain: _Chain, webhooks: Sequence[Mapping[str, Any]]) -> None:
     matched = [webhook for webhook in webhooks if _matches(webhook, chain.attrs, chain.namespace_labels)]
     for webhook in matched:
-        _check_supported(webhook, chain.warnings)
         chain.check_dry_run(webhook)
     outcomes = await asyncio.gather(*(chain.call(webhook, mutating=False) for webhook in matched),
                                     return_exceptions=True)

@@ -177,6 +177,9 @@ def _webhook(field: str, webhook: Mapping[str, Any], mutating: bool) -> list[Cau
     if mutating and webhook.get("reinvocationPolicy", "Never") not in ("Never", "IfNeeded"):
         causes.append(_unsupported(f"{field}.reinvocationPolicy", webhook["reinvocationPolicy"],
                                    ["IfNeeded", "Never"]))
+    for index, condition in enumerate(webhook.get("matchConditions") or ()):
+        causes += [_required(f"{field}.matchConditions[{index}].{key}") for key in ("name", "expression")
+                   if not condition.get(key)]
     causes += _client_config(f"{field}.clientConfig", webhook.get("clientConfig") or {})
     causes += _rules(f"{field}.rules", webhook.get("rules"))
     causes += _label_selector(f"{field}.namespaceSelector", webhook.get("namespaceSelector"))

@@ -92,6 +92,14 @@ VALIDATING_WEBHOOK = WebhookDeclaration(
 )
 WEBHOOKS: tuple[WebhookDeclaration, ...] = (MUTATING_WEBHOOK, VALIDATING_WEBHOOK)
 
+# Neither webhook is called for a VM that is being deleted: the rules leave such a VM as it is (mutation
+# skips it, validation allows it), and virt-controller's removal of its finalizer must not wait for
+# nichotplug, or an outage under failurePolicy Fail would keep every deleted VM Terminating.
+# matchConditions are evaluated from Kubernetes 1.28 (beta, on by default; GA in 1.30).
+MATCH_CONDITIONS: tuple[dict[str, str], ...] = (
+    {"name": "not-being-deleted", "expression": "!has(object.metadata.deletionTimestamp)"},
+)
+
 
 class Scope(Enum):
     """Where a permission is granted: cluster-wide (ClusterRole) or in the release namespace only (Role)."""
@@ -208,6 +216,7 @@ def _webhook_entry(
         "clientConfig": client_config,
         "rules": webhook.as_webhook_rules(),
         "namespaceSelector": _namespace_selector(excluded_namespaces),
+        "matchConditions": [dict(condition) for condition in MATCH_CONDITIONS],
     }
     if webhook.kind == "mutating":
         entry["reinvocationPolicy"] = "Never"

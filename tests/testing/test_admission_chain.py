@@ -503,11 +503,49 @@ async def test_a_webhook_without_v1_reviews_fails(hook: ScriptedWebhook) -> None
     assert hook.calls == []
 
 
-async def test_match_conditions_are_refused_clearly(hook: ScriptedWebhook) -> None:
+async def test_match_conditions_it_cannot_evaluate_are_refused_clearly(hook: ScriptedWebhook) -> None:
     entry = webhook("cel", hook.url("allow"), hook.ca_bundle,
                     matchConditions=[{"name": "x", "expression": "true"}])
-    with pytest.raises(StatusError, match="matchConditions"):
+    with pytest.raises(StatusError, match="match condition 'true', which the in-process API server does not "
+                                          "evaluate"):
         await run(attributes(), validating=[configuration(VALIDATING, "v", entry)])
+    assert hook.calls == []
+
+
+NOT_DELETING = [{"name": "not-being-deleted", "expression": "!has(object.metadata.deletionTimestamp)"}]
+
+
+def deleting(obj: dict[str, Any]) -> dict[str, Any]:
+    return {**obj, "metadata": {**obj["metadata"], "deletionTimestamp": "2026-11-28T06:00:00Z",
+                                "finalizers": ["kubevirt.io/virtualMachineControllerFinalize"]}}
+
+
+@pytest.mark.parametrize("kind", [MUTATING, VALIDATING])
+async def test_a_false_match_condition_skips_the_webhook_a_true_one_calls_it(hook: ScriptedWebhook,
+                                                                           kind: str) -> None:
+    entry = webhook("gated", hook.url("deny", code=403, message="no"), hook.ca_bundle,
+                    operations=("UPDATE",), matchConditions=NOT_DELETING)
+    configs = {"mutating" if kind == MUTATING else "validating": [configuration(kind, "c", entry)]}
+    finalizer_removed = attributes("UPDATE", obj=deleting(vm("vm1")), old_obj=deleting(vm("vm1")))
+    await run(finalizer_removed, **configs)  # the webhook down or refusing cannot hold up the deletion
+    assert hook.calls == []
+    with pytest.raises(AdmissionError, match="no"):
+        await run(attributes("UPDATE", obj=vm("vm1"), old_obj=vm("vm1")), **configs)
+    assert len(hook.calls) == 1
+
+
+@pytest.mark.parametrize(("policy", "refused"), [("Fail", True), ("Ignore", False)])
+async def test_a_match_condition_that_fails_to_evaluate_is_a_failed_call(hook: ScriptedWebhook, policy: str,
+                                                                        refused: bool) -> None:
+    entry = webhook("gated", hook.url("allow"), hook.ca_bundle, failure_policy=policy,
+                    matchConditions=[{"name": "x", "expression": "has(object.spec.template.metadata)"}])
+    no_spec = attributes(obj={"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+                              "metadata": {"name": "vm1", "namespace": "default"}})
+    if refused:
+        with pytest.raises(StatusError, match="failed to evaluate match condition: no such key: spec"):
+            await run(no_spec, validating=[configuration(VALIDATING, "v", entry)])
+    else:
+        await run(no_spec, validating=[configuration(VALIDATING, "v", entry)])
     assert hook.calls == []
 
 

@@ -77,6 +77,10 @@ namespaceSelector:
         {{- range $excluded }}
         - {{ . | quote }}
         {{- end }}
+{{- /* registration.MATCH_CONDITIONS: a VM being deleted is left as it is, and its deletion must not wait for us. */}}
+matchConditions:
+  - name: not-being-deleted
+    expression: "!has(object.metadata.deletionTimestamp)"
 {{- end }}
 
 {{/* The rules both webhooks are registered for: nichotplug/webhook/registration.py declares them. */}}
