@@ -14,6 +14,7 @@ invalid object goes through ``jsonschema`` again, for the field-by-field causes.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 from collections.abc import Mapping
@@ -114,6 +115,8 @@ class SchemaValidator:
             if key in _ROOT_FIELDS:
                 continue
             if key in properties:
+                if _drop_null(obj, key, properties[key]):
+                    continue
                 _prune(obj[key], properties[key], key, unknown)
             elif not self.schema.get("x-kubernetes-preserve-unknown-fields"):
                 unknown.append(key)
@@ -146,12 +149,27 @@ def _prune(value: Any, schema: Mapping[str, Any], path: str, unknown: list[str])
     preserve = bool(schema.get("x-kubernetes-preserve-unknown-fields"))
     for key in list(value):
         if key in properties:
-            _prune(value[key], properties[key], f"{path}.{key}", unknown)
+            if not _drop_null(value, key, properties[key]):
+                _prune(value[key], properties[key], f"{path}.{key}", unknown)
         elif isinstance(additional, Mapping):
-            _prune(value[key], additional, f"{path}.{key}", unknown)
+            if not _drop_null(value, key, additional):
+                _prune(value[key], additional, f"{path}.{key}", unknown)
         elif not (preserve or additional is True):
             unknown.append(f"{path}.{key}")
             del value[key]
+
+
+def _drop_null(parent: dict[str, Any], key: str, schema: Mapping[str, Any]) -> bool:
+    """A null where the schema is not ``nullable`` is dropped, or replaced by the field's default, as
+    apiextensions-apiserver does before validating (so ``macAddress: null`` reads as no MAC, not 422).
+    Whether it was (nothing more to prune below it)."""
+    if parent[key] is not None or schema.get("nullable"):
+        return False
+    if "default" in schema:
+        parent[key] = copy.deepcopy(schema["default"])
+    else:
+        del parent[key]
+    return True
 
 
 def _field_path(parts: Any) -> str:

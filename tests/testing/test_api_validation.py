@@ -83,6 +83,30 @@ def test_pruning_drops_undeclared_fields_and_reports_them() -> None:
                    "spec": {"size": 1, "free": {"kept": 1}, "items": [{"n": "a"}]}}
 
 
+def test_nulls_are_dropped_where_the_schema_does_not_allow_them_and_kept_where_it_does() -> None:
+    schema = {"type": "object", "properties": {"spec": {
+        **WIDGET_SCHEMA["properties"]["spec"],
+        "properties": {**WIDGET_SCHEMA["properties"]["spec"]["properties"],
+                       "level": {"type": "integer", "default": 3}}}}}
+    obj = {"apiVersion": "x/v1", "kind": "W", "metadata": {"name": "w"},
+           "spec": {"size": 1, "mode": None, "note": None, "level": None, "tags": {"a": None, "b": "x"},
+                    "items": [{"n": None}]}}
+    assert SchemaValidator(schema).prune(obj) == []  # not unknown fields: no warning
+    assert obj["spec"] == {"size": 1, "note": None, "level": 3, "tags": {"b": "x"}, "items": [{}]}
+
+
+async def test_a_null_mac_reads_as_no_mac_as_on_the_real_server(raw: RawClient) -> None:
+    body = vm("vm1")
+    body["spec"]["runStrategy"] = None
+    body["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"] = [
+        {"name": "default", "masquerade": {}, "macAddress": None}]
+    answer = await raw.call("POST", VMS, body)
+    assert (answer.status, answer.warnings) == (201, [])
+    assert "runStrategy" not in answer.body["spec"]
+    assert answer.body["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"] == [
+        {"name": "default", "masquerade": {}}]
+
+
 async def test_vm_without_template_is_refused_like_the_real_server(raw: RawClient, apiserver: ApiServer) -> None:
     body = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
             "metadata": {"name": "shape-bad", "namespace": "default"}, "spec": {"runStrategy": "Halted"}}
