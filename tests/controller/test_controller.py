@@ -12,6 +12,7 @@ from kubernetes_asyncio.client import ApiClient
 from prometheus_client import REGISTRY
 
 from nichotplug.controller.reconciler import Outcome
+from nichotplug.webhook.registration import VALIDATING_WEBHOOK
 
 from .conftest import MAC_A, MAC_B, MAC_C, Cluster, kubectl, running_controller, vm_body, vmi_body, wait_for
 
@@ -157,15 +158,19 @@ async def test_conflicts_are_retried_until_the_backfill_lands(
     assert failing.hits == 3
 
 
+def webhook_answers_patches_of_vm1(apiserver: Any, status: int, message: str, times: int | None) -> Any:
+    """A validating webhook's refusal of every PATCH of vm1, as the API server passes it on."""
+    return apiserver.faults.add(method="PATCH", path_regex=r"/virtualmachines/vm1", status=status, times=times,
+                                message=f'admission webhook "{VALIDATING_WEBHOOK.name}" denied the request: {message}')
+
+
 async def test_a_webhook_refusing_the_write_is_not_retried_hot(
     api_client: ApiClient, apiserver: Any, cluster: Cluster,
 ) -> None:
     await cluster.create_vm(vm_body("vm1", macs={"default": None}, annotation={"default": MAC_A}))
     denied_before = metric("nichotplug_controller_writes_denied_total", write="backfill")
-    refusals = apiserver.faults.add(
-        method="PATCH", path_regex=r"/virtualmachines/vm1", status=409, times=None,
-        message='admission webhook "validator.nichotplug.harvesterhci.io" denied the request: '
-                "mac address be:40:c3:88:75:7c is already used by default/other")
+    refusals = webhook_answers_patches_of_vm1(
+        apiserver, 409, "mac address be:40:c3:88:75:7c is already used by default/other", times=None)
     async with running_controller(api_client, denied_backoff=60.0) as controller:
         await wait_for(lambda: _reasons(cluster, "vm1"))
         await asyncio.sleep(1.5)  # three resyncs and an unrelated edit would each have retried a hot loop
@@ -186,10 +191,9 @@ async def test_a_webhook_that_could_not_judge_yet_is_retried_soon_not_reported_a
     # What our own validating webhook answers while a replica is still reading the cluster (503).
     await cluster.create_vm(vm_body("vm1", macs={"default": None}, annotation={"default": MAC_A}))
     denied_before = metric("nichotplug_controller_writes_denied_total", write="backfill")
-    starting = apiserver.faults.add(
-        method="PATCH", path_regex=r"/virtualmachines/vm1", status=503, times=2,
-        message='admission webhook "validate-vm.nichotplug.harvesterhci.io" denied the request: nichotplug is '
-                "starting and has not finished reading the cluster's VMs, VMIs and networks")
+    starting = webhook_answers_patches_of_vm1(
+        apiserver, 503, "nichotplug is starting and has not finished reading the cluster's VMs, VMIs and networks",
+        times=2)
     async with running_controller(api_client, denied_backoff=600.0):
         async def backfilled() -> bool:
             return await cluster.spec_macs("vm1") == {"default": MAC_A}

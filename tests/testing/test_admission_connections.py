@@ -10,18 +10,15 @@ import asyncio
 import base64
 import ssl
 import tempfile
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest_asyncio
 from admission_webhooks import configuration, tls_bundle, webhook
 from aiohttp import web
 from api_helpers import VMS, RawClient, vm
 
 from nichotplug.certs import CertBundle
-from nichotplug.testing import ApiServer
 
 
 @dataclass
@@ -63,12 +60,6 @@ def tls_files(bundle: CertBundle) -> tuple[str, str]:
     (folder / "tls.key").write_bytes(bundle.key_pem)
     return str(folder / "tls.crt"), str(folder / "tls.key")
 
-
-@pytest_asyncio.fixture
-async def raw(apiserver: ApiServer) -> AsyncIterator[RawClient]:
-    http = RawClient(apiserver)
-    yield http
-    await http.close()
 
 
 async def registered(raw: RawClient, keepalive_seconds: float) -> CountingWebhook:

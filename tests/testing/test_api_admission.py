@@ -20,12 +20,6 @@ ADMISSIONREGISTRATION = "/apis/admissionregistration.k8s.io/v1"
 RECORDED = SHARED_FIXTURES / "apiserver"
 
 
-@pytest_asyncio.fixture
-async def raw(apiserver: ApiServer) -> AsyncIterator[RawClient]:
-    http = RawClient(apiserver)
-    yield http
-    await http.close()
-
 
 @pytest_asyncio.fixture
 async def hook() -> AsyncIterator[ScriptedWebhook]:

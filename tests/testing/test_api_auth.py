@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest_asyncio
 from api_helpers import MERGE, VMS, RawClient, vm
 
 from nichotplug.testing import VIEWER_TOKEN, ApiServer, Rule, UserInfo
 
 RBAC = "/apis/rbac.authorization.k8s.io/v1"
 
-
-@pytest_asyncio.fixture
-async def raw(apiserver: ApiServer) -> AsyncIterator[RawClient]:
-    http = RawClient(apiserver)
-    yield http
-    await http.close()
 
 
 async def test_no_token_is_anonymous_and_forbidden(raw: RawClient) -> None:

@@ -4,14 +4,11 @@ webhook configurations, the kinds nichotplug, its chart and its tests write."""
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from api_helpers import RawClient
 
-from nichotplug.testing import ApiServer
 from nichotplug.webhook.registration import ServiceRef, webhook_configurations
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/default/leases"
@@ -20,12 +17,6 @@ SECRETS = "/api/v1/namespaces/default/secrets"
 VALIDATING = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
 MUTATING = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 
-
-@pytest_asyncio.fixture
-async def raw(apiserver: ApiServer) -> AsyncIterator[RawClient]:
-    http = RawClient(apiserver)
-    yield http
-    await http.close()
 
 
 def lease(**spec: Any) -> dict[str, Any]:

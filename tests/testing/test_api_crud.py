@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from api_helpers import MERGE, VMS, RawClient, vm
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -26,12 +24,6 @@ def custom(api_client: Any) -> Any:
 def core(api_client: Any) -> Any:
     return client.CoreV1Api(api_client)
 
-
-@pytest_asyncio.fixture
-async def raw(apiserver: ApiServer) -> AsyncIterator[RawClient]:
-    http = RawClient(apiserver)
-    yield http
-    await http.close()
 
 
 def _status(error: ApiException) -> dict[str, Any]:

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from api_helpers import MERGE, VMS, RawClient, vm
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from nichotplug.testing import ApiServer
-
-
-@pytest_asyncio.fixture
-async def raw(apiserver: ApiServer) -> AsyncIterator[RawClient]:
-    http = RawClient(apiserver)
-    yield http
-    await http.close()
 
 
 async def test_fault_fails_matching_requests_the_given_number_of_times(raw: RawClient, apiserver: ApiServer) -> None:

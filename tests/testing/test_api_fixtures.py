@@ -11,11 +11,9 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from api_helpers import VMS, RawClient
 
 from nichotplug.testing import ApiServer
@@ -49,12 +47,6 @@ def _shape_vm() -> dict[str, Any]:
 def _normalised(message: str) -> str:
     return re.sub(r"\d+", "N", message)
 
-
-@pytest_asyncio.fixture
-async def raw(apiserver: ApiServer) -> AsyncIterator[RawClient]:
-    client = RawClient(apiserver)
-    yield client
-    await client.close()
 
 
 async def _prepare(stem: str, raw: RawClient) -> None:

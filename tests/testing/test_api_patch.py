@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -10,17 +9,9 @@ import pytest_asyncio
 from api_helpers import JSON_PATCH, MERGE, VMS, RawClient, vm
 from kubernetes_asyncio import client
 
-from nichotplug.testing import ApiServer
-
 STRATEGIC = "application/strategic-merge-patch+json"
 APPLY = "application/apply-patch+yaml"
 
-
-@pytest_asyncio.fixture
-async def raw(apiserver: ApiServer) -> AsyncIterator[RawClient]:
-    http = RawClient(apiserver)
-    yield http
-    await http.close()
 
 
 @pytest_asyncio.fixture

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-import pytest_asyncio
 from api_helpers import VMS, RawClient, vm
 
 from nichotplug.testing import ApiServer
@@ -18,12 +16,6 @@ RECORDED = SHARED_FIXTURES / "apiserver"
 AGGREGATED = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
 
-
-@pytest_asyncio.fixture
-async def raw(apiserver: ApiServer) -> AsyncIterator[RawClient]:
-    http = RawClient(apiserver)
-    yield http
-    await http.close()
 
 
 async def _get(server: ApiServer, path: str, accept: str) -> tuple[int, str, dict[str, object]]:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import yaml
 from api_helpers import RawClient
 
@@ -25,12 +23,6 @@ def _hooks(*names: str) -> list[dict[str, Any]]:
     return [{"name": name, "sideEffects": "None", "admissionReviewVersions": ["v1"],
              "clientConfig": {"url": f"https://{name}:8443/"}} for name in names]
 
-
-@pytest_asyncio.fixture
-async def raw(apiserver: ApiServer) -> AsyncIterator[RawClient]:
-    http = RawClient(apiserver)
-    yield http
-    await http.close()
 
 
 def test_list_with_merge_key_merges_by_key() -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from api_helpers import MERGE, VMS, RawClient, vm
 
 from nichotplug.testing import ApiServer
@@ -33,12 +31,6 @@ WIDGET_SCHEMA: dict[str, Any] = {
     },
 }
 
-
-@pytest_asyncio.fixture
-async def raw(apiserver: ApiServer) -> AsyncIterator[RawClient]:
-    http = RawClient(apiserver)
-    yield http
-    await http.close()
 
 
 def test_schema_translation_handles_kubernetes_extensions() -> None:

@@ -7,7 +7,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest_asyncio
 from api_helpers import MERGE, VMS, RawClient, vm
 from kubernetes_asyncio import client, watch
 
@@ -16,12 +15,6 @@ from nichotplug.testing import ApiServer
 KV = ("kubevirt.io", "v1")
 ALL_VMS = "/apis/kubevirt.io/v1/virtualmachines"
 
-
-@pytest_asyncio.fixture
-async def raw(apiserver: ApiServer) -> AsyncIterator[RawClient]:
-    http = RawClient(apiserver)
-    yield http
-    await http.close()
 
 
 async def _collect(stream: AsyncIterator[dict[str, Any]], count: int) -> list[dict[str, Any]]:
