@@ -10,7 +10,9 @@ strategy Always, RerunOnFailure or Once, or ``running: true``). Otherwise the ed
 the MAC rules apply, and mutation treats it like a CREATE.
 
 Mutation (SPEC "Mutating webhook"): on CREATE and cold UPDATE, every interface without a
-``macAddress`` gets the MAC the observed-MAC annotation records for it, else a generated one; on an
+``macAddress`` gets the MAC the observed-MAC annotation records for it, else a generated one (also
+when another VM uses the recorded MAC on the same network, as with a copied annotation: validation
+would refuse it; a warning says so); on an
 UPDATE of a running VM only interfaces new in this update get one (a MAC written into the template
 of a running VM whose VMI lacks it would make KubeVirt demand a restart). On any UPDATE, an
 interface whose MAC the request drops (``kubectl apply`` of a manifest written without MACs) gets
@@ -72,7 +74,14 @@ from nichotplug.rules.mac import (
     plain_mac_numbers,
 )
 from nichotplug.rules.nad import nad_verdict
-from nichotplug.rules.views import InterfaceView, InvalidObject, VmView, observed_macs_error, read_vm_metadata
+from nichotplug.rules.views import (
+    OBSERVED_MACS_ANNOTATION,
+    InterfaceView,
+    InvalidObject,
+    VmView,
+    observed_macs_error,
+    read_vm_metadata,
+)
 
 __all__ = [
     "AdmissionInput",
@@ -214,19 +223,34 @@ def mutate_vm_fully(
 
     previous = _previous_macs(old)
     ops: list[JsonPatchOp] = []
+    warnings: list[str] = []
     for index in targets:
         iface = vm.interfaces[index]
         # The guest keeps its address: the MAC the old spec had, else the one the annotation records,
-        # unless another interface of this request already has it.
-        known = previous.get(iface.name) or vm.observed_macs.get(iface.name, "")
+        # unless another interface of this request already has it, or (a recorded MAC) another VM
+        # uses it on the same network: validation would refuse the write that mutation made.
+        recorded = "" if iface.name in previous else vm.observed_macs.get(iface.name, "")
+        known = previous.get(iface.name) or recorded
+        owner = _recorded_mac_owner(vm, iface.name, recorded, cluster) if recorded else None
         try:
-            mac = known if known and known not in used else generate_mac(is_taken, random_bytes)
+            mac = known if known and known not in used and owner is None else generate_mac(is_taken, random_bytes)
         except MacGenerationError as error:
             return Decision.deny(500, f"VM {vm.ref}: cannot generate a MAC for interface {iface.name}: {error}",
                                  "internal-error")
+        if owner is not None:
+            warnings.append(f"VM {vm.ref} interface {iface.name}: the MAC its annotation {OBSERVED_MACS_ANNOTATION} "
+                            f"records, {known}, is used by {owner.namespace}/{owner.vm} interface {owner.interface} "
+                            f"on the same network; the interface gets the new MAC {mac} instead")
         used.add(mac)
         ops.append({"op": "add", "path": f"{_INTERFACES_POINTER}/{index}/macAddress", "value": mac})
-    return Decision.patched(ops)
+    return Decision.patched(ops, warnings=warnings)
+
+
+def _recorded_mac_owner(vm: VmView, interface: str, mac: str, cluster: ClusterState) -> MacOwner | None:
+    """Another VM that uses ``mac`` in the scope of ``interface`` (a copied annotation, e.g. of a clone)."""
+    if not cluster.owners_of_mac(mac):
+        return None  # the usual case: nobody else has it
+    return _colliding_owner(vm, mac, owner_scope(vm.network_nads().get(interface), cluster), cluster)
 
 
 # -- validation: MAC rules ------------------------------------------------------------------------

@@ -280,6 +280,23 @@ async def test_a_duplicate_mac_on_the_same_cluster_network_is_refused(cluster: C
     assert "NotFound" in missing.stderr
 
 
+async def test_a_copy_of_a_vm_with_its_mac_annotation_gets_new_macs_and_a_warning(cluster: Cluster) -> None:
+    applied = await cluster.apply(vm_manifest("source", run_strategy="Halted"))
+    assert applied.returncode == 0, applied.stderr
+    source = await cluster.get_vm("source")
+    recorded = macs_of(source)["nic-1"]
+    assert recorded is not None
+    copy = vm_manifest("copy", run_strategy="Halted")  # MACs taken out, the annotation left in
+    copy["metadata"]["annotations"] = {"harvesterhci.io/mac-address": json.dumps({"nic-1": recorded})}
+
+    done = await cluster.apply(copy)
+
+    assert done.returncode == 0, done.stderr
+    assert (f"Warning: VM default/copy interface nic-1: the MAC its annotation harvesterhci.io/mac-address "
+            f"records, {recorded}, is used by default/source interface nic-1") in done.stderr
+    assert macs_of(await cluster.get_vm("copy"))["nic-1"] not in (None, recorded)
+
+
 async def test_json_patch_unplugging_the_masquerade_interface_is_refused(cluster: Cluster) -> None:
     await start_running(cluster, "runner")
 

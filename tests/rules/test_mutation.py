@@ -8,9 +8,9 @@ from typing import Any
 
 import jsonpatch
 import pytest
-from rules_factory import iface, multus_net, pod_net, vm, vmi
+from rules_factory import iface, multus_net, nad, pod_net, vm, vmi
 
-from nichotplug.rules.admission import AdmissionInput, mutate_vm
+from nichotplug.rules.admission import AdmissionInput, mutate_vm, validate_vm
 from nichotplug.rules.cluster import StaticCluster
 from nichotplug.rules.decision import Decision
 
@@ -69,6 +69,43 @@ def test_create_uses_the_observed_mac_annotation() -> None:
     decision = mutate(vm(interfaces=NO_MACS, networks=NETS,
                          annotations={"harvesterhci.io/mac-address": '{"nic-1":"BE:40:C3:88:75:7C"}'}))
     assert added_macs(decision) == {MAC_PATH.format(0): "0a:00:00:00:00:01", MAC_PATH.format(1): "be:40:c3:88:75:7c"}
+
+
+def clone_of_source(source_network: str, clone_network: str) -> tuple[Decision, Decision, StaticCluster]:
+    """A VM created from a copy of another VM's manifest: spec MACs removed, its annotation kept."""
+    source = vm("source", interfaces=[iface("nic-1", mac="be:40:c3:88:75:7c")],
+                networks=[multus_net("nic-1", source_network)])
+    cluster = StaticCluster(vms=[source], nads=[nad("vlan1", cluster_network="mgmt"),
+                                                nad("vlan2", cluster_network="data")])
+    clone = vm("clone", interfaces=[iface("nic-1")], networks=[multus_net("nic-1", clone_network)],
+               annotations={"harvesterhci.io/mac-address": '{"nic-1":"be:40:c3:88:75:7c"}'})
+    decision = mutate_vm(AdmissionInput("CREATE", "default", "clone", clone), cluster, counting_bytes())
+    patched = jsonpatch.apply_patch(clone, list(decision.patch))
+    return decision, validate_vm(AdmissionInput("CREATE", "default", "clone", patched), cluster), cluster
+
+
+def test_a_recorded_mac_another_vm_uses_on_the_same_network_is_not_copied_but_replaced_with_a_warning() -> None:
+    decision, validation, _ = clone_of_source("vlan1", "vlan1")
+    assert added_macs(decision) == {MAC_PATH.format(0): "0a:00:00:00:00:01"}
+    assert decision.warnings == (
+        "VM default/clone interface nic-1: the MAC its annotation harvesterhci.io/mac-address records, "
+        "be:40:c3:88:75:7c, is used by default/source interface nic-1 on the same network; the interface gets the "
+        "new MAC 0a:00:00:00:00:01 instead",)
+    assert validation.allowed  # copying it would have been refused as a collision
+
+
+def test_a_recorded_mac_used_only_on_another_network_is_kept() -> None:
+    decision, validation, _ = clone_of_source("vlan2", "vlan1")
+    assert (added_macs(decision), decision.warnings) == ({MAC_PATH.format(0): "be:40:c3:88:75:7c"}, ())
+    assert validation.allowed
+
+
+def test_a_stopped_vm_gets_back_the_mac_the_index_holds_for_itself() -> None:
+    annotation = {"harvesterhci.io/mac-address": '{"nic-1":"be:40:c3:88:75:7c"}'}
+    stopped = vm(interfaces=[iface("nic-1")], networks=[pod_net("nic-1")], annotations=annotation,
+                 run_strategy="Halted")
+    decision = mutate(stopped, stopped, cluster=StaticCluster(vms=[stopped]))  # indexed by its annotation
+    assert (added_macs(decision), decision.warnings) == ({MAC_PATH.format(0): "be:40:c3:88:75:7c"}, ())
 
 
 def test_observed_mac_already_used_in_the_request_is_not_reused() -> None:
