@@ -10,8 +10,9 @@ with an AdmissionReview v1 built field by field as kube-apiserver builds it
 ``Status`` codes and messages as the real server (``fixtures/apiserver/15-webhook-denied.json``).
 
 ``matchConditions`` are evaluated after the selectors, on the object as the chain has it, but only
-in the one form CEL needs no engine for: ``has(object.<path>)`` or ``!has(oldObject.<path>)``. A
-webhook declaring any other expression fails clearly rather than matching silently.
+in the one form CEL needs no engine for: ``has()`` or ``!has()`` of a field path of ``object`` or
+``oldObject`` (``!has(object.metadata.deletionTimestamp)``). A webhook declaring any other
+expression fails clearly rather than matching silently.
 
 Not modelled: ``matchPolicy: Equivalent`` (rules match the requested group/version exactly) and
 ``clientConfig.service`` (no cluster network here: a clear call error).

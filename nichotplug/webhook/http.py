@@ -60,8 +60,8 @@ SYNC_WAIT_SECONDS = 3.0
 # never reads an answer that comes later: a request that waits for the sync stops waiting this long
 # before it, so the user gets our 503 instead of the API server's "context deadline exceeded".
 DEADLINE_MARGIN_SECONDS = 0.5
-_GO_DURATION = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+")
-_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")  # a number and its unit
+_GO_DURATION = re.compile(f"(?:{_GO_DURATION_PART.pattern})+")
 _GO_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
