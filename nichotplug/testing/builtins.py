@@ -80,10 +80,9 @@ def _event(obj: Mapping[str, Any]) -> list[Cause]:
         return causes
     if not involved and namespace not in ("default", "kube-system"):
         causes.append(_invalid("involvedObject.namespace", involved, "does not match event.namespace"))
-    for key, name in (("reportingComponent", "reportingComponent"), ("reportingInstance", "reportingInstance"),
-                      ("action", "action"), ("reason", "reason")):
-        if not obj.get(key):
-            causes.append(_required(name))
+    # core/v1 spells the reporting controller reportingComponent.
+    causes += [_required(key) for key in ("reportingComponent", "reportingInstance", "action", "reason")
+               if not obj.get(key)]
     return causes
 
 
