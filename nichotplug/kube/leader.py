@@ -104,10 +104,14 @@ class LeaderElector:
         """
         while True:
             await self._acquire()
+            lost = True
             try:
                 await self._lead(on_started_leading)
+            except asyncio.CancelledError:
+                lost = False  # a shutdown: the Lease was released, nothing went wrong
+                raise
             finally:
-                await self._stop_leading(on_stopped_leading)
+                await self._stop_leading(on_stopped_leading, lost=lost)
 
     async def _acquire(self) -> None:
         log.info("%s is a candidate for lease %s/%s", self.identity, self.namespace, self.name)
@@ -136,11 +140,14 @@ class LeaderElector:
         except Exception:
             log.exception("on_started_leading of lease %s/%s failed", self.namespace, self.name)
 
-    async def _stop_leading(self, on_stopped_leading: StoppedCallback) -> None:
+    async def _stop_leading(self, on_stopped_leading: StoppedCallback, *, lost: bool) -> None:
         if not self._leading:
             return
         self._leading = False
-        log.warning("%s stopped leading lease %s/%s", self.identity, self.namespace, self.name)
+        if lost:
+            log.warning("%s lost lease %s/%s and stopped leading", self.identity, self.namespace, self.name)
+        else:
+            log.info("%s released lease %s/%s and stopped leading", self.identity, self.namespace, self.name)
         try:
             result = on_stopped_leading()
             if inspect.isawaitable(result):

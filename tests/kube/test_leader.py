@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -70,8 +71,13 @@ async def transitions(api: ApiClient) -> int:
     return int(lease.spec.lease_transitions or 0)
 
 
-async def test_two_candidates_one_leader_then_a_clean_hand_over(api_client: ApiClient,
-                                                                second_client: ApiClient) -> None:
+def leader_logs(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    return [(record.levelname, record.getMessage()) for record in caplog.records
+            if record.name == "nichotplug.kube.leader" and "stopped leading" in record.getMessage()]
+
+
+async def test_two_candidates_one_leader_then_a_clean_hand_over(api_client: ApiClient, second_client: ApiClient,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
     first = Candidate(LeaderElector(api_client, "nichotplug", "default", "replica-a", **TERMS))
     second = Candidate(LeaderElector(second_client, "nichotplug", "default", "replica-b", **TERMS))
     first.start()
@@ -85,8 +91,11 @@ async def test_two_candidates_one_leader_then_a_clean_hand_over(api_client: ApiC
         assert (first.started, second.started) == (1, 0)
         assert await transitions(api_client) == 0  # renewals are no transitions
 
+        caplog.set_level(logging.INFO, logger="nichotplug.kube.leader")
         await first.cancel()  # a clean shutdown releases the lease
         assert (first.stopped, first.work_cancelled) == (1, 1)
+        # Nothing went wrong, so nothing to warn about.
+        assert leader_logs(caplog) == [("INFO", "replica-a released lease default/nichotplug and stopped leading")]
         await eventually(lambda: second.elector.is_leader, "replica-b takes over", within=TERMS["lease_duration"])
         assert await holder(api_client) == "replica-b"
         assert await transitions(api_client) == 1  # taking a released Lease is a transition, as in client-go
@@ -117,7 +126,8 @@ async def test_a_leader_that_dies_is_replaced_once_its_lease_expires(apiserver: 
         await survivor.cancel()
 
 
-async def test_a_lease_taken_by_someone_else_stops_leading_at_once(api_client: ApiClient) -> None:
+async def test_a_lease_taken_by_someone_else_stops_leading_at_once(api_client: ApiClient,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
     leader = Candidate(LeaderElector(api_client, "nichotplug", "default", "replica-a",
                                      lease_duration=30.0, renew_deadline=20.0, retry_period=0.2))
     leader.start()
@@ -133,6 +143,7 @@ async def test_a_lease_taken_by_someone_else_stops_leading_at_once(api_client: A
         assert not leader.elector.is_leader
         assert leader.work_cancelled == 1
         assert await holder(api_client) == "intruder"
+        assert leader_logs(caplog) == [("WARNING", "replica-a lost lease default/nichotplug and stopped leading")]
     finally:
         await leader.cancel()
 
