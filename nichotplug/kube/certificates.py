@@ -41,7 +41,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from kubernetes_asyncio.client import AdmissionregistrationV1Api, ApiClient, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
 
 from nichotplug import certs
 
@@ -51,14 +51,16 @@ CA_KEY_FILE = "ca.key"  # Secret key holding the CA's private key, beside the ku
 _SECRET_KEYS = (certs.CA_FILE, CA_KEY_FILE, certs.CERT_FILE, certs.KEY_FILE)
 _JSON_PATCH = "application/json-patch+json"
 
-CERT_EXPIRY = Gauge(
-    "nichotplug_serving_certificate_expiry_timestamp_seconds",
-    "When the serving certificate this replica serves with expires (Unix time).",
-)
 CERT_ROTATIONS = Counter(
     "nichotplug_certificate_rotations_total",
     "Certificates this replica issued into the TLS Secret.", ["kind"],
 )
+
+
+def _seed_rotation_kinds() -> None:
+    """Every kind at 0 from the start, so a rate() or an alert sees the series before the first rotation."""
+    for kind in ("created", *(renewal.value for renewal in Renewal if renewal is not Renewal.KEEP)):
+        CERT_ROTATIONS.labels(kind=kind)
 
 
 class CertificateError(RuntimeError):
@@ -196,6 +198,9 @@ class Renewal(enum.Enum):
     KEEP = "keep"
     SERVING = "serving"  # a new serving certificate from the same CA
     CA = "ca"  # a new CA (the old one stays trusted until it expires) and a serving certificate
+
+
+_seed_rotation_kinds()
 
 
 @dataclass(frozen=True)
@@ -423,7 +428,6 @@ class CertificateManager:
             if _read_or_none(path) != content:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 certs.atomic_write(path, content, mode=mode)
-        CERT_EXPIRY.set(x509.load_pem_x509_certificate(material.cert_pem).not_valid_after_utc.timestamp())
 
     # -- the webhook configurations --------------------------------------------------------------------
 

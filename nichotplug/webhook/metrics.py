@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from itertools import accumulate
 
 from aiohttp import web
-from prometheus_client import REGISTRY, Counter
+from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
@@ -162,6 +162,12 @@ RULE_ERRORS = Counter(
 )
 TLS_RELOADS = Counter(
     "nichotplug_webhook_tls_reloads", "Serving certificate (re)loads from the files, by result.", ["result"]
+)
+# Set by the TLS reloader from the certificate it put into service, whoever made it (self-managed,
+# cert-manager, a mounted Secret): the figure an expiry alert needs.
+CERT_EXPIRY = Gauge(
+    "nichotplug_serving_certificate_expiry_timestamp_seconds",
+    "When the serving certificate this replica serves with expires (Unix time).",
 )
 
 

@@ -22,6 +22,8 @@ import logging
 import ssl
 from pathlib import Path
 
+from cryptography import x509
+
 from nichotplug.webhook import metrics
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,17 @@ def _server_context() -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
+
+
+def _expiry(cert_file: Path) -> float:
+    """When the first certificate of the PEM chain in ``cert_file`` (the one served) expires, Unix time.
+
+    ``load_cert_chain`` just accepted the file, so it parses; a file swapped meanwhile gives 0.
+    """
+    try:
+        return x509.load_pem_x509_certificate(cert_file.read_bytes()).not_valid_after_utc.timestamp()
+    except (OSError, ValueError):
+        return 0.0
 
 
 class CertReloader:
@@ -86,6 +99,7 @@ class CertReloader:
         self._last_error = None
         self.generation += 1
         metrics.TLS_RELOADS.labels("success").inc()
+        metrics.CERT_EXPIRY.set(_expiry(self.cert_file))
         log.info("serving certificate loaded from %s (generation %d)", self.cert_file, self.generation)
         return True
 

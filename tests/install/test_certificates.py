@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 from cryptography import x509
 from kubernetes_asyncio.client import AdmissionregistrationV1Api, ApiClient, CoreV1Api
+from prometheus_client import REGISTRY
 
 from nichotplug import certs
 from nichotplug.cli import build_parser
@@ -72,6 +73,11 @@ def load_cert(pem: bytes) -> x509.Certificate:
 
 
 # -- pure parts --------------------------------------------------------------------------------------
+
+
+def test_every_rotation_kind_is_scraped_before_the_first_rotation() -> None:
+    for kind in ("created", "serving", "ca"):
+        assert REGISTRY.get_sample_value("nichotplug_certificate_rotations_total", {"kind": kind}) is not None
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("365d", 365 * 86400), ("12h", 43200), ("5m", 300), ("90s", 90)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -101,6 +102,26 @@ async def test_rotation_keeps_open_connection_and_serves_new_cert_to_new_handsha
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+def _served_expiry() -> float | None:
+    return REGISTRY.get_sample_value("nichotplug_serving_certificate_expiry_timestamp_seconds")
+
+
+def _not_after(pem: bytes) -> float:
+    return x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp()
+
+
+async def test_the_expiry_metric_follows_the_certificate_in_service(
+    reloader: CertReloader, cert_dir: Path, bundle: CertBundle
+) -> None:
+    # Whoever wrote the files (cert-manager, a mounted Secret, nichotplug certs): an expiry alert reads this.
+    assert _served_expiry() == _not_after(bundle.cert_pem)
+    cert, key = make_serving_cert(bundle.ca_cert_pem, bundle.ca_key_pem, dns_names=["localhost"],
+                                  valid_for=datetime.timedelta(days=30))
+    write_bundle(CertBundle(ca_cert_pem=bundle.ca_cert_pem, cert_pem=cert, key_pem=key), cert_dir)
+    await _wait_for(lambda: reloader.generation == 2, "the poller never loaded the rotated pair")
+    assert _served_expiry() == _not_after(cert) < _not_after(bundle.cert_pem)
 
 
 async def test_bad_new_pair_keeps_the_old_certificate(
