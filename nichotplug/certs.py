@@ -61,7 +61,11 @@ def _subject_alt_names(dns_names: Sequence[str], ip_addresses: Sequence[str]) ->
     return x509.SubjectAlternativeName(entries)
 
 
-def make_ca(common_name: str = "nichotplug-ca", *, days: int = 3650) -> tuple[bytes, bytes]:
+# How long a CA made here is valid; a serving certificate it signs cannot outlive it.
+CA_DAYS = 3650
+
+
+def make_ca(common_name: str = "nichotplug-ca", *, days: int = CA_DAYS) -> tuple[bytes, bytes]:
     """A self-signed CA: (certificate PEM, key PEM)."""
     key = _new_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
@@ -104,7 +108,8 @@ def make_serving_cert(
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise ValueError("the CA key must be an EC private key")
     key = _new_key()
-    common_name = dns_names[0] if dns_names else ip_addresses[0]
+    # Clients check the SANs; the CN only labels the certificate and may hold at most 64 characters.
+    common_name = (dns_names[0] if dns_names else ip_addresses[0])[:64]
     start = _now() - datetime.timedelta(minutes=5)
     cert = (
         x509.CertificateBuilder()

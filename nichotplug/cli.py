@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,7 +24,8 @@ _HANDLERS = {
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser("serve", help="serve the admission webhooks, the action API and the controller")
-    serve.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster config, then ~/.kube/config)")
+    serve.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, then the in-cluster service "
+                                            "account, then ~/.kube/config)")
     serve.add_argument("--context", help="kubeconfig context to use")
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=9443, help="HTTPS port for webhooks and actions")
@@ -49,15 +51,23 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                        help="how often self-managed certificates re-read their Secret (default: %(default)s)")
     serve.add_argument("--cert-extra-name", action="append", default=[],
                        help="extra DNS name or IP address for the self-managed certificate (repeatable)")
-    serve.add_argument("--log-level", default="INFO", help="logging level (default: %(default)s)")
+    serve.add_argument("--shutdown-delay", type=float, default=5.0, metavar="SECONDS",
+                       help="after SIGTERM, keep answering (with /readyz failing) this long before draining, so "
+                            "the pod leaves the Service's endpoints first; SIGINT skips it (default: %(default)s)")
+    serve.add_argument("--log-level", default="INFO", type=str.upper,
+                       choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                       help="logging level (default: %(default)s)")
 
 
 def _add_certs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     certs = sub.add_parser("certs", help="write a CA and a serving certificate (ca.crt, tls.crt, tls.key)")
     certs.add_argument("--out", type=Path, default=Path("certs"), help="output folder (default: %(default)s)")
-    certs.add_argument("--dns", action="append", default=[], help="DNS name (repeatable)")
-    certs.add_argument("--ip", action="append", default=[], help="IP address (repeatable)")
-    certs.add_argument("--days", type=int, default=365, help="validity of the serving certificate in days")
+    certs.add_argument("--dns", action="extend", nargs="+", default=[], metavar="NAME",
+                       help="DNS name(s) of the serving certificate (repeatable)")
+    certs.add_argument("--ip", action="extend", nargs="+", default=[], metavar="ADDRESS",
+                       help="IP address(es) of the serving certificate (repeatable)")
+    certs.add_argument("--days", type=int, default=365,
+                       help="validity of the serving certificate in days, at most the CA's (ten years)")
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -77,26 +87,54 @@ def build_parser() -> argparse.ArgumentParser:
 def run_certs(args: argparse.Namespace) -> int:
     """``nichotplug certs``: write a fresh CA and serving certificate."""
     import datetime
-    import ipaddress
 
     from nichotplug.certs import make_bundle, write_bundle
 
+    problem = _certs_problem(args)
+    if problem:
+        print(f"nichotplug certs: {problem}", file=sys.stderr)
+        return 2
+    bundle = make_bundle(dns_names=args.dns, ip_addresses=args.ip, valid_for=datetime.timedelta(days=args.days))
+    try:
+        paths = write_bundle(bundle, args.out)
+    except OSError as error:
+        print(f"nichotplug certs: cannot write into {str(args.out)!r}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    for path in paths.values():
+        print(path)
+    return 0
+
+
+# A DNS name as a certificate holds it: dot-separated labels of letters, digits and inner hyphens
+# (a leading "*." for a wildcard), 253 characters at most. Internationalised names go in as punycode.
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _is_dns_name(name: str) -> bool:
+    labels = name.removeprefix("*.").split(".")
+    return len(name) <= 253 and all(_DNS_LABEL.fullmatch(label) for label in labels)
+
+
+def _certs_problem(args: argparse.Namespace) -> str | None:
+    import ipaddress
+
+    from nichotplug.certs import CA_DAYS
+
     if not args.dns and not args.ip:
-        print("nichotplug certs: give at least one --dns NAME or --ip ADDRESS", file=sys.stderr)
-        return 2
-    if args.days < 1:
-        print("nichotplug certs: --days must be at least 1", file=sys.stderr)
-        return 2
+        return "give at least one --dns NAME or --ip ADDRESS"
+    if not 1 <= args.days <= CA_DAYS:
+        return f"--days must be between 1 and {CA_DAYS} (the CA's validity), got {args.days}"
+    for name in args.dns:
+        if not _is_dns_name(name):
+            return f"{name!r} is not a DNS name (letters, digits, hyphens and dots; punycode for other scripts)"
     for ip in args.ip:
         try:
             ipaddress.ip_address(ip)
         except ValueError:
-            print(f"nichotplug certs: {ip!r} is not an IP address", file=sys.stderr)
-            return 2
-    bundle = make_bundle(dns_names=args.dns, ip_addresses=args.ip, valid_for=datetime.timedelta(days=args.days))
-    for path in write_bundle(bundle, args.out).values():
-        print(path)
-    return 0
+            return f"{ip!r} is not an IP address"
+    if args.out.exists() and not args.out.is_dir():
+        return f"--out {str(args.out)!r} exists and is not a folder"
+    return None
 
 
 def _resolve(target: str) -> Callable[[argparse.Namespace], int]:

@@ -192,7 +192,7 @@ class Demo:
         return build_parser().parse_args([
             "serve", "--kubeconfig", str(kubeconfig), "--host", "127.0.0.1", "--port", str(self.port),
             "--metrics-port", "0", "--tls-cert-file", str(paths["tls.crt"]),
-            "--tls-key-file", str(paths["tls.key"]), "--namespace", NAMESPACE,
+            "--tls-key-file", str(paths["tls.key"]), "--namespace", NAMESPACE, "--shutdown-delay", "0",
         ])
 
     @staticmethod

@@ -105,6 +105,8 @@ async def start_self_managed_certs(api_client: ApiClient, args: argparse.Namespa
 
 
 def _check_args(args: argparse.Namespace) -> str | None:
+    if args.shutdown_delay < 0:
+        return f"--shutdown-delay {args.shutdown_delay:g} must not be negative"
     if bool(args.tls_cert_file) != bool(args.tls_key_file):
         return "give both --tls-cert-file and --tls-key-file, or neither"
     if not args.tls_cert_file and not args.self_managed_certs:
@@ -155,8 +157,15 @@ async def _start_site(runner: web.AppRunner, host: str, port: int, **kwargs: Any
     await web.TCPSite(runner, host, port, **kwargs).start()
 
 
-async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
-    """Run until ``stop`` is set, then drain and close everything that was started."""
+async def serve(args: argparse.Namespace, stop: asyncio.Event, hurry: asyncio.Event | None = None) -> None:
+    """Run until ``stop`` is set, then drain and close everything that was started.
+
+    Between the two, ``/readyz`` fails and everything keeps answering for ``args.shutdown_delay``
+    seconds, or until ``hurry`` is set (SIGINT: someone at a terminal). After SIGTERM the pod stays in
+    the Service's endpoints until the endpoint controller and every kube-proxy have seen it go; closing
+    the port at once would refuse webhook calls still routed here, and VM writes would fail
+    (validation) or go through without MACs (mutation).
+    """
     from nichotplug.kube.client import load_api_client
 
     cleanups: list[Stopper] = []
@@ -195,6 +204,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
 
         await stop.wait()
         draining = True
+        await _keep_answering(args.shutdown_delay, hurry)
         log.info("stopping: draining requests in flight (up to %.0f s)", DRAIN_SECONDS)
     finally:
         for cleanup in reversed(cleanups):
@@ -202,6 +212,16 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
                 await cleanup()
             except Exception:
                 log.exception("error while shutting down")
+
+
+async def _keep_answering(seconds: float, hurry: asyncio.Event | None) -> None:
+    """Serve on, not ready, for ``seconds`` or until ``hurry`` is set."""
+    if seconds <= 0:
+        return
+    log.info("stopping: /readyz fails from now on; still answering for %.1f s while this pod leaves the "
+             "Service's endpoints", seconds)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for((hurry or asyncio.Event()).wait(), seconds)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -219,15 +239,21 @@ def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop
 
 
-def run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
-    """Run ``main(stop)`` on the fastest loop available, setting ``stop`` on SIGTERM or SIGINT."""
+def run_until_signal(main: Callable[[asyncio.Event, asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main(stop, hurry)`` on the fastest loop available: SIGTERM (Kubernetes stopping the pod)
+    sets ``stop``; SIGINT (Ctrl-C) sets both."""
 
     async def wrapper() -> None:
-        stop = asyncio.Event()
+        stop, hurry = asyncio.Event(), asyncio.Event()
+
+        def interrupted() -> None:
+            hurry.set()
+            stop.set()
+
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await main(stop)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, interrupted)
+        await main(stop, hurry)
 
     with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
         runner.run(wrapper())
@@ -243,7 +269,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"nichotplug serve: {problem}", file=sys.stderr)
         return 2
     try:
-        run_until_signal(lambda stop: serve(args, stop))
+        run_until_signal(lambda stop, hurry: serve(args, stop, hurry))
     except Exception as error:  # a startup failure: one clear line, not a traceback
         log.debug("serve failed", exc_info=True)
         print(f"nichotplug serve: {type(error).__name__}: {error}", file=sys.stderr)

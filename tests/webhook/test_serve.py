@@ -99,6 +99,7 @@ async def served(apiserver: ApiServer, kubeconfig: Path, tmp_path: Path,
         sys.executable, "-m", "nichotplug", "serve", "--kubeconfig", str(kubeconfig), "--host", "127.0.0.1",
         "--port", str(port), "--metrics-port", str(metrics_port), "--namespace", "default",
         "--tls-cert-file", str(tmp_path / "certs" / "tls.crt"), "--tls-key-file", str(tmp_path / "certs" / "tls.key"),
+        "--shutdown-delay", "1.5",
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
@@ -197,6 +198,17 @@ async def test_serve_end_to_end_with_kubectl_then_drain_on_sigterm(
         await body.first_part_sent.wait()
         await asyncio.sleep(0.2)  # let the server start the handler; its log line below is the real signal
         served.process.send_signal(signal.SIGTERM)
+        # First the pod leaves the Service's endpoints: not ready, but a call routed here meanwhile, on a
+        # new connection, is still answered.
+        await served.wait_for_line("stopping: /readyz fails from now on; still answering for 1.5 s")
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl)) as late:
+            async with late.get(f"https://127.0.0.1:{served.port}/readyz") as response:
+                assert response.status == 503
+            review = json.dumps(admission_review(vm("fourth", ("02:00:00:00:00:44",)))).encode()
+            async with late.post(f"https://127.0.0.1:{served.port}{VALIDATION_PATH}", data=review,
+                                 headers={"Content-Type": "application/json"}) as response:
+                assert response.status == 200
+                assert check_review(await response.json(), uid="uid-1", webhook="validation")["allowed"] is True
         await served.wait_for_line("stopping: draining requests in flight")
         body.release()
         status, answer = await in_flight
@@ -209,6 +221,8 @@ async def test_serve_end_to_end_with_kubectl_then_drain_on_sigterm(
     (["--tls-cert-file", "/nonexistent/tls.crt"], "give both --tls-cert-file and --tls-key-file, or neither"),
     ([], "give --tls-cert-file and --tls-key-file (or --self-managed-certs): webhooks are served over TLS only"),
     (["--tls-cert-file", "a", "--tls-key-file", "b", "--port", "70000"], "--port 70000 is not a usable port"),
+    (["--tls-cert-file", "a", "--tls-key-file", "b", "--shutdown-delay", "-1"],
+     "--shutdown-delay -1 must not be negative"),
 ])
 def test_serve_refuses_unusable_arguments_with_one_clear_line(
     extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
