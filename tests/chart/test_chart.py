@@ -159,6 +159,29 @@ def test_hard_anti_affinity_is_required() -> None:
     assert rendered.one("Deployment")["spec"]["replicas"] == 3
 
 
+@pytest.mark.parametrize(("option", "rolling"), [
+    ("default", {"maxUnavailable": 0, "maxSurge": 1}),
+    # Three replicas on three nodes: a surge pod would stay Pending and the rollout would never move.
+    ("three-replicas-hard", {"maxUnavailable": 1, "maxSurge": 0}),
+])
+def test_a_rolling_update_can_always_make_progress(option: str, rolling: dict[str, int]) -> None:
+    deployment = render_chart(OPTIONS[option]).one("Deployment")
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == rolling
+
+
+def test_a_stopping_pod_keeps_answering_until_it_has_left_the_endpoints(default_chart: Rendered) -> None:
+    pod = default_chart.one("Deployment")["spec"]["template"]["spec"]
+    assert "--shutdown-delay=5" in pod["containers"][0]["args"]
+    assert pod["terminationGracePeriodSeconds"] >= 5 + 15  # the delay, then the drain of requests in flight
+
+
+def test_a_grace_period_too_short_for_the_delay_and_the_drain_is_refused() -> None:
+    with helm.Chart.load(CHART_DIR) as chart, pytest.raises(helm.HelmError) as caught:
+        chart.render({"shutdownDelaySeconds": 20, "terminationGracePeriodSeconds": 30}, name=RELEASE,
+                     namespace=NAMESPACE)
+    assert "terminationGracePeriodSeconds (30) must be at least shutdownDelaySeconds (20) + 15 s" in str(caught.value)
+
+
 # -- webhooks: the chart registers exactly what the code declares ------------------------------------
 
 
@@ -177,7 +200,7 @@ def test_webhooks_equal_the_code_declarations(option: str) -> None:
                 if kind in webhook_values}
     expected = webhook_configurations(
         RELEASE, service=ServiceRef(namespace=NAMESPACE, name=RELEASE),
-        excluded_namespaces=(NAMESPACE, "kube-system"), failure_policies=policies,
+        excluded_namespaces=("kube-system", "harvester-system"), failure_policies=policies,
         timeout_seconds=webhook_values.get("timeoutSeconds", 5),
     )
     rendered = _webhook_entries(render_chart(values))
@@ -197,13 +220,25 @@ def test_webhook_rules_and_paths_come_from_registration(default_chart: Rendered)
         assert entry["timeoutSeconds"] == 5
 
 
-def test_webhooks_skip_the_release_namespace_kube_system_and_extra_ones() -> None:
-    rendered = render_chart({"webhook": {"excludeNamespaces": ["longhorn-system", "kube-system"]}})
+@pytest.mark.parametrize(("values", "excluded"), [
+    ({}, ["kube-system", "harvester-system"]),
+    ({"webhook": {"excludeNamespaces": ["longhorn-system", "kube-system"]}}, ["kube-system", "longhorn-system"]),
+])
+def test_webhooks_skip_kube_system_and_the_listed_namespaces(values: dict[str, Any], excluded: list[str]) -> None:
+    rendered = render_chart(values)
     for entries in _webhook_entries(rendered).values():
         (expression,) = entries[0]["namespaceSelector"]["matchExpressions"]
         assert expression["key"] == "kubernetes.io/metadata.name"
         assert expression["operator"] == "NotIn"
-        assert expression["values"] == [NAMESPACE, "kube-system", "longhorn-system"]
+        assert expression["values"] == excluded
+    assert f"every namespace except {', '.join(excluded)} now get MACs" in rendered.notes
+
+
+def test_the_release_namespace_is_checked_like_any_other() -> None:
+    # Installed into "default" by mistake, the chart must not leave the VMs there unchecked.
+    rendered = render_chart(release=RELEASE, namespace="default")
+    for entries in _webhook_entries(rendered).values():
+        assert "default" not in entries[0]["namespaceSelector"]["matchExpressions"][0]["values"]
 
 
 def test_webhooks_call_the_rendered_service(default_chart: Rendered) -> None:
@@ -349,7 +384,6 @@ def test_release_name_and_namespace_flow_everywhere() -> None:
     for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
         entry = rendered.named(kind, args.mutating_webhook)["webhooks"][0]
         assert entry["clientConfig"]["service"]["namespace"] == "nic-system"
-        assert entry["namespaceSelector"]["matchExpressions"][0]["values"][0] == "nic-system"
 
 
 def test_notes_tell_how_to_check_the_install(default_chart: Rendered) -> None:
@@ -370,6 +404,8 @@ def test_notes_tell_how_to_check_the_install(default_chart: Rendered) -> None:
     ({"podAntiAffinity": "sometimes"}, "/podAntiAffinity"),
     ({"containerPorts": {"https": 443}}, "/containerPorts/https"),
     ({"replicas": 2}, "replicas"),
+    ({"shutdownDelaySeconds": -1}, "/shutdownDelaySeconds"),
+    ({"terminationGracePeriodSeconds": 5}, "/terminationGracePeriodSeconds"),
 ])
 def test_schema_rejects_bad_values(values: dict[str, Any], key: str) -> None:
     with helm.Chart.load(CHART_DIR) as chart, pytest.raises(helm.HelmValuesError) as caught:

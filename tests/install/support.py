@@ -71,7 +71,7 @@ async def install_access(server: ApiServer, kubeconfig: Path, values: dict[str, 
 async def install_url_webhooks(kubeconfig: Path, url: str, ca_bundle: bytes = b"") -> None:
     """The chart's two webhook configurations, but calling `url` (a local serve) instead of the Service."""
     for obj in webhook_configurations(RELEASE, url=url, ca_bundle=ca_bundle,
-                                      excluded_namespaces=(NAMESPACE, "kube-system")):
+                                      excluded_namespaces=("kube-system", "harvester-system")):
         await kubectl(kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump(obj))
 
 

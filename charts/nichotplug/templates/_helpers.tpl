@@ -63,6 +63,13 @@ nichotplug-controller
 {{- end }}
 
 {{/* Webhook pieces shared by both configurations. */}}
+{{/* Namespaces whose VMs the webhooks never see (a JSON list): kube-system and webhook.excludeNamespaces.
+The release namespace is not among them unless listed: installed elsewhere than harvester-system (which
+the default list holds), the chart must not leave that namespace's VMs unchecked. */}}
+{{- define "nichotplug.excludedNamespaces" -}}
+{{- concat (list "kube-system") .Values.webhook.excludeNamespaces | uniq | toJson }}
+{{- end }}
+
 {{- define "nichotplug.webhookCommon" -}}
 admissionReviewVersions: ["v1"]
 sideEffects: None
@@ -73,8 +80,7 @@ namespaceSelector:
     - key: kubernetes.io/metadata.name
       operator: NotIn
       values:
-        {{- $excluded := concat (list .Release.Namespace "kube-system") .Values.webhook.excludeNamespaces | uniq }}
-        {{- range $excluded }}
+        {{- range include "nichotplug.excludedNamespaces" . | fromJsonArray }}
         - {{ . | quote }}
         {{- end }}
 {{- /* registration.MATCH_CONDITIONS: a VM being deleted is left as it is, and its deletion must not wait for us. */}}
