@@ -30,6 +30,7 @@ from nichotplug.certs import CERT_FILE, KEY_FILE
 from nichotplug.controller import run as controller_run
 from nichotplug.kube.cache import ClusterView
 from nichotplug.kube.certificates import start_certificate_manager
+from nichotplug.kube.view_metrics import VIEW_METRICS
 from nichotplug.rules.cluster import ClusterState
 from nichotplug.webhook.codec import MAX_BODY_BYTES
 from nichotplug.webhook.http import FrontDoor, Readiness, add_health_routes, add_webhook_routes, open_front_door
@@ -181,6 +182,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event, hurry: asyncio.Ev
         view = ClusterView(api_client)
         await view.start()
         cleanups.append(view.stop)
+        VIEW_METRICS.view = view
         freezer = asyncio.create_task(freeze_heap_when_synced(view.synced), name="nichotplug-gc-freeze")
         cleanups.append(lambda: _cancel(freezer))
 

@@ -33,6 +33,7 @@ import dataclasses
 import logging
 import random
 import sys
+import time
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -600,6 +601,10 @@ class ClusterView:
         self.invalid_objects = 0  # objects dropped because their view could not be built
         self.relists = 0  # lists after the first one (410s, restarts); for tests and metrics
         self.request_failures = 0  # list/watch requests that failed and were retried after a back-off
+        # kind -> when (Unix time) its list or watch last answered: a completed list, any watch event
+        # (bookmarks included, which a live watch gets about every minute), a watch ended by the
+        # server. How stale the view may be, which nothing else shows (``kube.view_metrics``).
+        self.last_contact: dict[str, float] = {}
 
     # -- rules.ClusterState ---------------------------------------------------------------------
 
@@ -818,6 +823,10 @@ class ClusterView:
         for key in [key for key in self._stores[kind] if key not in keys_listed]:
             self._delete(kind, key)
 
+    def heard_from(self, kind: str) -> None:
+        """The API server just answered the list or watch of ``kind``."""
+        self.last_contact[kind] = time.time()
+
     def _mark_listed(self, kind: str) -> None:
         if kind in self._listed:
             self.relists += 1
@@ -941,6 +950,7 @@ class _Reflector:
                 self.view._forget_unlisted(self.resource.kind, listed)
                 self.resource_version = str(metadata.get("resourceVersion") or "")
                 self.view._mark_listed(self.resource.kind)
+                self.view.heard_from(self.resource.kind)
                 del page
                 _return_free_memory_to_the_system()
                 log.info("%s: listed %d at resourceVersion %s", self._what, len(listed), self.resource_version)
@@ -964,9 +974,11 @@ class _Reflector:
             while line := await response.content.readline():
                 if line.strip():
                     self._handle_line(line)
+                    self.view.heard_from(self.resource.kind)
                     delivered = True
         finally:
             response.release()
+        self.view.heard_from(self.resource.kind)  # the server ended the watch itself: it is there
         # A quiet watch the server closed normally is healthy too; only one that ends at once is not.
         return delivered or asyncio.get_running_loop().time() - opened_at >= HEALTHY_WATCH_SECONDS
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 import tracemalloc
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from kube_support import (
     vmi,
 )
 from kubernetes_asyncio.client import ApiClient
+from prometheus_client import REGISTRY
 
 from nichotplug.controller.audit import duplicates_of_mac, find_duplicate_macs
 from nichotplug.kube.cache import (
@@ -31,6 +33,7 @@ from nichotplug.kube.cache import (
     VIRTUAL_MACHINE_INSTANCE,
     ClusterView,
 )
+from nichotplug.kube.view_metrics import VIEW_METRICS
 from nichotplug.rules.cluster import owner_scope
 from nichotplug.rules.mac import mac_number
 from nichotplug.rules.macindex import MacIndex, MacOwner
@@ -494,3 +497,34 @@ async def test_a_watch_the_server_ends_is_resumed_from_its_resource_version_with
         assert view.request_failures == 0
     finally:
         await view.stop()
+
+
+async def test_metrics_show_how_current_the_view_is(apiserver: ApiServer, api_client: ApiClient) -> None:
+    """A replica whose watches broke keeps judging against what it saw last: only the metrics tell."""
+    def sample(name: str, resource: str | None = None) -> float | None:
+        return REGISTRY.get_sample_value(name, {"resource": resource} if resource else {})
+
+    await create(api_client, vm("vm1", [("nic-1", MAC_A, None)]))
+    view = ClusterView(api_client, settings=FAST)
+    VIEW_METRICS.view = view
+    started = time.time()
+    await view.start()
+    try:
+        await view.synced.wait()
+        assert sample("nichotplug_cluster_view_synced") == 1
+        assert sample("nichotplug_cluster_view_objects", "virtualmachines") == 1
+        assert sample("nichotplug_cluster_view_macs") == 1
+        contact = sample("nichotplug_cluster_view_last_contact_timestamp_seconds", "virtualmachines")
+        assert contact is not None
+        assert contact >= started
+        failures = sample("nichotplug_cluster_view_request_failures_total")
+        assert failures is not None
+
+        await apiserver.stop()  # the watches break; the view goes on answering from what it has
+        await eventually(lambda: (sample("nichotplug_cluster_view_request_failures_total") or 0) > failures,
+                         "the failed requests are counted")
+        assert sample("nichotplug_cluster_view_last_contact_timestamp_seconds", "virtualmachines") == contact
+        assert sample("nichotplug_cluster_view_objects", "virtualmachines") == 1
+    finally:
+        await view.stop()
+        VIEW_METRICS.view = None
