@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 CA_KEY_FILE = "ca.key"  # Secret key holding the CA's private key, beside the kubernetes.io/tls keys
 _SECRET_KEYS = (certs.CA_FILE, CA_KEY_FILE, certs.CERT_FILE, certs.KEY_FILE)
 _JSON_PATCH = "application/json-patch+json"
+CA_BUNDLE_RETRY_SECONDS = 2.0
 
 CERT_ROTATIONS = Counter(
     "nichotplug_certificate_rotations_total",
@@ -297,6 +298,10 @@ class CertificateManager:
     api: ApiClient
     settings: CertificateSettings
     material: TlsMaterial | None = field(default=None, init=False)
+    # Whether the last pass found both webhook configurations trusting our CA. Until then the API
+    # server cannot call us (on a first install Helm creates them after the Deployment), so passes
+    # come every CA_BUNDLE_RETRY_SECONDS instead of every check_interval.
+    ca_bundles_in_place: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         # Typed as Any: we read raw JSON (_preload_content=False returns the HTTP response, not a model)
@@ -321,14 +326,15 @@ class CertificateManager:
         """
         material = await self._current_material()
         self._write_files(material)
-        await self._sync_ca_bundles(material.ca_bundle_b64())
+        self.ca_bundles_in_place = await self._sync_ca_bundles(material.ca_bundle_b64())
         self.material = material
         return material
 
     async def run(self) -> None:
         """Repeat :meth:`ensure` every ``check_interval`` until cancelled; errors are logged, not raised."""
         while True:
-            await asyncio.sleep(self.settings.check_interval)
+            await asyncio.sleep(self.settings.check_interval if self.ca_bundles_in_place
+                                else min(self.settings.check_interval, CA_BUNDLE_RETRY_SECONDS))
             try:
                 await self.ensure()
             except asyncio.CancelledError:
@@ -431,12 +437,14 @@ class CertificateManager:
 
     # -- the webhook configurations --------------------------------------------------------------------
 
-    async def _sync_ca_bundles(self, ca_bundle_b64: str) -> None:
-        for kind, name in (("mutating", self.settings.mutating_webhook),
-                           ("validating", self.settings.validating_webhook)):
-            await self._sync_ca_bundle(kind, name, ca_bundle_b64)
+    async def _sync_ca_bundles(self, ca_bundle_b64: str) -> bool:
+        """Patch both webhook configurations' caBundles; whether both now hold ``ca_bundle_b64``."""
+        in_place = [await self._sync_ca_bundle(kind, name, ca_bundle_b64)
+                    for kind, name in (("mutating", self.settings.mutating_webhook),
+                                       ("validating", self.settings.validating_webhook))]
+        return all(in_place)
 
-    async def _sync_ca_bundle(self, kind: str, name: str, ca_bundle_b64: str) -> None:
+    async def _sync_ca_bundle(self, kind: str, name: str, ca_bundle_b64: str) -> bool:
         read = (self._admission.read_mutating_webhook_configuration if kind == "mutating"
                 else self._admission.read_validating_webhook_configuration)
         patch = (self._admission.patch_mutating_webhook_configuration if kind == "mutating"
@@ -449,11 +457,12 @@ class CertificateManager:
                 log.info("set the caBundle of %s webhook configuration %s", kind, name)
         except ApiException as exc:
             if exc.status in (404, 409, 422):  # not there yet, or changed under us: the next pass retries
-                log.warning("%s webhook configuration %s: HTTP %s %s; retrying later", kind, name,
-                            exc.status, _status_message(exc))
-                return
+                log.warning("%s webhook configuration %s: HTTP %s %s; retrying in %.0f s", kind, name,
+                            exc.status, _status_message(exc), CA_BUNDLE_RETRY_SECONDS)
+                return False
             raise CertificateError(f"cannot update the caBundle of {kind} webhook configuration {name}: "
                                    f"HTTP {exc.status} {_status_message(exc)}") from exc
+        return True
 
 
 def ca_bundle_patch(config: Mapping[str, Any], ca_bundle_b64: str) -> list[dict[str, Any]]:

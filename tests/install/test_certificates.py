@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import logging
 from collections.abc import AsyncIterator
@@ -312,6 +313,31 @@ async def test_missing_webhook_configurations_are_patched_once_they_exist(
     await install_url_webhooks(kubeconfig, "https://127.0.0.1:9443")
     await manager.ensure()
     assert await webhook_ca_bundles(api_client) == [material.ca_bundle_pem] * 2
+
+
+async def test_until_the_ca_bundles_are_in_place_the_manager_checks_every_few_seconds(
+    api_client: ApiClient, kubeconfig: Path, service_client: ApiClient, tmp_path: Path,
+) -> None:
+    # A first install: the pods start before Helm has created the webhook configurations, and the
+    # API server cannot call a webhook whose caBundle does not trust our CA. Waiting out the 10-minute
+    # check interval would leave VM writes failing that long.
+    manager = CertificateManager(service_client, make_settings(tmp_path, check_interval=600.0))
+    material = await manager.ensure()
+    assert manager.ca_bundles_in_place is False
+    checking = asyncio.create_task(manager.run())
+    try:
+        await install_url_webhooks(kubeconfig, "https://127.0.0.1:9443")
+        for _ in range(75):  # 15 s, far less than the check interval
+            if await webhook_ca_bundles(api_client) == [material.ca_bundle_pem] * 2:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            pytest.fail("the caBundles were not set while the check interval ran")
+        assert manager.ca_bundles_in_place is True
+    finally:
+        checking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await checking
 
 
 async def test_without_rbac_the_error_names_the_secret_and_nothing_is_written(
