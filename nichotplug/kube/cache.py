@@ -978,9 +978,11 @@ class _Reflector:
                     delivered = True
         finally:
             response.release()
-        self.view.heard_from(self.resource.kind)  # the server ended the watch itself: it is there
+        open_for = asyncio.get_running_loop().time() - opened_at
+        if open_for >= timeout_seconds:
+            self.view.heard_from(self.resource.kind)  # the server ended the watch when asked: it is there
         # A quiet watch the server closed normally is healthy too; only one that ends at once is not.
-        return delivered or asyncio.get_running_loop().time() - opened_at >= HEALTHY_WATCH_SECONDS
+        return delivered or open_for >= HEALTHY_WATCH_SECONDS
 
     def _handle_line(self, line: bytes) -> None:
         event = orjson.loads(line)
