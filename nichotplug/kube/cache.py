@@ -602,8 +602,9 @@ class ClusterView:
         self.relists = 0  # lists after the first one (410s, restarts); for tests and metrics
         self.request_failures = 0  # list/watch requests that failed and were retried after a back-off
         # kind -> when (Unix time) its list or watch last answered: a completed list, any watch event
-        # (bookmarks included, which a live watch gets about every minute), a watch ended by the
-        # server. How stale the view may be, which nothing else shows (``kube.view_metrics``).
+        # (bookmarks included), a watch the server ended after the timeoutSeconds we asked for (one
+        # cut short is a server going away). How stale the view may be, which nothing else shows
+        # (``kube.view_metrics``).
         self.last_contact: dict[str, float] = {}
 
     # -- rules.ClusterState ---------------------------------------------------------------------
