@@ -18,6 +18,7 @@ import signal
 import ssl
 import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -261,11 +262,19 @@ def run_until_signal(main: Callable[[asyncio.Event, asyncio.Event], Coroutine[An
         runner.run(wrapper())
 
 
+def _configure_logging(level: str) -> None:
+    """One line per record on stderr, stamped in UTC (ISO 8601 with milliseconds), whatever the node's zone."""
+    formatter = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s",
+                                  datefmt="%Y-%m-%dT%H:%M:%S")
+    formatter.converter = time.gmtime
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=level, handlers=[handler])
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Entry point of ``nichotplug serve`` (see nichotplug.cli for the arguments)."""
-    logging.basicConfig(
-        level=str(args.log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    _configure_logging(str(args.log_level).upper())
     problem = _check_args(args)
     if problem:
         print(f"nichotplug serve: {problem}", file=sys.stderr)

@@ -10,8 +10,10 @@ process exits 0.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -101,7 +103,7 @@ async def served(apiserver: ApiServer, kubeconfig: Path, tmp_path: Path,
         "--tls-cert-file", str(tmp_path / "certs" / "tls.crt"), "--tls-key-file", str(tmp_path / "certs" / "tls.key"),
         "--shutdown-delay", "1.5",
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "TZ": "Asia/Tokyo"},  # a node far from UTC
     )
     served = ServeProcess(process, port, metrics_port)
     yield served
@@ -137,6 +139,11 @@ async def test_serve_end_to_end_with_kubectl_then_drain_on_sigterm(
         await _wait_ready(session, served)
         # Once synced, the view is moved out of the cyclic GC's reach (no full-GC pauses on requests).
         await served.wait_for_line("cluster view synced;")
+        # Every log line is stamped in UTC, ISO 8601, whatever the node's time zone.
+        assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) ", line)
+                   for line in served.lines if line), served.lines
+        stamped = datetime.datetime.strptime(served.lines[0][:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.UTC)
+        assert abs((datetime.datetime.now(datetime.UTC) - stamped).total_seconds()) < 120
 
         for configuration in webhook_configurations(
             "nichotplug", ca_bundle=serving_bundle.ca_cert_pem, url=f"https://127.0.0.1:{served.port}",
