@@ -44,6 +44,7 @@ _STATUS_REASONS = {
     422: "Invalid",
     429: "TooManyRequests",
     500: "InternalError",
+    503: "ServiceUnavailable",
 }
 
 

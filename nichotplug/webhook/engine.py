@@ -21,6 +21,7 @@ from nichotplug.rules.decision import Decision
 from nichotplug.rules.mac import InvalidMac
 from nichotplug.rules.views import InvalidObject
 from nichotplug.webhook import metrics
+from nichotplug.webhook.codec import status_reason
 from nichotplug.webhook.review import AdmissionRequest, AdmissionResponse, ResponseStatus, WebhookName
 
 log = logging.getLogger(__name__)
@@ -150,17 +151,17 @@ def _refused(
     return Verdict({"uid": uid, "allowed": False, "status": _status(code, message)}, result, reason)
 
 
-# The metav1.StatusReason of a denial: the API server hands it on to the client, and client code
-# branches on it (apimachinery's IsConflict, IsForbidden, IsServiceUnavailable...). A MAC collision
+# The metav1.StatusReason of a denial is the code's usual one (``codec.status_reason``) but for 409:
+# the API server hands the reason on to the client, and client code branches on it. A MAC collision
 # keeps its code 409 (SPEC) but not reason Conflict: client-go reads Conflict as a stale
 # resourceVersion, so RetryOnConflict, or a controller that requeues conflicts quietly, would send
-# the same refused write again and again. A 503 (not synced yet) is ServiceUnavailable: try again.
-_DENIAL_REASONS = {403: "Forbidden", 409: "Forbidden", 500: "InternalError", 503: "ServiceUnavailable"}
+# the same refused write again and again.
+_DENIAL_REASON_EXCEPTIONS = {409: "Forbidden"}
 
 
 def _status(code: int, message: str) -> ResponseStatus:
     status: ResponseStatus = {"code": code, "message": message}
-    reason = _DENIAL_REASONS.get(code)
+    reason = _DENIAL_REASON_EXCEPTIONS.get(code) or status_reason(code)
     if reason:
         status["reason"] = reason
     return status
