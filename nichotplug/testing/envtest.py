@@ -222,12 +222,13 @@ class RealApiServer:
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "envtest",
+            # The in-process server's names, so a test that edits a kubeconfig works on both.
+            "clusters": [{"name": "nichotplug-test",
                           "cluster": {"server": self.url, "certificate-authority": str(self.ca_file)}}],
-            "users": [{"name": "envtest-user", "user": {"token": token or self.admin_token}}],
-            "contexts": [{"name": "envtest", "context": {"cluster": "envtest", "user": "envtest-user",
-                                                         "namespace": namespace}}],
-            "current-context": "envtest",
+            "users": [{"name": "nichotplug-test-user", "user": {"token": token or self.admin_token}}],
+            "contexts": [{"name": "nichotplug-test", "context": {
+                "cluster": "nichotplug-test", "user": "nichotplug-test-user", "namespace": namespace}}],
+            "current-context": "nichotplug-test",
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(config, sort_keys=False))

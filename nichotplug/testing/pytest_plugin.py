@@ -116,9 +116,13 @@ def server_kind() -> str:
     return "inprocess"
 
 
-@pytest_asyncio.fixture
-async def cluster_server(request: pytest.FixtureRequest, server_kind: str) -> AsyncIterator[ApiServer | RealApiServer]:
-    """The API server of ``kubeconfig``: the in-process one (``apiserver``) or the session's real one."""
+@pytest.fixture
+def cluster_server(request: pytest.FixtureRequest, server_kind: str) -> Iterator[ApiServer | RealApiServer]:
+    """The API server of ``kubeconfig``: the in-process one (``apiserver``) or the session's real one.
+
+    A plain fixture on purpose: it asks for the asynchronous ``apiserver`` by name, which pytest-asyncio
+    can only start from outside a running event loop.
+    """
     if server_kind != "real":
         yield request.getfixturevalue("apiserver")
         return
