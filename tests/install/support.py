@@ -60,7 +60,8 @@ async def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str
     return out.decode()
 
 
-async def install_access(server: ApiServer | RealApiServer, kubeconfig: Path, values: dict[str, Any] | None = None) -> str:
+async def install_access(server: ApiServer | RealApiServer, kubeconfig: Path,
+                         values: dict[str, Any] | None = None) -> str:
     """Apply the chart's namespace-level access objects; return a token of its ServiceAccount."""
     objects = [obj for obj in render_objects(values) if obj["kind"] in ACCESS_KINDS]
     await create_namespace(kubeconfig)

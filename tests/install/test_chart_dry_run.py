@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 import yaml
+from chart.test_chart import OPTIONS
 
 from nichotplug.testing.envtest import RealApiServer
 
-from chart.test_chart import OPTIONS
 from .support import ACCESS_KINDS, NAMESPACE, create_namespace, kubectl, render_objects
 
 pytestmark = pytest.mark.kubectl
