@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import REGISTRY
 
 from nichotplug.controller.reconciler import Outcome
+from nichotplug.controller.scope import ControllerScope
 from nichotplug.webhook.registration import VALIDATING_WEBHOOK
 
 from .conftest import MAC_A, MAC_B, MAC_C, Cluster, kubectl, running_controller, vm_body, vmi_body, wait_for
@@ -308,3 +311,37 @@ async def test_recording_keeps_the_vms_other_annotations(api_client: ApiClient, 
     annotations = (await cluster.get_vm("vm1"))["metadata"]["annotations"]
     assert annotations["team"] == "blue"
     assert annotations["harvesterhci.io/vmRunStrategy"] == "Always"
+
+
+async def _create_in(api_client: ApiClient, namespace: str, body: dict[str, Any]) -> None:
+    from kubernetes_asyncio.client import CoreV1Api, CustomObjectsApi
+
+    with contextlib.suppress(ApiException):  # already there from an earlier step
+        await CoreV1Api(api_client).create_namespace({"metadata": {"name": namespace}})
+    body = {**body, "metadata": {**body["metadata"], "namespace": namespace}}
+    await CustomObjectsApi(api_client).create_namespaced_custom_object("kubevirt.io", "v1", namespace,
+                                                                       "virtualmachines", body)
+
+
+async def test_a_scoped_controller_writes_only_vms_in_its_namespaces(
+    api_client: ApiClient, cluster: Cluster,
+) -> None:
+    from kubernetes_asyncio.client import CustomObjectsApi
+
+    await cluster.create_vm(vm_body("outside", macs={"default": None}, annotation={"default": MAC_A}))
+    await _create_in(api_client, "team-a", vm_body("inside", macs={"default": None}, annotation={"default": MAC_B}))
+    async with running_controller(api_client, scope=ControllerScope.of(["team-a"])) as controller:
+        async def inside_backfilled() -> bool:
+            vm = await CustomObjectsApi(api_client).get_namespaced_custom_object(
+                "kubevirt.io", "v1", "team-a", "virtualmachines", "inside")
+            return bool(vm["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"][0].get("macAddress"))
+        await wait_for(inside_backfilled)
+        # Several resyncs later (each queues every VM it may write), the VM outside is still untouched.
+        done = controller.reconciles
+        await wait_for(lambda: _true_when(controller.reconciles >= done + 3))
+        assert await cluster.spec_macs("outside") == {"default": None}
+        assert await _reasons(cluster, "outside") == set()
+
+
+async def _true_when(condition: bool) -> bool:
+    return condition
