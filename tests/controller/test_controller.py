@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -345,3 +346,32 @@ async def test_a_scoped_controller_writes_only_vms_in_its_namespaces(
 
 async def _true_when(condition: bool) -> bool:
     return condition
+
+
+async def test_an_outage_is_one_warning_and_one_recovery_line_not_one_per_vm(
+    api_client: ApiClient, apiserver: Any, cluster: Cluster, caplog: pytest.LogCaptureFixture,
+) -> None:
+    names = [f"vm{number}" for number in range(6)]
+    for name in names:
+        await cluster.create_vm(vm_body(name, macs={"default": None}, annotation={"default": MAC_A}))
+    outage = apiserver.faults.add(method="PATCH", path_regex=r"/virtualmachines/", status=503, times=None,
+                                  message="the API server is restarting")
+    caplog.set_level(logging.DEBUG, logger="nichotplug.controller.reconciler")
+    async with running_controller(api_client) as controller:
+        await wait_for(lambda: _true_when(controller.reconciler.failures.failures >= 2 * len(names)))
+        apiserver.faults.clear()
+
+        async def all_backfilled() -> bool:
+            return all([(await cluster.spec_macs(name))["default"] for name in names])
+        await wait_for(all_backfilled)
+    assert outage.hits >= 2 * len(names)
+    records = [r for r in caplog.records if r.name == "nichotplug.controller.reconciler"]
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("the controller's API calls are failing (could not write the backfill of VM default/")
+    assert "the API server is restarting" in warnings[0]
+    [recovered] = [r.getMessage() for r in records if r.levelno == logging.INFO and "work again" in r.getMessage()]
+    failed = int(recovered.split(": ", 1)[1].split()[0])
+    assert failed >= 2 * len(names)
+    details = [r for r in records if r.levelno == logging.DEBUG and "could not write the backfill" in r.getMessage()]
+    assert len(details) == failed
