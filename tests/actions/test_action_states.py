@@ -17,6 +17,8 @@ from nichotplug.webhook.registration import webhook_configurations
 from .conftest import ActionClient
 from .objects import create_nad, create_running_vm, migrations, nad, read_vm, spec_interfaces, spec_networks, vm, vmi
 
+pytestmark = pytest.mark.both_servers
+
 
 @pytest.fixture
 async def stopped_vm(api_client: ApiClient) -> dict[str, Any]:
