@@ -152,7 +152,8 @@ async def freeze_heap_when_synced(view: ClusterView) -> None:
     """
     await view.synced.wait()
     counts = view.counts()
-    log.info("cluster view synced: %s", ", ".join(f"{count} {kind}" for kind, count in counts.items()))
+    log.info("cluster view synced: %s",
+             ", ".join(f"{count} {'MACs' if kind == 'macs' else kind + 's'}" for kind, count in counts.items()))
     gc.collect()
     gc.freeze()
     log.debug("%d objects moved out of the cyclic GC's reach", gc.get_freeze_count())

@@ -149,6 +149,10 @@ async def test_serve_end_to_end_with_kubectl_then_drain_on_sigterm(
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl)) as session:
         await _wait_ready(session, served)
         await served.wait_for_line("cluster view synced: ")
+        assert any(re.search(r"INFO nichotplug.service: cluster view synced: \d+ VirtualMachines, \d+ "
+                             r"VirtualMachineInstances, \d+ NetworkAttachmentDefinitions, \d+ MACs$", line)
+                   for line in served.lines), served.lines
+        assert not any("cyclic GC" in line for line in served.lines)  # a detail, at DEBUG
         # The log says where it really listens, and how far the controller's writes reach.
         await served.wait_for_line(f"serving webhooks and actions on https://127.0.0.1:{served.port}; "
                                    f"metrics on http://127.0.0.1:{served.metrics_port}/metrics")
