@@ -40,7 +40,8 @@ EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 
-# What a person can do about each refusal, printed under the message; COMMAND is the command to run.
+# What a person can do about each refusal, printed under the message; {check} and {list} become those
+# commands, written out for this VM, namespace and kubeconfig so they can be pasted.
 _HINTS = {
     plan.CONCURRENT_CHANGE: "someone changed the VM at the same time; run the command again",
     plan.NOT_ELIGIBLE: "run '{check}' to see every reason",
