@@ -416,6 +416,8 @@ def test_notes_tell_how_to_check_the_install(default_chart: Rendered) -> None:
     ({"replicas": 2}, "replicas"),
     ({"shutdownDelaySeconds": -1}, "/shutdownDelaySeconds"),
     ({"terminationGracePeriodSeconds": 5}, "/terminationGracePeriodSeconds"),
+    ({"controller": {"namespaces": ["Team_A"]}}, "/controller/namespaces/0"),
+    ({"controller": {"namespaces": ["a", "a"]}}, "/controller/namespaces"),
 ])
 def test_schema_rejects_bad_values(values: dict[str, Any], key: str) -> None:
     with helm.Chart.load(CHART_DIR) as chart, pytest.raises(helm.HelmValuesError) as caught:
