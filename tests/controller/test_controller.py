@@ -378,3 +378,21 @@ async def test_an_outage_is_one_warning_and_one_recovery_line_not_one_per_vm(
     assert failed >= 2 * len(names)
     details = [r for r in records if r.levelno == logging.DEBUG and "could not write the backfill" in r.getMessage()]
     assert len(details) == failed
+
+
+async def test_a_scoped_audit_reports_a_duplicate_only_on_the_vms_in_its_namespaces(
+    api_client: ApiClient, cluster: Cluster,
+) -> None:
+    from kubernetes_asyncio.client import CoreV1Api
+
+    await cluster.create_vm(vm_body("outside", macs={"default": MAC_C}, run_strategy="Always"))
+    await _create_in(api_client, "team-a", vm_body("inside", macs={"default": MAC_C}, run_strategy="Always"))
+    async with running_controller(api_client, scope=ControllerScope.of(["team-a"])) as controller:
+        async def inside_told() -> bool:
+            events = (await CoreV1Api(api_client).list_namespaced_event("team-a")).items
+            return any(e.reason == "DuplicateMac" and e.involved_object.name == "inside" for e in events)
+        await wait_for(inside_told)
+        [duplicate] = await controller.auditor.audit()
+        assert {owner.vm for owner in duplicate.owners} == {"inside", "outside"}  # the view is cluster-wide
+        assert metric("nichotplug_duplicate_macs") == 1
+    assert "DuplicateMac" not in await _reasons(cluster, "outside")  # no write outside the scope
