@@ -89,18 +89,25 @@ async def _at_least(count: Any, wanted: int) -> bool:
     return bool(await count() >= wanted)
 
 
-async def _retrying(call: Any, attempts: int = 100) -> Any:
-    """``call()`` again while the API server is away (connection errors, 5xx), as kubectl users retry."""
-    for _ in range(attempts):
+async def _retrying(call: Any, within: float = 90.0) -> Any:
+    """``call()`` again while the API server is away (connection errors, 5xx), as kubectl users retry.
+
+    A restart on a busy two-core machine can take tens of seconds before /readyz; the bound is generous.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    last: BaseException | None = None
+    while loop.time() < deadline:
         try:
             return await call()
         except ApiException as error:
             if error.status not in (0, 500, 503, 504):
                 raise
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            pass  # a kept-alive connection to the server that went away, or the server not back yet
-        await asyncio.sleep(0.1)
-    raise AssertionError("the call never went through")
+            last = error
+        except (TimeoutError, aiohttp.ClientError, OSError) as error:
+            last = error  # a kept-alive connection to the server that went away, or the server not back yet
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the call never went through within {within:.0f} s; last error: {last!r}")
 
 
 async def test_a_watch_cut_by_a_restart_over_a_compacted_etcd_relists_and_converges(
