@@ -128,6 +128,8 @@ class CertReloader:
         self._client_ca_pem = client_ca_pem
         if client_ca_pem:
             _request_client_certificates(self.context, client_ca_pem)
+        else:  # each new connection takes its verify mode from the listening context
+            self.context.verify_mode = ssl.CERT_NONE
         if self._current is not None:
             self._digest = None  # rebuild the handshake context from the same files with the new CA
             self.reload()
