@@ -1,5 +1,6 @@
 """The commands of ``kubectl nichotplug`` (see :mod:`nichotplug.plugin`): load the user's kubeconfig,
-run the shared action flow, and print results and refusals a person can act on.
+call the subresource API when kube-apiserver serves it (:mod:`nichotplug.actions.remote`) or else run
+the shared action flow directly, and print results and refusals a person can act on.
 
 Kept apart from the argument parser so that ``--help`` and usage errors answer without importing
 the Kubernetes client.
@@ -17,6 +18,8 @@ from typing import TextIO
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.config import ConfigException, list_kube_config_contexts
 
+from nichotplug.actions import remote
+from nichotplug.actions.apidocs import GROUP_VERSION
 from nichotplug.actions.flow import ActionFailed, ActionResult, HotplugFlow, VmState, read_vm_state
 from nichotplug.kube.client import KubeConfigError, load_api_client
 from nichotplug.kube.events import EventRecorder
@@ -151,7 +154,28 @@ def print_check(state: VmState, out: TextIO) -> bool:
     return False
 
 
+async def _subresources_unavailable(args: argparse.Namespace, api: ApiClient) -> str | None:
+    """None when the command goes through the subresource API, else why it goes directly (for ``-v``)."""
+    if getattr(args, "no_migrate", False):
+        return "--no-migrate is only possible with the user's own rights on the VM"
+    why_not = await remote.availability(api)
+    return None if why_not is None else f"the subresource API {GROUP_VERSION} is not available ({why_not})"
+
+
 async def _run_command(args: argparse.Namespace, api: ApiClient, namespace: str, out: TextIO, err: TextIO) -> int:
+    verbose = getattr(args, "verbose", False)
+    direct_because = await _subresources_unavailable(args, api)
+    if direct_because is None:
+        if verbose:
+            print(f"using the subresource API {GROUP_VERSION} through kube-apiserver", file=err)
+        done = await remote.run_remote(args.command, api, namespace, args.vm, vars(args), out, err)
+        return EXIT_OK if done else EXIT_REFUSED
+    if verbose:
+        print(f"using the Kubernetes API directly: {direct_because}", file=err)
+    return await _run_directly(args, api, namespace, out, err)
+
+
+async def _run_directly(args: argparse.Namespace, api: ApiClient, namespace: str, out: TextIO, err: TextIO) -> int:
     vm_ref = f"{namespace}/{args.vm}"
     if args.command in ("list", "check"):
         state = await read_vm_state(api, namespace, args.vm)

@@ -226,3 +226,53 @@ async def test_the_rendered_chart_objects_pass_a_server_side_dry_run(real_apiser
     assert done.returncode == 0, done.stderr
     assert "apiservice.apiregistration.k8s.io/v1.subresources.nichotplug.io created (server dry run)" in done.stdout
     assert "clusterrole.rbac.authorization.k8s.io/nichotplug-nic-operator created (server dry run)" in done.stdout
+
+
+async def nichotplug_plugin(kubeconfig: Path, *args: str) -> Any:
+    """``kubectl nichotplug ARGS`` through kubectl's plugin mechanism (the console script on PATH)."""
+    venv_bin = Path(sys.executable).parent
+    env = {"PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin", "HOME": str(kubeconfig.parent),
+           "KUBECONFIG": str(kubeconfig)}
+    return await run("kubectl", "nichotplug", *args, env=env)
+
+
+async def test_the_plugin_goes_through_the_subresources_for_a_user_with_only_the_role(
+        aggregated: Aggregated) -> None:
+    await start_running(aggregated.cluster, "vm1")
+
+    added = await nichotplug_plugin(aggregated.operator, "-v", "add-nic", "vm1", "--network", "vlan1")
+    assert added.returncode == 0, added.stderr
+    assert "using the subresource API subresources.nichotplug.io/v1 through kube-apiserver" in added.stderr
+    mac = (await aggregated.cluster.get_vm("vm1"))["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"][-1][
+        "macAddress"]
+    assert f"interface nic-2 (MAC {mac}) added to VM default/vm1" in added.stdout
+    assert "live migration vm1-" in added.stdout
+
+    listed = await nichotplug_plugin(aggregated.operator, "list", "vm1")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[:3] == ["HOT-UNPLUGGABLE INTERFACES", "nic-1", "nic-2"]
+
+    removed = await nichotplug_plugin(aggregated.operator, "remove-nic", "vm1", "--interface", "nic-1")
+    assert removed.returncode == 0, removed.stderr
+    interfaces = (await aggregated.cluster.get_vm("vm1"))["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"]
+    assert [i.get("state") for i in interfaces if i["name"] == "nic-1"] == ["absent"]
+
+
+async def test_the_plugin_shows_kube_apiservers_refusal_with_a_hint(aggregated: Aggregated) -> None:
+    await start_running(aggregated.cluster, "vm1")
+    done = await nichotplug_plugin(aggregated.stranger, "add-nic", "vm1", "--network", "vlan1")
+    assert done.returncode == 1
+    assert "forbidden" in done.stderr
+    assert "hint: ask your cluster administrator for permission" in done.stderr
+
+
+async def test_the_plugin_check_through_the_subresources_says_why_not_and_exits_1(aggregated: Aggregated) -> None:
+    await start_running(aggregated.cluster, "vm1")
+    aggregated.cluster.server.request(  # the VM stops being a plain VM: a guest-cluster node
+        "PATCH", "/apis/kubevirt.io/v1/namespaces/default/virtualmachines/vm1",
+        {"metadata": {"labels": {"harvesterhci.io/creator": "docker-machine-driver-harvester"}}},
+        content_type="application/merge-patch+json", expect=(200,))
+    done = await nichotplug_plugin(aggregated.operator, "check", "vm1")
+    assert done.returncode == 1, done.stderr
+    assert "VM default/vm1 is not eligible for NIC hot-plug:" in done.stdout
+    assert "docker-machine-driver-harvester" in done.stdout
