@@ -377,3 +377,18 @@ async def test_openapi_documents_are_valid_and_point_at_each_other(served: Serve
 async def test_other_routes_on_the_port_need_no_client_certificate_while_one_is_requested(served: Served) -> None:
     answer = await served.call("GET", "/healthz", client=None)
     assert answer.status == 200
+
+
+@pytest.mark.parametrize(("data", "words"), [
+    ({"requestheader-client-ca-file": "not a certificate"}, "front-proxy CA is not known"),
+    ({"requestheader-client-ca-file": "-", "requestheader-allowed-names": "front-proxy-client"},
+     "front-proxy CA is not known"),
+    ({}, "front-proxy CA is not known"),
+])
+async def test_a_configmap_that_cannot_be_used_authenticates_nobody(
+        served: Served, running_vm: dict[str, Any], data: dict[str, str], words: str) -> None:
+    if data.get("requestheader-client-ca-file") == "-":  # a good CA, but the names are not a JSON list
+        data = {**data, "requestheader-client-ca-file": served.proxy.ca_pem.decode()}
+    await served.set_configmap(data)
+    answer = await wait_for_status(served, served.client, 401)
+    assert_status(answer, 401, "Unauthorized", words)
