@@ -28,7 +28,7 @@ from typing import Any, Final
 from aiohttp import hdrs, web
 from kubernetes_asyncio.client import ApiClient
 
-from nichotplug.actions import apidocs
+from nichotplug.actions import apidocs, metrics
 from nichotplug.actions.flow import ActionFailed, ActionResult, EventSink, HotplugFlow
 from nichotplug.actions.frontproxy import FrontProxyAuthenticator, NotAuthenticated, RemoteUser
 from nichotplug.kube.events import EventRecorder
@@ -132,6 +132,12 @@ class SubresourceHandler:
 
     async def handle(self, request: web.Request) -> web.Response:
         """``/apis/subresources.nichotplug.io/v1/namespaces/{namespace}/virtualmachines/{name}/{subresource}``."""
+        response = await self._respond(request)
+        wanted = request.match_info["subresource"]
+        metrics.observe_subresource(wanted, wanted in SUBRESOURCES_BY_NAME, response.status)
+        return response
+
+    async def _respond(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         try:
             return await self._answer(request, name)

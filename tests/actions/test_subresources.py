@@ -23,6 +23,7 @@ import pytest
 from aiohttp import web
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
+from prometheus_client import REGISTRY
 
 from nichotplug import certs
 from nichotplug.actions.apidocs import APISERVICE, GROUP, GROUP_VERSION, SUBRESOURCES
@@ -392,3 +393,17 @@ async def test_a_configmap_that_cannot_be_used_authenticates_nobody(
     await served.set_configmap(data)
     answer = await wait_for_status(served, served.client, 401)
     assert_status(answer, 401, "Unauthorized", words)
+
+
+async def test_answered_requests_are_counted_by_subresource_and_code(served: Served,
+                                                                    running_vm: dict[str, Any]) -> None:
+    def count(subresource: str, code: str) -> float:
+        return REGISTRY.get_sample_value("nichotplug_subresource_requests_total",
+                                         {"subresource": subresource, "code": code}) or 0.0
+
+    before = (count("hotplugcheck", "200"), count("hotplugcheck", "401"), count("unknown", "404"))
+    await served.call("GET", f"{ROOT}/vm1/hotplugcheck")
+    await served.call("GET", f"{ROOT}/vm1/hotplugcheck", client=None)
+    await served.call("GET", f"{ROOT}/vm1/made-up-{id(served)}")
+    after = (count("hotplugcheck", "200"), count("hotplugcheck", "401"), count("unknown", "404"))
+    assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1]
