@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 from aiohttp import hdrs, web
@@ -187,32 +187,14 @@ class SubresourceHandler:
         return _interface_answer(await flow.remove_nic(namespace, name, body))
 
 
-def _document(build: Any) -> web.Response:
-    return web.json_response(build())
+def _document_route(document: Mapping[str, Any]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A handler answering ``document`` (encoded once: it never changes while the process runs)."""
+    text = json.dumps(document)
 
+    async def answer(_request: web.Request) -> web.Response:
+        return web.json_response(text=text)
 
-async def _api_group_list(_request: web.Request) -> web.Response:
-    return _document(apidocs.api_group_list)
-
-
-async def _api_group(_request: web.Request) -> web.Response:
-    return _document(apidocs.api_group)
-
-
-async def _api_resource_list(_request: web.Request) -> web.Response:
-    return _document(apidocs.api_resource_list)
-
-
-async def _openapi_v2(_request: web.Request) -> web.Response:
-    return _document(apidocs.openapi_v2)
-
-
-async def _openapi_v3(_request: web.Request) -> web.Response:
-    return _document(apidocs.openapi_v3_index)
-
-
-async def _openapi_v3_group(_request: web.Request) -> web.Response:
-    return _document(apidocs.openapi_v3_group)
+    return answer
 
 
 def setup_subresources(
@@ -233,12 +215,11 @@ def setup_subresources(
     handler = SubresourceHandler(api_client, authenticator, events=events or EventRecorder(api_client),
                                  cluster=cluster, migrate=migrate)
     base = f"/apis/{apidocs.GROUP}"
-    app.router.add_get("/apis", _api_group_list)
-    app.router.add_get(base, _api_group)
-    app.router.add_get(f"{base}/{apidocs.VERSION}", _api_resource_list)
-    app.router.add_get("/openapi/v2", _openapi_v2)
-    app.router.add_get("/openapi/v3", _openapi_v3)
-    app.router.add_get(apidocs.OPENAPI_V3_GROUP_PATH, _openapi_v3_group)
+    for path, document in (("/apis", apidocs.api_group_list()), (base, apidocs.api_group()),
+                           (f"{base}/{apidocs.VERSION}", apidocs.api_resource_list()),
+                           ("/openapi/v2", apidocs.openapi_v2()), ("/openapi/v3", apidocs.openapi_v3_index()),
+                           (apidocs.OPENAPI_V3_GROUP_PATH, apidocs.openapi_v3_group())):
+        app.router.add_get(path, _document_route(document))
     app.router.add_route(hdrs.METH_ANY, f"{apidocs.VM_PATH}/{{subresource}}", handler.handle)
     app.router.add_route(hdrs.METH_ANY, f"{base}/{{tail:.*}}", handler.not_found)
     return handler

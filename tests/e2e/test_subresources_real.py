@@ -1,6 +1,7 @@
 """The subresource API through the real kube-apiserver's aggregation layer (needs ``KUBEBUILDER_ASSETS``).
 
-``nichotplug serve --apiservice`` runs as a process with its webhooks registered; the chart's APIService
+``nichotplug serve --apiservice`` runs as a process with the chart's own service account and RBAC
+(so the chart grants what the subresource API uses), its webhooks registered; the chart's APIService
 and ``nichotplug-nic-operator`` ClusterRole are applied as rendered, the APIService pointed at the
 process through a Service of type ExternalName ``localhost`` (no kube-proxy here). Users are real
 service accounts with real RBAC, and the calls are the real ``kubectl``: what an operator would type.
@@ -68,41 +69,53 @@ async def _wait_available(real: RealApiServer) -> None:
     raise AssertionError(f"APIService {APISERVICE} not Available after 30 s: {conditions}")
 
 
+RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+
+
+async def _start_serve(kubeconfig: Path, certs: Path, port: int) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nichotplug", "serve", "--kubeconfig", str(kubeconfig), "--host", "127.0.0.1",
+        "--port", str(port), "--metrics-port", "0", "--tls-cert-file", str(certs / "tls.crt"),
+        "--tls-key-file", str(certs / "tls.key"), "--namespace", "default", "--no-controller",
+        "--apiservice", APISERVICE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+
+
 @pytest_asyncio.fixture
 async def aggregated(real_apiserver: RealApiServer, tmp_path: Path) -> AsyncIterator[Aggregated]:
+    """nichotplug serving with the chart's own service account and RBAC, registered as the chart registers it."""
     real = real_apiserver
-    kubeconfig = real.write_kubeconfig(tmp_path / "admin")
+    cluster = Cluster(real, real.write_kubeconfig(tmp_path / "admin"), tmp_path)
+    chart = _chart_objects()
+    for (kind, _name), obj in chart.items():  # the service account and everything the chart grants it
+        if kind in RBAC_KINDS:
+            applied = await cluster.apply(obj)
+            assert applied.returncode == 0, applied.stderr
+    own_account = real.write_kubeconfig(tmp_path / "nichotplug", token=real.service_account_token("default",
+                                                                                                  "nichotplug"))
     certs = tmp_path / "certs"
     made = await run(sys.executable, "-m", "nichotplug", "certs", "--out", str(certs),
                      "--dns", "nichotplug.default.svc", "localhost", "--ip", "127.0.0.1")
     assert made.returncode == 0, made.stderr
     port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nichotplug", "serve", "--kubeconfig", str(kubeconfig), "--host", "127.0.0.1",
-        "--port", str(port), "--metrics-port", "0", "--tls-cert-file", str(certs / "tls.crt"),
-        "--tls-key-file", str(certs / "tls.key"), "--namespace", "default", "--no-controller",
-        "--apiservice", APISERVICE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    process = await _start_serve(own_account, certs, port)
     try:
         url = f"https://127.0.0.1:{port}"
         await wait_ready(url, certs / "ca.crt", process)
-        cluster = Cluster(real, kubeconfig, tmp_path)
         for config in webhook_configurations("nichotplug", url=url, ca_bundle=(certs / "ca.crt").read_bytes()):
             assert (await cluster.apply(config)).returncode == 0
         assert (await cluster.apply(bridge_nad("vlan1", "bridge"))).returncode == 0
-        chart = _chart_objects()
         apiservice = chart[("APIService", APISERVICE)]
         apiservice["spec"]["service"] = {"namespace": "default", "name": "nichotplug", "port": port}
         apiservice["spec"]["caBundle"] = base64.b64encode((certs / "ca.crt").read_bytes()).decode()
         service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "nichotplug", "namespace": "default"},
                    "spec": {"type": "ExternalName", "externalName": "localhost",
                             "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}}
-        role = chart[("ClusterRole", "nichotplug-nic-operator")]
         binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                    "metadata": {"name": "nic-operator", "namespace": "default"},
                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                "name": "nichotplug-nic-operator"},
                    "subjects": [{"kind": "ServiceAccount", "name": "nic-operator", "namespace": "default"}]}
-        for obj in (service, apiservice, role, binding):
+        for obj in (service, apiservice, binding):
             applied = await cluster.apply(obj)
             assert applied.returncode == 0, applied.stderr
         await _wait_available(real)
@@ -116,7 +129,6 @@ async def aggregated(real_apiserver: RealApiServer, tmp_path: Path) -> AsyncIter
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(process.communicate(), 30)
-        real.request("DELETE", "/apis/rbac.authorization.k8s.io/v1/clusterroles/nichotplug-nic-operator")
         real.reset()
         assert process.returncode == 0, stderr.decode()[-3000:]
 
