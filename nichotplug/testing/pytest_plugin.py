@@ -1,7 +1,8 @@
 """Pytest fixtures for the in-process API server and the real one (loaded by ``tests/conftest.py``).
 
 - ``apiserver``: a started in-process :class:`ApiServer` with the bundled CRDs installed (function scope).
-- ``kubeconfig``: an admin kubeconfig for it in ``tmp_path``.
+- ``kubeconfig``: an admin kubeconfig in ``tmp_path`` for ``cluster_server``: the in-process server, or
+  for tests marked ``both_servers`` (and not asking for ``apiserver`` itself) each server in turn.
 - ``api_client``: a kubernetes-asyncio ``ApiClient`` configured from that kubeconfig, closed after.
 - ``real_apiserver``: etcd + kube-apiserver from ``KUBEBUILDER_ASSETS`` (:mod:`nichotplug.testing.envtest`),
   one per session; skipped, with one line saying how to enable it, when the variable is unset.
@@ -14,6 +15,7 @@ session in which the real tier was skipped or ran no test fails, and the count i
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -27,6 +29,7 @@ from nichotplug.testing.server import ApiServer
 
 REQUIRE_REAL_TIER = "NICHOTPLUG_REQUIRE_REAL_TIER"
 REAL_MARKER = "real"
+BOTH_MARKER = "both_servers"
 SKIP_REASON = f"real kube-apiserver tier skipped: {ENABLE_HINT}"
 
 
@@ -47,6 +50,8 @@ _TALLY = _RealTierTally()
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"{REAL_MARKER}: runs against a real kube-apiserver (KUBEBUILDER_ASSETS)")
+    config.addinivalue_line("markers", f"{BOTH_MARKER}: kubeconfig/api_client tests run on the in-process and the "
+                                       "real API server (unless they ask for the in-process apiserver itself)")
     _TALLY.reset()  # a fresh tally per session (pytester runs several)
 
 
@@ -106,8 +111,44 @@ async def apiserver() -> AsyncIterator[ApiServer]:
 
 
 @pytest.fixture
-def kubeconfig(apiserver: ApiServer, tmp_path: Path) -> Path:
-    return apiserver.write_kubeconfig(tmp_path / "kubeconfig")
+def server_kind() -> str:
+    """Which API server ``kubeconfig`` points at; ``both_servers`` tests are parametrised over both."""
+    return "inprocess"
+
+
+@pytest.fixture
+def cluster_server(request: pytest.FixtureRequest, server_kind: str) -> Iterator[ApiServer | RealApiServer]:
+    """The API server of ``kubeconfig``: the in-process one (``apiserver``) or the session's real one.
+
+    A plain fixture on purpose: it asks for the asynchronous ``apiserver`` by name, which pytest-asyncio
+    can only start from outside a running event loop.
+    """
+    if server_kind != "real":
+        yield request.getfixturevalue("apiserver")
+        return
+    real: RealApiServer = request.getfixturevalue("real_apiserver")
+    try:
+        yield real
+    finally:
+        real.reset()
+
+
+@pytest.fixture
+def kubeconfig(cluster_server: ApiServer | RealApiServer, tmp_path: Path) -> Path:
+    return cluster_server.write_kubeconfig(tmp_path / "kubeconfig")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run ``both_servers`` tests on both servers, except those that ask for the in-process ``apiserver``.
+
+    A test that names ``apiserver`` uses what only the in-process server has (fault injection,
+    restart in place, preloading), so it stays on that one.
+    """
+    if "server_kind" not in metafunc.fixturenames or metafunc.definition.get_closest_marker(BOTH_MARKER) is None:
+        return
+    if "apiserver" in inspect.signature(metafunc.function).parameters:
+        return
+    metafunc.parametrize("server_kind", ["inprocess", pytest.param("real", marks=pytest.mark.real)])
 
 
 @pytest_asyncio.fixture
