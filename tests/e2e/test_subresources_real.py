@@ -223,23 +223,6 @@ async def test_a_direct_call_without_the_front_proxy_certificate_gets_401(aggreg
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
 
 
-async def test_the_rendered_chart_objects_pass_a_server_side_dry_run(real_apiserver: RealApiServer,
-                                                                     tmp_path: Path) -> None:
-    real_apiserver.ensure_namespace("harvester-system")
-    from chart.conftest import render_chart
-
-    wanted = {"APIService", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount",
-              "Service", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
-    objects = [obj for obj in render_chart().objects if obj["kind"] in wanted]
-    manifest = tmp_path / "chart.json"
-    manifest.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
-    kubeconfig = real_apiserver.write_kubeconfig(tmp_path / "admin")
-    done = await run("kubectl", "--kubeconfig", str(kubeconfig), "apply", "--dry-run=server", "-f", str(manifest))
-    assert done.returncode == 0, done.stderr
-    assert "apiservice.apiregistration.k8s.io/v1.subresources.nichotplug.io created (server dry run)" in done.stdout
-    assert "clusterrole.rbac.authorization.k8s.io/nichotplug-nic-operator created (server dry run)" in done.stdout
-
-
 async def nichotplug_plugin(kubeconfig: Path, *args: str) -> Any:
     """``kubectl nichotplug ARGS`` through kubectl's plugin mechanism (the console script on PATH)."""
     venv_bin = Path(sys.executable).parent
