@@ -18,6 +18,7 @@ from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.config import ConfigException, list_kube_config_contexts
 
 from nichotplug.actions.flow import ActionFailed, ActionResult, HotplugFlow, VmState, read_vm_state
+from nichotplug.actions.reports import report_usage_problem, report_wanted, run_report_command
 from nichotplug.kube.client import KubeConfigError, load_api_client
 from nichotplug.kube.events import EventRecorder
 from nichotplug.rules import actions as plan
@@ -153,6 +154,8 @@ def print_check(state: VmState, out: TextIO) -> bool:
 
 async def _run_command(args: argparse.Namespace, api: ApiClient, namespace: str, out: TextIO, err: TextIO) -> int:
     vm_ref = f"{namespace}/{args.vm}"
+    if args.command == "guest-config" or (args.command == "check" and report_wanted(args)):
+        return await run_report_command(args, api, namespace, out, err)
     if args.command in ("list", "check"):
         state = await read_vm_state(api, namespace, args.vm)
         if args.command == "list":
@@ -174,6 +177,9 @@ async def _run_command(args: argparse.Namespace, api: ApiClient, namespace: str,
 async def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Run one parsed command; returns the exit code."""
     try:
+        problem = report_usage_problem(args)
+        if problem:
+            raise UsageError(problem)
         namespace = args.namespace or default_namespace(args.kubeconfig, args.context)
         api = await load_api_client(args.kubeconfig, args.context)
     except (UsageError, KubeConfigError) as error:
