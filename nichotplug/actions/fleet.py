@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 from kubernetes_asyncio.client import ApiClient
 
@@ -37,7 +37,8 @@ __all__ = ["FleetReport", "FleetScope", "gather_fleet", "report_document", "repo
 KUBEVIRT: Final = ("kubevirt.io", "v1")
 NAD_API: Final = ("k8s.cni.cncf.io", "v1")
 _CONCURRENT_NAMESPACE_LISTS: Final = 8
-Lister = Callable[[str | None], Awaitable[list[dict[str, Any]]]]
+T = TypeVar("T")
+Lister = Callable[[str | None], Awaitable[list[T]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,16 +58,16 @@ class FleetReport:
 
 
 @dataclass(slots=True)
-class _Listed:
-    items: list[dict[str, Any]]
+class _Listed(Generic[T]):
+    items: list[T]
     refused: dict[str, str]  # namespace -> why its list was refused
     cluster_wide: bool
 
 
-async def _per_namespace(lister: Lister, namespaces: Iterable[str]) -> _Listed:
+async def _per_namespace(lister: Lister[T], namespaces: Iterable[str]) -> _Listed[T]:
     gate = asyncio.Semaphore(_CONCURRENT_NAMESPACE_LISTS)
 
-    async def one(namespace: str) -> list[dict[str, Any]] | str:
+    async def one(namespace: str) -> list[T] | str:
         async with gate:
             try:
                 return await lister(namespace)
@@ -75,7 +76,7 @@ async def _per_namespace(lister: Lister, namespaces: Iterable[str]) -> _Listed:
 
     wanted = sorted(set(namespaces))
     answers = await asyncio.gather(*(one(namespace) for namespace in wanted))
-    listed = _Listed([], {}, cluster_wide=False)
+    listed: _Listed[T] = _Listed([], {}, cluster_wide=False)
     for namespace, answer in zip(wanted, answers, strict=True):
         if isinstance(answer, str):
             listed.refused[namespace] = answer
@@ -84,7 +85,8 @@ async def _per_namespace(lister: Lister, namespaces: Iterable[str]) -> _Listed:
     return listed
 
 
-async def _list(lister: Lister, cluster_wide: bool, namespaces: Callable[[], Awaitable[Iterable[str]]]) -> _Listed:
+async def _list(lister: Lister[T], cluster_wide: bool,
+                namespaces: Callable[[], Awaitable[Iterable[str]]]) -> _Listed[T]:
     """One cluster-wide list when asked and allowed, else one list per namespace."""
     if cluster_wide:
         try:
@@ -94,99 +96,89 @@ async def _list(lister: Lister, cluster_wide: bool, namespaces: Callable[[], Awa
     return await _per_namespace(lister, await namespaces())
 
 
-def _namespace_of(obj: dict[str, Any]) -> str:
-    return str((obj.get("metadata") or {}).get("namespace") or "")
+def _read_vm(obj: dict[str, Any]) -> VmView | VmReadiness:
+    """The VM's view, or its ``error`` row when it cannot be read."""
+    try:
+        return VmView.from_dict(obj)
+    except InvalidObject as error:
+        metadata = obj.get("metadata") or {}
+        return unreadable_vm(str(metadata.get("namespace") or ""), str(metadata.get("name") or ""),
+                             "invalid-object", f"the VM cannot be read: {error}")
 
 
-def _read_vms(items: list[dict[str, Any]]) -> tuple[list[VmView], list[VmReadiness]]:
-    views, unreadable = [], []
-    for obj in items:
-        try:
-            views.append(VmView.from_dict(obj))
-        except InvalidObject as error:
-            metadata = obj.get("metadata") or {}
-            unreadable.append(unreadable_vm(_namespace_of(obj), str(metadata.get("name") or ""),
-                                            "invalid-object", f"the VM cannot be read: {error}"))
-    return views, unreadable
+def _read_vmi(obj: dict[str, Any]) -> VmiView | None:
+    try:
+        return VmiView.from_dict(obj)
+    except InvalidObject:
+        return None  # judged as no VMI: the row then says the VM is not running
 
 
-def _read_vmis(items: list[dict[str, Any]]) -> dict[tuple[str, str], VmiView]:
-    vmis = {}
-    for obj in items:
-        try:
-            view = VmiView.from_dict(obj)
-        except InvalidObject:
-            continue  # judged as no VMI: the row then says the VM is not running
-        vmis[(view.namespace, view.name)] = view
-    return vmis
-
-
-def _read_nads(items: list[dict[str, Any]]) -> list[NadView]:
-    nads = []
-    for obj in items:
-        try:
-            nads.append(NadView.from_dict(obj))
-        except InvalidObject:
-            continue  # its VMs' MACs are audited in the unlabelled scope
-    return nads
+def _read_nad(obj: dict[str, Any]) -> NadView | None:
+    try:
+        return NadView.from_dict(obj)
+    except InvalidObject:
+        return None  # its VMs' MACs are audited in the unlabelled scope
 
 
 def _nad_namespaces(vms: Iterable[VmView]) -> set[str]:
     return {network.nad_namespace for vm in vms for network in vm.networks if network.nad is not None}
 
 
+def _rows(vms: list[VmView], vmis: _Listed[VmiView | None]) -> list[VmReadiness]:
+    by_key = {(vmi.namespace, vmi.name): vmi for vmi in vmis.items if vmi is not None}
+    rows = []
+    for vm in vms:
+        refusal = vmis.refused.get(vm.namespace)
+        if refusal is not None:
+            rows.append(unreadable_vm(vm.namespace, vm.name, "Forbidden",
+                                      f"cannot list VirtualMachineInstances in {vm.namespace}: {refusal}"))
+        else:
+            rows.append(classify_vm(vm, by_key.get((vm.namespace, vm.name))))
+    return rows
+
+
 async def gather_fleet(api: ApiClient, scope: FleetScope) -> FleetReport:
     """List and judge every VM in ``scope``. Raises KubeError for what no row can carry (401, 5xx...)."""
-    def lister(group: tuple[str, str], plural: str, selector: str = "") -> Lister:
-        return lambda namespace: list_custom_objects(api, *group, plural, namespace=namespace,
+    def lister(group: tuple[str, str], plural: str, read: Callable[[dict[str, Any]], T],
+               selector: str = "") -> Lister[T]:
+        return lambda namespace: list_custom_objects(api, *group, plural, read=read, namespace=namespace,
                                                      label_selector=selector)
 
     async def all_namespaces() -> list[str]:
         return await list_namespace_names(api) if scope.all_namespaces else [scope.namespace]
 
-    listed_vms = await _list(lister(KUBEVIRT, "virtualmachines", scope.selector), scope.all_namespaces,
+    listed_vms = await _list(lister(KUBEVIRT, "virtualmachines", _read_vm, scope.selector), scope.all_namespaces,
                              all_namespaces)
-    vms, rows = _read_vms(listed_vms.items)
-    vm_namespaces = {vm.namespace for vm in vms}
+    vms = [item for item in listed_vms.items if isinstance(item, VmView)]
+    unreadable = [item for item in listed_vms.items if isinstance(item, VmReadiness)]
 
-    async def vm_namespaces_only() -> set[str]:
-        return vm_namespaces
+    async def vm_namespaces() -> set[str]:
+        return {vm.namespace for vm in vms}
 
     async def nad_namespaces() -> set[str]:
         return _nad_namespaces(vms)
 
-    listed_vmis = await _list(lister(KUBEVIRT, "virtualmachineinstances"),
-                              listed_vms.cluster_wide, vm_namespaces_only)
-    listed_nads = await _list(lister(NAD_API, "network-attachment-definitions"),
-                              listed_vms.cluster_wide, nad_namespaces)
-    vmis = _read_vmis(listed_vmis.items)
-    for vm in vms:
-        refusal = listed_vmis.refused.get(vm.namespace)
-        if refusal is not None:
-            rows.append(unreadable_vm(vm.namespace, vm.name, "Forbidden",
-                                      f"cannot list VirtualMachineInstances in {vm.namespace}: {refusal}"))
-        else:
-            rows.append(classify_vm(vm, vmis.get((vm.namespace, vm.name))))
+    listed_vmis = await _list(lister(KUBEVIRT, "virtualmachineinstances", _read_vmi), listed_vms.cluster_wide,
+                              vm_namespaces)
+    listed_nads = await _list(lister(NAD_API, "network-attachment-definitions", _read_nad), listed_vms.cluster_wide,
+                              nad_namespaces)
+    rows = [*unreadable, *_rows(vms, listed_vmis)]
     rows += [unreadable_vm(namespace, "", "Forbidden", f"cannot list VirtualMachines in {namespace}: {message}")
              for namespace, message in listed_vms.refused.items()]
     rows.sort(key=lambda row: (row.namespace, row.name))
     warnings = [f"cannot list NetworkAttachmentDefinitions in {namespace} ({message}); MACs on its networks "
                 "are audited as if those networks had no cluster-network label"
                 for namespace, message in sorted(listed_nads.refused.items())]
-    duplicates = duplicate_macs(vms, StaticCluster(nads=_read_nads(listed_nads.items)))
-    return FleetReport(rows, duplicates, warnings)
+    nads = StaticCluster(nads=[nad for nad in listed_nads.items if nad is not None])
+    return FleetReport(rows, duplicate_macs(vms, nads), warnings)
 
 
 def single_vm_report(vm_obj: dict[str, Any], vmi_obj: dict[str, Any] | None) -> FleetReport:
     """The report of one VM already read (``check VM -o ...``)."""
-    vms, rows = _read_vms([vm_obj])
-    if vms:
-        try:
-            vmi = VmiView.from_dict(vmi_obj) if vmi_obj is not None else None
-        except InvalidObject:
-            vmi = None
-        rows.append(classify_vm(vms[0], vmi))
-    return FleetReport(rows, [])
+    vm = _read_vm(vm_obj)
+    if isinstance(vm, VmReadiness):
+        return FleetReport([vm], [])
+    return FleetReport([classify_vm(vm, _read_vmi(vmi_obj) if vmi_obj is not None else None)], [])
 
 
 # -- rendering ------------------------------------------------------------------------------------------

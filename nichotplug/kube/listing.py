@@ -9,7 +9,8 @@ API error is raised as the :class:`~nichotplug.kube.patch.KubeError` subclass th
 
 from __future__ import annotations
 
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
 
 import orjson
 from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi
@@ -21,6 +22,7 @@ __all__ = ["DEFAULT_PAGE_SIZE", "list_custom_objects", "list_namespace_names"]
 
 DEFAULT_PAGE_SIZE: Final = 500
 _TIMEOUT_SECONDS: Final = 60.0
+T = TypeVar("T")
 
 
 async def _page(api: ApiClient, group: str, version: str, plural: str, namespace: str | None,
@@ -47,11 +49,15 @@ async def _page(api: ApiClient, group: str, version: str, plural: str, namespace
 
 
 async def list_custom_objects(
-    api: ApiClient, group: str, version: str, plural: str, *, namespace: str | None = None,
-    label_selector: str = "", page_size: int = DEFAULT_PAGE_SIZE,
-) -> list[dict[str, Any]]:
-    """Every object of ``plural`` (in ``namespace``, or in all namespaces when None), page by page."""
-    items: list[dict[str, Any]] = []
+    api: ApiClient, group: str, version: str, plural: str, *, read: Callable[[dict[str, Any]], T],
+    namespace: str | None = None, label_selector: str = "", page_size: int = DEFAULT_PAGE_SIZE,
+) -> list[T]:
+    """``read(obj)`` of every object of ``plural`` (in ``namespace``, or in all namespaces when None).
+
+    Each page is read as it arrives and then dropped, so a caller that keeps only what it needs
+    (a view) never holds the whole list of full objects.
+    """
+    items: list[T] = []
     token = ""
     restarted = False
     while True:
@@ -67,7 +73,7 @@ async def list_custom_objects(
                 raise
             items, token, restarted = [], "", True  # the token expired: list again from the start
             continue
-        items.extend(item for item in page.get("items") or () if isinstance(item, dict))
+        items.extend(read(item) for item in page.pop("items", None) or () if isinstance(item, dict))
         token = str((page.get("metadata") or {}).get("continue") or "")
         if not token:
             return items
