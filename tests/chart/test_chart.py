@@ -36,6 +36,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "one-replica": {"replicaCount": 1},
     "three-replicas-hard": {"replicaCount": 3, "podAntiAffinity": "hard"},
     "no-controller": {"controller": {"enabled": False}, "actions": {"migrate": False}},
+    "alerts-and-dashboard": {"metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
+                                         "grafanaDashboard": {"enabled": True}}},
 }
 
 
@@ -406,6 +408,9 @@ def test_notes_tell_how_to_check_the_install(default_chart: Rendered) -> None:
     ({"replicas": 2}, "replicas"),
     ({"shutdownDelaySeconds": -1}, "/shutdownDelaySeconds"),
     ({"terminationGracePeriodSeconds": 5}, "/terminationGracePeriodSeconds"),
+    ({"metrics": {"prometheusRule": {"errorRatio": 2}}}, "/metrics/prometheusRule/errorRatio"),
+    ({"metrics": {"prometheusRule": {"runbookBaseUrl": "README.md#x"}}}, "/metrics/prometheusRule/runbookBaseUrl"),
+    ({"metrics": {"grafanaDashboard": {"namespace": "Cattle Dashboards"}}}, "/metrics/grafanaDashboard/namespace"),
 ])
 def test_schema_rejects_bad_values(values: dict[str, Any], key: str) -> None:
     with helm.Chart.load(CHART_DIR) as chart, pytest.raises(helm.HelmValuesError) as caught:
