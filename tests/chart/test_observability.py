@@ -296,16 +296,21 @@ async def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> tup
 
 
 async def served_kinds(kubeconfig: Path) -> set[str]:
-    code, out = await kubectl(kubeconfig, "api-resources", "-o", "name")
+    code, out = await kubectl(kubeconfig, "api-resources", "--no-headers")
     assert code == 0, out
-    code, wide = await kubectl(kubeconfig, "api-resources", "--no-headers")
-    return {line.split()[-1] for line in wide.splitlines() if line.strip()}
+    return {line.split()[-1] for line in out.splitlines() if line.strip()}
+
+
+@pytest.fixture
+def server_kubeconfig(any_apiserver: Any, tmp_path: Path) -> Path:
+    return Path(any_apiserver.write_kubeconfig(tmp_path / "kubeconfig"))
 
 
 @pytest.mark.kubectl
-async def test_a_server_side_dry_run_accepts_the_rule_and_the_dashboard(apiserver: Any, kubeconfig: Path) -> None:
-    # On the in-process server: it serves RBAC, ConfigMaps, Services and the CRDs it is given, not
-    # Deployments, so the objects of kinds it does not serve are left out of its dry run.
+async def test_a_server_side_dry_run_accepts_the_rule_and_the_dashboard(server_kubeconfig: Path) -> None:
+    # The real server takes the whole chart. The in-process one serves RBAC, ConfigMaps, Services and
+    # the CRDs it is given, not Deployments: objects of kinds it does not serve are left out there.
+    kubeconfig = server_kubeconfig
     code, out = await kubectl(kubeconfig, "apply", "-f", str(PROMETHEUS_RULE_CRD))
     assert code == 0, out
     code, out = await kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
@@ -323,8 +328,9 @@ async def test_a_server_side_dry_run_accepts_the_rule_and_the_dashboard(apiserve
 
 
 @pytest.mark.kubectl
-async def test_a_server_side_dry_run_refuses_a_broken_rule(apiserver: Any, kubeconfig: Path) -> None:
+async def test_a_server_side_dry_run_refuses_a_broken_rule(server_kubeconfig: Path) -> None:
     """The dry run judges by the CRD's schema: a rule whose ``for`` is no duration is refused."""
+    kubeconfig = server_kubeconfig
     code, out = await kubectl(kubeconfig, "apply", "-f", str(PROMETHEUS_RULE_CRD))
     assert code == 0, out
     await kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",

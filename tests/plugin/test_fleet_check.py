@@ -11,11 +11,14 @@ from typing import Any
 
 import pytest
 import yaml
-from actions.objects import create_nad, create_running_vm, iface, multus_net, nad, pod_net, vm, vmi
+from actions.objects import create_nad, create_running_vm, ensure_namespace, iface, multus_net, nad, pod_net, vm, vmi
 from kubernetes_asyncio.client import ApiClient, CoreV1Api, RbacAuthorizationV1Api
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from nichotplug.actions.commands import run as run_command
 from nichotplug.plugin import build_parser
+
+pytestmark = pytest.mark.both_servers
 
 GUEST = {"harvesterhci.io/creator": "docker-machine-driver-harvester"}
 
@@ -26,8 +29,13 @@ async def plugin(*args: str, kubeconfig: Path) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-async def ensure_namespace(api: ApiClient, name: str) -> None:
-    await CoreV1Api(api).create_namespace({"metadata": {"name": name}})
+async def ensure(create: Any, *args: Any) -> None:
+    """Create an object unless it exists (a real API server keeps cluster objects for the session)."""
+    try:
+        await create(*args)
+    except ApiException as error:
+        if error.status != 409:
+            raise
 
 
 def nic_vm(name: str, namespace: str = "default", *, mac: str = "02:00:00:00:01:01", **extra: Any) -> dict[str, Any]:
@@ -129,31 +137,32 @@ async def test_a_vm_name_with_a_fleet_flag_is_a_usage_error(kubeconfig: Path, ar
     assert "not both" in err
 
 
-async def _auditor_kubeconfig(apiserver: Any, api: ApiClient, path: Path) -> Path:
+async def _auditor_kubeconfig(server: Any, api: ApiClient, path: Path) -> Path:
     """A service account that may list namespaces everywhere, but VMs and VMIs only in ``team``."""
-    await CoreV1Api(api).create_namespaced_service_account("default", {"metadata": {"name": "auditor"}})
+    await ensure(CoreV1Api(api).create_namespaced_service_account, "default", {"metadata": {"name": "auditor"}})
     rbac = RbacAuthorizationV1Api(api)
     subject = [{"kind": "ServiceAccount", "name": "auditor", "namespace": "default"}]
-    await rbac.create_cluster_role({"metadata": {"name": "auditor-namespaces"},
-                                    "rules": [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list"]}]})
-    await rbac.create_cluster_role_binding({
+    await ensure(rbac.create_cluster_role, {
+        "metadata": {"name": "auditor-namespaces"},
+        "rules": [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list"]}]})
+    await ensure(rbac.create_cluster_role_binding, {
         "metadata": {"name": "auditor-namespaces"}, "subjects": subject,
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "auditor-namespaces"}})
-    await rbac.create_namespaced_role("team", {
+    await ensure(rbac.create_namespaced_role, "team", {
         "metadata": {"name": "auditor"},
         "rules": [{"apiGroups": ["kubevirt.io"], "resources": ["virtualmachines", "virtualmachineinstances"],
                    "verbs": ["list"]}]})
-    await rbac.create_namespaced_role_binding("team", {
+    await ensure(rbac.create_namespaced_role_binding, "team", {
         "metadata": {"name": "auditor"}, "subjects": subject,
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "auditor"}})
-    token = apiserver.service_account_token("default", "auditor")
-    return Path(apiserver.write_kubeconfig(path, token=token))
+    token = server.service_account_token("default", "auditor")
+    return Path(server.write_kubeconfig(path, token=token))
 
 
 async def test_rbac_refusals_are_reported_on_their_namespaces_rows(
-    fleet: None, apiserver: Any, api_client: ApiClient, tmp_path: Path,
+    fleet: None, cluster_server: Any, api_client: ApiClient, tmp_path: Path,
 ) -> None:
-    auditor = await _auditor_kubeconfig(apiserver, api_client, tmp_path / "auditor")
+    auditor = await _auditor_kubeconfig(cluster_server, api_client, tmp_path / "auditor")
     code, out, err = await plugin("check", "-A", "-o", "json", kubeconfig=auditor)
     assert code == 1
     items = {(item["namespace"], item["name"]): item for item in json.loads(out)["items"]}
@@ -167,9 +176,9 @@ async def test_rbac_refusals_are_reported_on_their_namespaces_rows(
     assert any(line.split()[:3] == ["default", "*", "error"] for line in table.splitlines())
 
 
-async def test_no_credentials_accepted_is_an_error_not_a_traceback(fleet: None, apiserver: Any,
+async def test_no_credentials_accepted_is_an_error_not_a_traceback(fleet: None, cluster_server: Any,
                                                                     tmp_path: Path) -> None:
-    broken = apiserver.write_kubeconfig(tmp_path / "broken", token="not-a-real-token")
+    broken = cluster_server.write_kubeconfig(tmp_path / "broken", token="not-a-real-token")
     code, out, err = await plugin("check", "-A", kubeconfig=broken)
     assert (code, out) == (1, "")
     assert "error: Unauthorized" in err
