@@ -379,6 +379,18 @@ def test_controller_and_migration_switches_reach_serve() -> None:
     assert args.no_migrate is True
 
 
+def test_log_format_reaches_serve_and_text_is_the_default(default_chart: Rendered) -> None:
+    assert serve_args(default_chart).log_format == "text"
+    assert serve_args(render_chart({"logFormat": "json"})).log_format == "json"
+
+
+def test_pods_run_at_system_cluster_critical_priority_unless_cleared(default_chart: Rendered) -> None:
+    pod = default_chart.one("Deployment")["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    cleared = render_chart({"priorityClassName": ""}).one("Deployment")["spec"]["template"]["spec"]
+    assert "priorityClassName" not in cleared
+
+
 def test_release_name_and_namespace_flow_everywhere() -> None:
     rendered = render_chart(release="hotplug", namespace="nic-system")
     args = serve_args(rendered)
@@ -408,6 +420,7 @@ def test_notes_tell_how_to_check_the_install(default_chart: Rendered) -> None:
     ({"replicas": 2}, "replicas"),
     ({"shutdownDelaySeconds": -1}, "/shutdownDelaySeconds"),
     ({"terminationGracePeriodSeconds": 5}, "/terminationGracePeriodSeconds"),
+    ({"logFormat": "xml"}, "/logFormat"),
     ({"metrics": {"prometheusRule": {"errorRatio": 2}}}, "/metrics/prometheusRule/errorRatio"),
     ({"metrics": {"prometheusRule": {"runbookBaseUrl": "README.md#x"}}}, "/metrics/prometheusRule/runbookBaseUrl"),
     ({"metrics": {"grafanaDashboard": {"namespace": "Cattle Dashboards"}}}, "/metrics/grafanaDashboard/namespace"),
