@@ -70,4 +70,4 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     """Send every record of ``level`` and above to stderr, in ``log_format`` (``text`` or ``json``)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else text_formatter())
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.basicConfig(level=level, handlers=[handler])
