@@ -212,11 +212,16 @@ SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), 
 
 
 def exported_series_names() -> set[str]:
-    """Every series name nichotplug's registry declares (importing ``service`` registers them all, as
-    ``serve`` does), from each family's name and type, so labelled families without a child yet count."""
+    """Every series name nichotplug's metrics can have, from each family's name and type (a histogram
+    is read through ``_bucket``, never by its bare name). Families come from the collectors' own
+    descriptions, so a labelled family without a child yet, or a gauge the duplicate audit has not set
+    yet, still counts. Importing ``service`` registers every collector, as ``serve`` does."""
     import nichotplug.service  # noqa: F401
 
-    return {family.name + suffix for family in REGISTRY.collect() if family.name.startswith("nichotplug_")
+    collectors = list(REGISTRY._collector_to_names)  # the registry has no public list of its collectors
+    families = [family for collector in collectors
+                for family in (collector.describe() if hasattr(collector, "describe") else collector.collect())]
+    return {family.name + suffix for family in families if family.name.startswith("nichotplug_")
             for suffix in SUFFIXES[family.type]}
 
 
