@@ -62,6 +62,9 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve.add_argument("--log-level", default="INFO", type=str.upper,
                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                        help="logging level (default: %(default)s)")
+    serve.add_argument("--log-format", default="text", choices=["text", "json"],
+                       help="text: one line a person reads; json: one JSON object per line with time, level, "
+                            "logger, message and each admission request's fields (default: %(default)s)")
 
 
 def _add_tls(serve: argparse.ArgumentParser) -> None:

@@ -90,10 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", help="list the VM's interfaces and whether each can be unplugged")
     listing.add_argument("vm", metavar="VM")
 
-    check = sub.add_parser("check", help="say whether the VM is eligible for NIC hot-plug, and if not, why")
-    check.add_argument("vm", metavar="VM")
+    check = sub.add_parser(
+        "check", help="say whether the VM (or every VM of a namespace, -A: of the cluster) can take a NIC now")
+    check.add_argument("vm", metavar="VM", nargs="?", help="one VM (default: every VM of the namespace)")
+    check.add_argument("-A", "--all-namespaces", action="store_true", help="every VM in every namespace")
+    check.add_argument("-l", "--selector", default="", help="only VMs matching this label selector")
+    check.add_argument("-o", "--output", choices=("wide", "json", "yaml"), help="output format")
 
-    for subparser in (add, remove, listing, check):
+    guest = sub.add_parser("guest-config", help="the VM's NICs with their MACs, and a cloud-init netplan "
+                                                "config naming each NIC by MAC")
+    guest.add_argument("vm", metavar="VM")
+
+    for subparser in (add, remove, listing, check, guest):
         _common_options(subparser, suppress=True)
     return parser
 

@@ -18,7 +18,6 @@ import signal
 import ssl
 import sys
 import tempfile
-import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from nichotplug.kube.cache import ClusterView
 from nichotplug.kube.certificates import start_certificate_manager
 from nichotplug.kube.configmaps import DEFAULT_POLL_SECONDS, ConfigMapFollower
 from nichotplug.kube.view_metrics import VIEW_METRICS
+from nichotplug.logs import configure_logging
 from nichotplug.rules.actions import is_dns1123_label
 from nichotplug.rules.cluster import ClusterState
 from nichotplug.webhook.codec import MAX_BODY_BYTES
@@ -348,19 +348,9 @@ def run_until_signal(main: Callable[[asyncio.Event, asyncio.Event], Coroutine[An
         runner.run(wrapper())
 
 
-def _configure_logging(level: str) -> None:
-    """One line per record on stderr, stamped in UTC (ISO 8601 with milliseconds), whatever the node's zone."""
-    formatter = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s",
-                                  datefmt="%Y-%m-%dT%H:%M:%S")
-    formatter.converter = time.gmtime
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter)
-    logging.basicConfig(level=level, handlers=[handler])
-
-
 def run_serve(args: argparse.Namespace) -> int:
     """Entry point of ``nichotplug serve`` (see nichotplug.cli for the arguments)."""
-    _configure_logging(str(args.log_level).upper())
+    configure_logging(str(args.log_level).upper(), args.log_format)
     problem = _check_args(args)
     if problem:
         print(f"nichotplug serve: {problem}", file=sys.stderr)

@@ -32,6 +32,7 @@ from nichotplug.actions.flow import (
     read_vm_state,
 )
 from nichotplug.actions.report import print_written
+from nichotplug.actions.reports import report_usage_problem, report_wanted, run_report_command
 from nichotplug.kube.client import KubeConfigError, load_api_client
 from nichotplug.kube.events import EventRecorder
 from nichotplug.kube.lookup import namespace_exists, namespaces_holding
@@ -224,6 +225,8 @@ async def _run_command(args: argparse.Namespace, api: ApiClient, namespace: str,
 
 async def _run_directly(args: argparse.Namespace, api: ApiClient, namespace: str, out: TextIO, err: TextIO) -> int:
     vm_ref = f"{namespace}/{args.vm}"
+    if args.command == "guest-config" or (args.command == "check" and report_wanted(args)):
+        return await run_report_command(args, api, namespace, out, err)
     if args.command == "list":
         print_interfaces(await read_vm_state(api, namespace, args.vm), out)
         return EXIT_OK
@@ -242,6 +245,9 @@ async def _run_directly(args: argparse.Namespace, api: ApiClient, namespace: str
 async def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Run one parsed command; returns the exit code."""
     try:
+        problem = report_usage_problem(args)
+        if problem:
+            raise UsageError(problem)
         namespace = args.namespace or default_namespace(args.kubeconfig, args.context)
         api = await load_api_client(args.kubeconfig, args.context)
     except (UsageError, KubeConfigError) as error:

@@ -38,6 +38,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "no-controller": {"controller": {"enabled": False}, "actions": {"migrate": False}},
     "no-subresources": {"subresources": {"enabled": False}},
     "not-aggregated": {"subresources": {"aggregateToAdmin": False, "aggregateToEdit": False}},
+    "alerts-and-dashboard": {"metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
+                                         "grafanaDashboard": {"enabled": True}}},
 }
 NIC_OPERATOR = f"{RELEASE}-nic-operator"
 AUTH_READER = f"{RELEASE}-auth-reader"
@@ -457,6 +459,18 @@ def test_without_the_subresource_api_nothing_of_it_is_rendered() -> None:
     assert serve_args(rendered).apiservice == ""
 
 
+def test_log_format_reaches_serve_and_text_is_the_default(default_chart: Rendered) -> None:
+    assert serve_args(default_chart).log_format == "text"
+    assert serve_args(render_chart({"logFormat": "json"})).log_format == "json"
+
+
+def test_pods_run_at_system_cluster_critical_priority_unless_cleared(default_chart: Rendered) -> None:
+    pod = default_chart.one("Deployment")["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    cleared = render_chart({"priorityClassName": ""}).one("Deployment")["spec"]["template"]["spec"]
+    assert "priorityClassName" not in cleared
+
+
 def test_release_name_and_namespace_flow_everywhere() -> None:
     rendered = render_chart(release="hotplug", namespace="nic-system")
     args = serve_args(rendered)
@@ -486,6 +500,10 @@ def test_notes_tell_how_to_check_the_install(default_chart: Rendered) -> None:
     ({"replicas": 2}, "replicas"),
     ({"shutdownDelaySeconds": -1}, "/shutdownDelaySeconds"),
     ({"terminationGracePeriodSeconds": 5}, "/terminationGracePeriodSeconds"),
+    ({"logFormat": "xml"}, "/logFormat"),
+    ({"metrics": {"prometheusRule": {"errorRatio": 2}}}, "/metrics/prometheusRule/errorRatio"),
+    ({"metrics": {"prometheusRule": {"runbookBaseUrl": "README.md#x"}}}, "/metrics/prometheusRule/runbookBaseUrl"),
+    ({"metrics": {"grafanaDashboard": {"namespace": "Cattle Dashboards"}}}, "/metrics/grafanaDashboard/namespace"),
     ({"controller": {"namespaces": ["Team_A"]}}, "/controller/namespaces/0"),
     ({"controller": {"namespaces": ["a", "a"]}}, "/controller/namespaces"),
 ])
