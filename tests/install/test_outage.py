@@ -1,9 +1,11 @@
 """While no nichotplug pod answers, as an operator sees it through kubectl.
 
-The chart's webhook configurations are registered calling an address where nothing listens. VM
-writes are refused (validation fails closed: an unchecked write could duplicate a MAC), but a VM
-that is being deleted is not held up: virt-controller's removal of its finalizer is an UPDATE that
-the webhooks' match condition leaves alone, so the VM goes.
+The chart's webhook configurations are registered calling an address where nothing listens. The
+validating webhook fails closed (an unchecked write could duplicate a MAC), but its match conditions
+keep it out of every write it has nothing to judge: labels, annotations, finalizers, starting and
+stopping a VM go through, and so does virt-controller's removal of the finalizer of a VM being
+deleted. A new VM, and an UPDATE of the interfaces, the networks or the observed-MAC annotation, are
+refused until nichotplug answers again.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from .support import KUBECTL, install_url_webhooks, kubectl
 pytestmark = pytest.mark.kubectl
 
 FINALIZER = "kubevirt.io/virtualMachineControllerFinalize"
+REFUSED_BY_OUTAGE = 'failed calling webhook "validate-vm.nichotplug.harvesterhci.io"'
+INTERFACES = "/spec/template/spec/domain/devices/interfaces"
 
 
 def nowhere() -> str:
@@ -41,23 +45,69 @@ def vm_manifest(name: str) -> str:
     })
 
 
-async def refused(kubeconfig: Path, *args: str) -> str:
+async def refused(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
     """Run kubectl expecting a refusal; its stderr."""
     process = await asyncio.create_subprocess_exec(
-        KUBECTL, "--kubeconfig", str(kubeconfig), *args,
+        KUBECTL, "--kubeconfig", str(kubeconfig), *args, stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    _, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    _, err = await asyncio.wait_for(process.communicate(stdin.encode() if stdin else None), timeout=60)
     assert process.returncode != 0, f"kubectl {' '.join(args)} was expected to fail"
     return err.decode()
 
 
-async def test_an_outage_refuses_vm_edits_but_lets_deleted_vms_go(kubeconfig: Path) -> None:
+def json_patch(*ops: dict[str, object]) -> tuple[str, ...]:
+    return ("patch", "vm", "vm1", "--type=json", "-p", json.dumps(list(ops)))
+
+
+def merge_patch(patch: dict[str, object]) -> tuple[str, ...]:
+    return ("patch", "vm", "vm1", "--type=merge", "-p", json.dumps(patch))
+
+
+WRITES_NOTHING_TO_JUDGE = {
+    "label": ("label", "vm", "vm1", "team=a"),
+    "other-annotation": ("annotate", "vm", "vm1", "example.com/owner=ops"),
+    "start": merge_patch({"spec": {"runStrategy": "Always"}}),
+    "stop": merge_patch({"spec": {"runStrategy": "Halted"}}),
+    "finalizer-add": json_patch({"op": "add", "path": "/metadata/finalizers/-", "value": "example.com/keep"}),
+    "finalizer-remove": json_patch({"op": "remove", "path": "/metadata/finalizers"}),
+}
+
+WRITES_TO_JUDGE = {
+    "interface-added": json_patch({"op": "add", "path": f"{INTERFACES}/-", "value": {
+        "name": "nic2", "bridge": {}, "macAddress": "02:00:00:00:00:02"}}),
+    "mac-changed": json_patch({"op": "replace", "path": f"{INTERFACES}/0/macAddress", "value": "02:00:00:00:00:03"}),
+    "network-changed": json_patch({"op": "add", "path": "/spec/template/spec/networks/-",
+                                   "value": {"name": "nic2", "multus": {"networkName": "default/vlan1"}}}),
+    "observed-mac-annotation": ("annotate", "vm", "vm1", 'harvesterhci.io/mac-address={"default":"02:00:00:00:00:09"}'),
+}
+
+
+@pytest.mark.parametrize("write", sorted(WRITES_NOTHING_TO_JUDGE))
+async def test_an_outage_lets_writes_with_nothing_to_judge_through(kubeconfig: Path, write: str) -> None:
     await kubectl(kubeconfig, "apply", "-f", "-", stdin=vm_manifest("vm1"))
     await install_url_webhooks(kubeconfig, nowhere())
+    await kubectl(kubeconfig, *WRITES_NOTHING_TO_JUDGE[write])
 
-    stderr = await refused(kubeconfig, "label", "vm", "vm1", "team=a")
-    assert 'failed calling webhook "validate-vm.nichotplug.harvesterhci.io"' in stderr
 
+@pytest.mark.parametrize("write", sorted(WRITES_TO_JUDGE))
+async def test_an_outage_refuses_writes_the_rules_must_judge(kubeconfig: Path, write: str) -> None:
+    await kubectl(kubeconfig, "apply", "-f", "-", stdin=vm_manifest("vm1"))
+    before = json.loads(await kubectl(kubeconfig, "get", "vm", "vm1", "-o", "json"))
+    await install_url_webhooks(kubeconfig, nowhere())
+    assert REFUSED_BY_OUTAGE in await refused(kubeconfig, *WRITES_TO_JUDGE[write])
+    after = json.loads(await kubectl(kubeconfig, "get", "vm", "vm1", "-o", "json"))
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+
+
+async def test_an_outage_refuses_a_new_vm(kubeconfig: Path) -> None:
+    await install_url_webhooks(kubeconfig, nowhere())
+    assert REFUSED_BY_OUTAGE in await refused(kubeconfig, "create", "-f", "-", stdin=vm_manifest("vm2"))
+    assert "NotFound" in await refused(kubeconfig, "get", "vm", "vm2")
+
+
+async def test_an_outage_lets_deleted_vms_go(kubeconfig: Path) -> None:
+    await kubectl(kubeconfig, "apply", "-f", "-", stdin=vm_manifest("vm1"))
+    await install_url_webhooks(kubeconfig, nowhere())
     await kubectl(kubeconfig, "delete", "vm", "vm1", "--wait=false")
     deleting = json.loads(await kubectl(kubeconfig, "get", "vm", "vm1", "-o", "json"))
     assert deleting["metadata"]["deletionTimestamp"]
