@@ -449,6 +449,7 @@ class _Chain:
         review = _review(self.attrs, self.obj)
         if not self.conditions_hold(webhook, review["request"]):
             return None
+        self.check_dry_run(webhook)  # after the conditions, as kube-apiserver's dispatchers do
         try:
             versions = webhook.get("admissionReviewVersions") or []
             if "v1" not in versions:
@@ -550,7 +551,6 @@ async def _mutate_once(chain: _Chain, webhook: Mapping[str, Any]) -> bool:
     """Call one mutating webhook if it matches and apply its patch; whether it answered."""
     if not _matches(webhook, chain.attrs, chain.namespace_labels):
         return False
-    chain.check_dry_run(webhook)
     response = await chain.call(webhook, mutating=True)
     if response is None:
         return False
@@ -562,8 +562,6 @@ async def _mutate_once(chain: _Chain, webhook: Mapping[str, Any]) -> bool:
 
 async def _run_validating(chain: _Chain, webhooks: Sequence[Mapping[str, Any]]) -> None:
     matched = [webhook for webhook in webhooks if _matches(webhook, chain.attrs, chain.namespace_labels)]
-    for webhook in matched:
-        chain.check_dry_run(webhook)
     outcomes = await asyncio.gather(*(chain.call(webhook, mutating=False) for webhook in matched),
                                     return_exceptions=True)
     refusal: BaseException | None = None

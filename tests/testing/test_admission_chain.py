@@ -586,6 +586,17 @@ async def test_full_cel_macros_request_and_lists(hook: ScriptedWebhook, operatio
 
 # ------------------------------------------------------------------------------ dry run, sideEffects
 
+@pytest.mark.parametrize("kind", [MUTATING, VALIDATING])
+async def test_a_false_match_condition_skips_a_webhook_with_side_effects_on_dry_run(hook: ScriptedWebhook,
+                                                                                  kind: str) -> None:
+    """kube-apiserver evaluates match conditions before it checks sideEffects against a dry run."""
+    entry = webhook("effects", hook.url("allow"), hook.ca_bundle, side_effects="Some",
+                    matchConditions=[{"name": "never", "expression": "false"}])
+    configs = {"mutating" if kind == MUTATING else "validating": [configuration(kind, "c", entry)]}
+    await run(attributes(dry_run=True), **configs)
+    assert hook.calls == []
+
+
 @pytest.mark.parametrize("side_effects", ["Some", "Unknown"])
 async def test_dry_run_refused_by_a_webhook_with_side_effects(hook: ScriptedWebhook, side_effects: str) -> None:
     config = configuration(VALIDATING, "v", webhook("effects", hook.url("allow"), hook.ca_bundle,
