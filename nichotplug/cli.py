@@ -51,6 +51,10 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                                  "The webhooks still see and judge every namespace")
     serve.add_argument("--no-migrate", action="store_true",
                        help="after addNic/removeNic, leave the change to KubeVirt's LiveUpdate rollout")
+    serve.add_argument("--apiservice", default="",
+                       help="serve the NIC actions as subresources of this APIService (v1.subresources.nichotplug.io) "
+                            "to kube-apiserver's aggregation layer and, with --self-managed-certs, keep its caBundle "
+                            "in step (default: not served)")
     serve.add_argument("--namespace", help="namespace of the Lease and TLS Secret (default: $POD_NAMESPACE)")
     serve.add_argument("--shutdown-delay", type=float, default=5.0, metavar="SECONDS",
                        help="after SIGTERM, keep answering (with /readyz failing) this long before draining, so "
