@@ -33,9 +33,11 @@ Validation (SPEC "Validating webhook"), first failure wins:
    rules: the VM is eligible, each added interface is virtio + bridge on a hot-pluggable NAD, each
    unplugged interface is hot-unpluggable (403 each, naming the VM, the interface and what to do).
 
-Rules 3 and 4 judge only the interfaces this request adds or whose MAC or network it changes: a
-collision that predates the webhook must not block unrelated writes of the VM (our own
-controller's annotation updates, a user's label edit, the finalizer removal on delete). For the
+Rules 2 to 4 judge only the interfaces this request adds or whose MAC (rule 2: MAC as written) or
+network it changes: an unusable MAC or a collision that predates the webhook must not block unrelated
+writes of the VM (our own controller's annotation updates, a user's label edit, a start or stop, the
+finalizer removal on delete), and the validating webhook's match conditions do not even send a write
+that changes none of them (``webhook/registration.py``; ARCHITECTURE.md lists what each rule reads). For the
 same reason, and because it is the most frequent write, an UPDATE that leaves ``spec`` exactly as
 it was is judged on its metadata only (readable, annotation parses), without building the views.
 Objects being deleted are allowed as they are. Warnings: more hot-plugged interfaces than KubeVirt v1.6's
@@ -294,18 +296,21 @@ class MacClaimant(Protocol):
     def network_nads(self) -> Mapping[str, tuple[str, str] | None]: ...
 
 
-def _claims(vm: MacClaimant, *, strict: bool) -> list[MacClaim] | Decision:
+def _claims(vm: MacClaimant, *, strict: bool,
+            kept: frozenset[tuple[str, str]] = frozenset()) -> list[MacClaim] | Decision:
     """The VM's spec MAC claims; with ``strict`` a MAC that is not valid unicast is a 403 denial,
-    without it (the old object) such an interface is skipped."""
+    without it (the old object) such an interface is skipped. An interface whose MAC the request
+    keeps as it was (``kept``: (name, MAC as written) of the old object) is read without ``strict``."""
     claims: list[MacClaim] = []
     nads: Mapping[str, tuple[str, str] | None] | None = None  # read only if some interface has a MAC
     for iface in vm.interfaces:
         if not iface.mac:
             continue
+        judged = strict and (iface.name, iface.mac) not in kept
         try:
-            mac = check_unicast_mac(iface.mac) if strict else normalize_mac(iface.mac)
+            mac = check_unicast_mac(iface.mac) if judged else normalize_mac(iface.mac)
         except InvalidMac as error:
-            if strict:
+            if judged:
                 return Decision.deny(403, f"VM {vm.ref} interface {iface.name}: {error}", "invalid-mac")
             continue
         if nads is None:
@@ -359,10 +364,13 @@ def _check_collisions(vm: MacClaimant, claims: list[MacClaim], changed: set[str]
 def _check_macs(vm: MacClaimant, old: MacClaimant | None, cluster: ClusterState) -> Decision | None:
     """Rules 2-4: MAC formats, duplicates within the VM, collisions with other VMs in scope.
 
-    Duplicates and collisions are judged for the claims this request makes (new interface, new
-    MAC or new network); on CREATE that is every claim.
+    Formats are judged for the MACs this request writes (a new interface or a new MAC), duplicates
+    and collisions for the claims it makes (new interface, new MAC or new network); on CREATE that
+    is every MAC and every claim.
     """
-    claims = _claims(vm, strict=True)
+    kept = frozenset((iface.name, iface.mac) for iface in old.interfaces if iface.mac) if old is not None \
+        else frozenset()
+    claims = _claims(vm, strict=True, kept=kept)
     if isinstance(claims, Decision):
         return claims
     if not claims:

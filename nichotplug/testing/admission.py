@@ -9,10 +9,14 @@ with an AdmissionReview v1 built field by field as kube-apiserver builds it
 (``fixtures/admission/``). Denials, call failures and their ``failurePolicy`` give the same
 ``Status`` codes and messages as the real server (``fixtures/apiserver/15-webhook-denied.json``).
 
-``matchConditions`` are evaluated after the selectors, on the object as the chain has it, but only
-in the one form CEL needs no engine for: ``has()`` or ``!has()`` of a field path of ``object`` or
-``oldObject`` (``!has(object.metadata.deletionTimestamp)``). A webhook declaring any other
-expression fails clearly rather than matching silently.
+``matchConditions`` are evaluated after the selectors, on the object as the chain has it, with a CEL
+engine (``common-expression-language``: cel-rust, whose equality is cel-go's heterogeneous equality,
+as kube-apiserver's) over ``object``, ``oldObject`` (null on CREATE) and ``request`` (the
+AdmissionRequest sent). As in kube-apiserver (checked on a real one): a false condition skips the
+webhook whatever the others give; otherwise a condition that fails to evaluate follows
+``failurePolicy``: Ignore skips the webhook, Fail refuses the write with 403 Forbidden
+``<resource>.<group> "<name>" is forbidden: expression '<expression>' resulted in error: <error>``.
+A configuration whose expression does not parse is refused when it is written (``builtins``).
 
 Not modelled: ``matchPolicy: Equivalent`` (rules match the requested group/version exactly) and
 ``clientConfig.service`` (no cluster network here: a clear call error).
@@ -24,6 +28,7 @@ import asyncio
 import base64
 import binascii
 import copy
+import functools
 import logging
 import re
 import ssl
@@ -34,6 +39,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import cel
 import jsonpatch
 import orjson
 
@@ -41,7 +47,8 @@ from nichotplug.testing.auth import UserInfo
 from nichotplug.testing.errors import StatusError
 from nichotplug.testing.resources import ResourceInfo
 
-__all__ = ["AdmissionAttributes", "AdmissionError", "AdmissionResult", "UserInfo", "admit"]
+__all__ = ["AdmissionAttributes", "AdmissionError", "AdmissionResult", "UserInfo", "admit", "compile_condition",
+           "evaluate_condition"]
 
 log = logging.getLogger(__name__)
 
@@ -440,9 +447,10 @@ class _Chain:
         and ``failurePolicy`` is Ignore."""
         name = str(webhook.get("name", ""))
         review = _review(self.attrs, self.obj)
+        if not self.conditions_hold(webhook, review["request"]):
+            return None
+        self.check_dry_run(webhook)  # after the conditions, as kube-apiserver's dispatchers do
         try:
-            if not self.conditions_hold(webhook):
-                return None
             versions = webhook.get("admissionReviewVersions") or []
             if "v1" not in versions:
                 raise _CallFailed(f"webhook does not accept v1 AdmissionReview (admissionReviewVersions: {versions})")
@@ -454,20 +462,37 @@ class _Chain:
                 return None
             raise _internal_error(f'failed calling webhook "{name}": {failure}', self.warnings) from failure
 
-    def conditions_hold(self, webhook: Mapping[str, Any]) -> bool:
-        """Whether every ``matchConditions`` expression is true; a failed evaluation is a failed call."""
-        variables = {"object": self.obj, "oldObject": self.attrs.old_obj}
+    def conditions_hold(self, webhook: Mapping[str, Any], request: Mapping[str, Any]) -> bool:
+        """Whether every ``matchConditions`` expression is true: False as soon as one is false; when none
+        is false but one failed to evaluate, ``failurePolicy`` decides (Ignore: False; Fail: 403)."""
+        variables = {"object": self.obj, "oldObject": self.attrs.old_obj, "request": request}
+        failed: tuple[str, str] | None = None
         for condition in webhook.get("matchConditions") or ():
             expression = str(condition.get("expression", ""))
-            found = _HAS.fullmatch(expression.strip())
-            if found is None:
-                raise _internal_error(f'webhook "{webhook.get("name", "")}" has match condition {expression!r}, '
-                                      "which the in-process API server does not evaluate (only has() of a "
-                                      "field of object or oldObject)", self.warnings)
-            negated, root, path = found.group(1) == "!", found.group(2), found.group(3).split(".")
-            if _has_field(variables[root], root, path) == negated:
+            outcome = evaluate_condition(expression, variables)
+            if outcome is False:
                 return False
-        return True
+            if isinstance(outcome, str) and failed is None:
+                failed = (expression, outcome)
+        if failed is None:
+            return True
+        if webhook.get("failurePolicy", "Fail") == "Ignore":
+            log.warning('match condition of webhook "%s" failed to evaluate (failurePolicy Ignore): %s',
+                        webhook.get("name", ""), failed[1])
+            return False
+        raise self._condition_error(*failed)
+
+    def _condition_error(self, expression: str, error: str) -> AdmissionError:
+        """kube-apiserver's NewForbidden for a match condition that failed under failurePolicy Fail."""
+        info, name = self.attrs.resource, self.attrs.name
+        qualified = f"{info.plural}.{info.group}" if info.group else info.plural
+        subject = f'{qualified} "{name}"' if name else qualified
+        details: dict[str, Any] = {"name": name} if name else {}
+        if info.group:
+            details["group"] = info.group
+        details["kind"] = info.plural
+        return AdmissionError(403, "Forbidden", f"{subject} is forbidden: expression '{expression}' resulted in "
+                                                f"error: {error}", details, self.warnings)
 
     def take(self, webhook: Mapping[str, Any], response: Mapping[str, Any]) -> None:
         """Record warnings and raise the denial of one webhook's response."""
@@ -482,19 +507,32 @@ def _webhooks(configurations: Sequence[Mapping[str, Any]]) -> list[Mapping[str, 
     return [webhook for config in ordered for webhook in config.get("webhooks") or ()]
 
 
-_HAS = re.compile(r"(!?)\s*has\(\s*(object|oldObject)\.([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*\)")
+@functools.lru_cache(maxsize=64)  # a few expressions, evaluated on every matching write
+def compile_condition(expression: str) -> cel.Program:
+    """A compiled CEL expression; ``ValueError`` worded as cel-go's parser words it when it does not parse."""
+    try:
+        return cel.compile(expression)
+    except ValueError as error:
+        raise ValueError(_PARSE_ERROR_PREFIX.sub("", str(error), count=1)) from None
 
 
-def _has_field(value: Any, root: str, path: list[str]) -> bool:
-    """CEL's ``has(root.a.b.c)``: whether ``c`` is set, each field before it being required."""
-    where = root
-    for key in path[:-1]:
-        if not isinstance(value, Mapping) or key not in value:
-            raise _CallFailed(f"failed to evaluate match condition: no such key: {key} (in {where})")
-        value, where = value[key], f"{where}.{key}"
-    if not isinstance(value, Mapping):
-        raise _CallFailed(f"failed to evaluate match condition: {where} is not an object")
-    return path[-1] in value
+_PARSE_ERROR_PREFIX = re.compile(r"^Failed to parse expression '.*?': ", re.DOTALL)
+
+
+def evaluate_condition(expression: str, variables: Mapping[str, Any]) -> bool | str:
+    """A match condition's value, or the text of the error that stopped its evaluation.
+
+    The error text follows cel-go's where it matters to a reader (``no such key: <name>``).
+    """
+    try:
+        result = compile_condition(expression).execute(dict(variables))
+    except KeyError as error:
+        return f"no such key: {error.args[0] if error.args else ''}"
+    except (ValueError, TypeError, RuntimeError, OverflowError) as error:
+        return str(error)
+    if not isinstance(result, bool):
+        return f"expression must evaluate to bool, got {type(result).__name__}"
+    return result
 
 
 async def _run_mutating(chain: _Chain, webhooks: Sequence[Mapping[str, Any]]) -> None:
@@ -513,7 +551,6 @@ async def _mutate_once(chain: _Chain, webhook: Mapping[str, Any]) -> bool:
     """Call one mutating webhook if it matches and apply its patch; whether it answered."""
     if not _matches(webhook, chain.attrs, chain.namespace_labels):
         return False
-    chain.check_dry_run(webhook)
     response = await chain.call(webhook, mutating=True)
     if response is None:
         return False
@@ -525,8 +562,6 @@ async def _mutate_once(chain: _Chain, webhook: Mapping[str, Any]) -> bool:
 
 async def _run_validating(chain: _Chain, webhooks: Sequence[Mapping[str, Any]]) -> None:
     matched = [webhook for webhook in webhooks if _matches(webhook, chain.attrs, chain.namespace_labels)]
-    for webhook in matched:
-        chain.check_dry_run(webhook)
     outcomes = await asyncio.gather(*(chain.call(webhook, mutating=False) for webhook in matched),
                                     return_exceptions=True)
     refusal: BaseException | None = None

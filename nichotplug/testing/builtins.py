@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from nichotplug.testing.admission import compile_condition
 from nichotplug.testing.errors import bad_request
 
 Cause = dict[str, str]
@@ -177,12 +178,24 @@ def _webhook(field: str, webhook: Mapping[str, Any], mutating: bool) -> list[Cau
         causes.append(_unsupported(f"{field}.reinvocationPolicy", webhook["reinvocationPolicy"],
                                    ["IfNeeded", "Never"]))
     for index, condition in enumerate(webhook.get("matchConditions") or ()):
-        causes += [_required(f"{field}.matchConditions[{index}].{key}") for key in ("name", "expression")
-                   if not condition.get(key)]
+        causes += _match_condition(f"{field}.matchConditions[{index}]", condition)
     causes += _client_config(f"{field}.clientConfig", webhook.get("clientConfig") or {})
     causes += _rules(f"{field}.rules", webhook.get("rules"))
     causes += _label_selector(f"{field}.namespaceSelector", webhook.get("namespaceSelector"))
     causes += _label_selector(f"{field}.objectSelector", webhook.get("objectSelector"))
+    return causes
+
+
+def _match_condition(field: str, condition: Mapping[str, Any]) -> list[Cause]:
+    """Name and expression required; an expression that does not parse is refused as kube-apiserver
+    refuses it (it also type-checks, which is not modelled: a wrong type shows when evaluated)."""
+    causes = [_required(f"{field}.{key}") for key in ("name", "expression") if not condition.get(key)]
+    expression = condition.get("expression")
+    if isinstance(expression, str) and expression:
+        try:
+            compile_condition(expression)
+        except ValueError as error:
+            causes.append(_invalid(f"{field}.expression", expression, f"compilation failed: {error}"))
     return causes
 
 

@@ -111,8 +111,8 @@ def merge_patch(target: Any, patch: Any) -> Any:
 FieldPath = tuple[str, ...]
 COMMON_MERGE_LISTS: dict[FieldPath, str] = {("metadata", "finalizers"): "", ("metadata", "ownerReferences"): "uid"}
 MERGE_LISTS: dict[str, dict[FieldPath, str]] = {
-    "MutatingWebhookConfiguration": {("webhooks",): "name"},
-    "ValidatingWebhookConfiguration": {("webhooks",): "name"},
+    "MutatingWebhookConfiguration": {("webhooks",): "name", ("webhooks", "matchConditions"): "name"},
+    "ValidatingWebhookConfiguration": {("webhooks",): "name", ("webhooks", "matchConditions"): "name"},
     "ServiceAccount": {("secrets",): "name", ("imagePullSecrets",): "name"},
 }
 _DIRECTIVE_PREFIXES = ("$setElementOrder/", "$deleteFromPrimitiveList/")
@@ -181,9 +181,12 @@ def _ordered(items: list[Any], order: list[Any], key: str) -> list[Any]:
     """Reorder as ``$setElementOrder`` says; items it does not name keep their place at the end."""
     def identity(item: Any) -> Any:
         return item.get(key) if key and isinstance(item, dict) else item
+    def place(item: Any) -> int:
+        found = identity(item)
+        return rank.get(found, len(rank)) if isinstance(found, str | int) else len(rank)
     wanted = [identity(entry) for entry in order]
     rank = {value: index for index, value in enumerate(wanted) if isinstance(value, str | int)}
-    return sorted(items, key=lambda item: rank.get(identity(item), len(rank)))
+    return sorted(items, key=place)
 
 
 def _copy(value: Any) -> Any:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal
 
+from nichotplug.rules.views import OBSERVED_MACS_ANNOTATION
+
 MUTATION_PATH = "/v1/webhook/mutation"
 VALIDATION_PATH = "/v1/webhook/validation"
 
@@ -62,6 +64,7 @@ class WebhookDeclaration:
     path: str
     rules: tuple[RuleDeclaration, ...]
     default_failure_policy: FailurePolicy
+    match_conditions: tuple[Mapping[str, str], ...]  # all must hold for the API server to call us
 
     def as_webhook_rules(self) -> list[dict[str, Any]]:
         """The Kubernetes ``rules`` list for this webhook."""
@@ -76,6 +79,92 @@ _VM_WRITES = RuleDeclaration(
     operations=("CREATE", "UPDATE"),
 )
 
+
+# -- match conditions: which writes each webhook sees ---------------------------------------------
+#
+# kube-apiserver calls a webhook only when every one of its matchConditions (CEL, GA in Kubernetes 1.30)
+# is true, so a write that fails one is neither slowed down by nichotplug nor refused while it is down.
+# When one is false the webhook is skipped whatever the others give; when none is false but one fails to
+# evaluate, the failurePolicy decides (validation: Fail, so the write is refused, never let through).
+# Every field below is read behind has() guards: a missing field reads as its empty value (as the rules
+# read it), never as an evaluation error and never as "unchanged" by accident.
+
+
+@dataclass(frozen=True, slots=True)
+class JudgedField:
+    """A part of a VirtualMachine whose change on an UPDATE the validating webhook must see.
+
+    ``path`` names the fields from the object's root; ``key`` (if any) is a key of the map at
+    ``path`` (an annotation); ``absent`` is the CEL literal a missing field reads as, the same empty
+    value the rules read it as. ``read_by`` says which validating rules read it (ARCHITECTURE.md).
+    """
+
+    path: tuple[str, ...]
+    key: str | None
+    absent: str
+    read_by: str
+
+    @property
+    def dotted(self) -> str:
+        return ".".join(self.path) + (f"[{self.key!r}]" if self.key else "")
+
+    def cel_value(self, root: str) -> str:
+        """CEL for this field's value in ``root`` (``object`` or ``oldObject``), ``absent`` when missing."""
+        selections = [".".join((root, *self.path[:depth])) for depth in range(1, len(self.path) + 1)]
+        present = [f"has({selection})" for selection in selections]
+        value = selections[-1]
+        if self.key is not None:
+            present.append(f"{_cel_string(self.key)} in {value}")
+            value = f"{value}[{_cel_string(self.key)}]"
+        return f"(({' && '.join(present)}) ? {value} : {self.absent})"
+
+
+def _cel_string(text: str) -> str:
+    if "'" in text or "\\" in text:
+        raise ValueError(f"field key {text!r} needs escaping in CEL; spell it differently")
+    return f"'{text}'"
+
+
+_INTERFACES_PATH = ("spec", "template", "spec", "domain", "devices", "interfaces")
+
+# What the validating rules read on an UPDATE, and nothing else: ARCHITECTURE.md ("What each validating
+# rule reads") lists every rule with its fields; tests/webhook/test_match_conditions.py generates UPDATEs
+# that change only fields outside this list and checks that the rules allow every one of them.
+JUDGED_FIELDS: tuple[JudgedField, ...] = (
+    JudgedField(_INTERFACES_PATH, None, "[]",
+                "MAC format, duplicate and collision rules; whether an UPDATE plugs or unplugs (hot-plug rules)"),
+    JudgedField(("spec", "template", "spec", "networks"), None, "[]",
+                "the collision rule's scope (the NAD behind an interface); the hot-plug rules' network checks"),
+    JudgedField(("metadata", "annotations"), OBSERVED_MACS_ANNOTATION, "''",
+                "the warning for an observed-MAC annotation that does not parse"),
+)
+
+
+def _judged_change_expression() -> str:
+    changed = [f"{field.cel_value('object')} != {field.cel_value('oldObject')}" for field in JUDGED_FIELDS]
+    return "\n|| ".join(["request.operation == 'CREATE'", *changed])  # a line each, as the chart shows it
+
+
+def _interface_without_mac_expression() -> str:
+    interfaces = JudgedField(_INTERFACES_PATH, None, "[]", "").cel_value("object")
+    return f"{interfaces}.exists(i, !has(i.macAddress) || i.macAddress == '')"
+
+
+# Neither webhook is called for a VM that is being deleted: the rules leave such a VM as it is (mutation
+# skips it, validation allows it), and virt-controller's removal of its finalizer must not wait for
+# nichotplug, or an outage under failurePolicy Fail would keep every deleted VM Terminating.
+NOT_BEING_DELETED: dict[str, str] = {"name": "not-being-deleted",
+                                     "expression": "!has(object.metadata.deletionTimestamp)"}
+# Validation judges a new VM whole, and an UPDATE only when it changes a judged field: a label, a
+# finalizer, a start or stop (runStrategy) never waits for nichotplug nor fails while it is down.
+JUDGED_CHANGE: dict[str, str] = {"name": "create-or-judged-field-changed",
+                                 "expression": _judged_change_expression()}
+# Mutation has work only when some interface has no MAC (a new VM, a hot-plugged NIC, a MAC that
+# `kubectl apply` dropped); an empty macAddress is no MAC, as the rules read it.
+INTERFACE_WITHOUT_MAC: dict[str, str] = {"name": "an-interface-without-mac",
+                                         "expression": _interface_without_mac_expression()}
+
+
 # Mutation only fills in missing MACs, so an outage must not block VM edits (Ignore);
 # validation is what keeps MACs unique and hot-plug safe, so it fails closed (Fail).
 MUTATING_WEBHOOK = WebhookDeclaration(
@@ -84,6 +173,7 @@ MUTATING_WEBHOOK = WebhookDeclaration(
     path=MUTATION_PATH,
     rules=(_VM_WRITES,),
     default_failure_policy="Ignore",
+    match_conditions=(NOT_BEING_DELETED, INTERFACE_WITHOUT_MAC),
 )
 VALIDATING_WEBHOOK = WebhookDeclaration(
     name="validate-vm.nichotplug.harvesterhci.io",
@@ -91,16 +181,9 @@ VALIDATING_WEBHOOK = WebhookDeclaration(
     path=VALIDATION_PATH,
     rules=(_VM_WRITES,),
     default_failure_policy="Fail",
+    match_conditions=(NOT_BEING_DELETED, JUDGED_CHANGE),
 )
 WEBHOOKS: tuple[WebhookDeclaration, ...] = (MUTATING_WEBHOOK, VALIDATING_WEBHOOK)
-
-# Neither webhook is called for a VM that is being deleted: the rules leave such a VM as it is (mutation
-# skips it, validation allows it), and virt-controller's removal of its finalizer must not wait for
-# nichotplug, or an outage under failurePolicy Fail would keep every deleted VM Terminating.
-# matchConditions are evaluated from Kubernetes 1.28 (beta, on by default; GA in 1.30).
-MATCH_CONDITIONS: tuple[dict[str, str], ...] = (
-    {"name": "not-being-deleted", "expression": "!has(object.metadata.deletionTimestamp)"},
-)
 
 
 class Scope(Enum):
@@ -229,7 +312,7 @@ def _webhook_entry(
         "clientConfig": client_config,
         "rules": webhook.as_webhook_rules(),
         "namespaceSelector": _namespace_selector(excluded_namespaces),
-        "matchConditions": [dict(condition) for condition in MATCH_CONDITIONS],
+        "matchConditions": [dict(condition) for condition in webhook.match_conditions],
     }
     if webhook.kind == "mutating":
         entry["reinvocationPolicy"] = "Never"

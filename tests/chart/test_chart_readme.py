@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from nichotplug.webhook.registration import VALIDATING_WEBHOOK
+
 from .conftest import CHART_DIR
 
 README = (CHART_DIR / "README.md").read_text()
@@ -58,7 +60,11 @@ def test_the_default_memory_limit_is_above_the_measured_peak_for_100000_vms() ->
 def test_the_sre_sections_are_there() -> None:
     for heading in ("## While nichotplug is down", "## Before you install", "## Memory", "## Roll back"):
         assert heading in README, heading
-    assert "starting and stopping VMs fail too" in README.replace("**", "")
+    # What an outage lets through follows from this chart's match conditions, which the section names.
+    assert "labels, other annotations, finalizers, starting and stopping VMs and deleting them go through" in \
+        " ".join(README.replace("**", "").split())
+    for condition in VALIDATING_WEBHOOK.match_conditions:
+        assert f"`{condition['name']}`" in README
     assert "helm rollback nichotplug -n harvester-system" in README
     assert "vmRolloutStrategy" in README
     assert "LiveUpdate" in README

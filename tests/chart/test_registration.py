@@ -7,9 +7,12 @@ import base64
 import pytest
 
 from nichotplug.webhook.registration import (
+    JUDGED_CHANGE,
+    JUDGED_FIELDS,
     MUTATING_WEBHOOK,
     REQUIRED_RBAC,
     VALIDATING_WEBHOOK,
+    JudgedField,
     Scope,
     ServiceRef,
     required_permissions,
@@ -72,3 +75,25 @@ def test_create_is_never_limited_by_name_and_own_objects_stay_in_the_namespace()
             assert not perm.verbs & {"create", "list", "watch"}
         if perm.resource in ("leases", "secrets"):
             assert perm.scope is Scope.OWN_NAMESPACE
+
+
+def test_each_webhook_carries_its_own_match_conditions() -> None:
+    mutating, validating = webhook_configurations("n", url="https://x")
+    assert [c["name"] for c in mutating["webhooks"][0]["matchConditions"]] == [
+        "not-being-deleted", "an-interface-without-mac"]
+    assert [c["name"] for c in validating["webhooks"][0]["matchConditions"]] == [
+        "not-being-deleted", "create-or-judged-field-changed"]
+    assert validating["webhooks"][0]["matchConditions"][1] == JUDGED_CHANGE
+
+
+def test_judged_fields_read_behind_has_guards() -> None:
+    annotation = JudgedField(("metadata", "annotations"), "example.com/a", "''", "")
+    assert annotation.cel_value("oldObject") == (
+        "((has(oldObject.metadata) && has(oldObject.metadata.annotations) && 'example.com/a' in "
+        "oldObject.metadata.annotations) ? oldObject.metadata.annotations['example.com/a'] : '')")
+    assert all(field.cel_value("object") in JUDGED_CHANGE["expression"] for field in JUDGED_FIELDS)
+
+
+def test_a_key_that_would_need_escaping_in_cel_is_refused() -> None:
+    with pytest.raises(ValueError, match="needs escaping in CEL"):
+        JudgedField(("metadata", "annotations"), "it's", "''", "").cel_value("object")

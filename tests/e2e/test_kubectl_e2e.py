@@ -329,3 +329,31 @@ async def test_json_patch_unplugging_the_masquerade_interface_is_refused(cluster
     assert done.returncode != 0
     assert DENIED in done.stderr, done.stderr
     assert "interface default of VM default/runner uses masquerade binding" in done.stderr
+
+
+async def test_a_mac_changed_to_a_multicast_one_is_refused_while_a_start_goes_through(cluster: Cluster) -> None:
+    """The validating webhook sees the MAC edit (its match conditions send interface changes) and not
+    the start, which nothing judges; both through the same configurations on both servers."""
+    applied = await cluster.apply(vm_manifest("cold", run_strategy="Halted"))
+    assert applied.returncode == 0, applied.stderr
+
+    refused = await cluster.kubectl(
+        "patch", "vm", "cold", "--type=json", "-p",
+        '[{"op": "replace", "path": "/spec/template/spec/domain/devices/interfaces/1/macAddress",'
+        ' "value": "03:00:00:00:00:01"}]')
+    started = await cluster.kubectl("patch", "vm", "cold", "--type=merge", "-p", '{"spec": {"runStrategy": "Always"}}')
+
+    assert refused.returncode != 0
+    assert DENIED + "VM default/cold interface nic-1: 03:00:00:00:00:01 is a multicast MAC address" in refused.stderr
+    assert started.returncode == 0, started.stderr
+    assert (await cluster.get_vm("cold"))["spec"]["runStrategy"] == "Always"
+
+
+async def test_an_observed_mac_annotation_edit_is_judged(cluster: Cluster) -> None:
+    applied = await cluster.apply(vm_manifest("noted", run_strategy="Halted"))
+    assert applied.returncode == 0, applied.stderr
+
+    done = await cluster.kubectl("annotate", "vm", "noted", "harvesterhci.io/mac-address={broken")
+
+    assert done.returncode == 0, done.stderr
+    assert "Warning: VM default/noted: annotation harvesterhci.io/mac-address is not valid JSON" in done.stderr

@@ -24,13 +24,13 @@ from .support import ACCESS_KINDS, NAMESPACE, create_namespace, kubectl, render_
 pytestmark = pytest.mark.kubectl
 
 # Kinds of other projects the chart can render; a real cluster has their CRDs (cert-manager, the
-# Prometheus operator). Here they get permissive stand-ins, so the dry run still judges every
-# built-in object the chart renders beside them.
+# Prometheus operator). The PrometheusRule CRD is the real one (tests/chart/crds); the others get
+# permissive stand-ins, so the dry run still judges every built-in object the chart renders beside them.
+REAL_FOREIGN_CRDS = Path(__file__).resolve().parents[1] / "chart" / "crds"
 FOREIGN_KINDS = {
     ("cert-manager.io", "Certificate"): "certificates",
     ("cert-manager.io", "Issuer"): "issuers",
     ("monitoring.coreos.com", "ServiceMonitor"): "servicemonitors",
-    ("monitoring.coreos.com", "PrometheusRule"): "prometheusrules",
 }
 
 
@@ -50,6 +50,8 @@ def _install_stand_ins(server: RealApiServer, tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump_all([_stand_in_crd(group, kind, plural)
                                         for (group, kind), plural in FOREIGN_KINDS.items()]))
     server.install_crd_file(path)
+    for crd in sorted(REAL_FOREIGN_CRDS.glob("*.yaml")):
+        server.install_crd_file(crd)
 
 
 @pytest.mark.parametrize("option", sorted(OPTIONS))
@@ -59,6 +61,9 @@ async def test_every_rendered_object_passes_the_real_servers_validation(
     kubeconfig = real_apiserver.write_kubeconfig(tmp_path / "kubeconfig")
     await create_namespace(kubeconfig)
     objects = render_objects(OPTIONS[option])
+    # Namespaces the chart writes into besides its own (e.g. the dashboard's, which Rancher's monitoring makes).
+    for namespace in {obj["metadata"].get("namespace") for obj in objects} - {None, NAMESPACE}:
+        await asyncio.to_thread(real_apiserver.ensure_namespace, namespace)
 
     out = await kubectl(kubeconfig, "apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump_all(objects))
 

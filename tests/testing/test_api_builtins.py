@@ -109,8 +109,11 @@ def broken(change: dict[str, Any]) -> dict[str, Any]:
     ({"clientConfig": {}}, "webhooks[0].clientConfig", "exactly one of url or service"),
     ({"rules": [{"apiGroups": ["kubevirt.io"], "apiVersions": ["v1"], "operations": ["PATCH"],
                  "resources": ["virtualmachines"]}]}, "webhooks[0].rules[0].operations", "Unsupported value"),
+    # kube-apiserver v1.36.2 words it so, with cel-go's parser message after "compilation failed: "
+    ({"matchConditions": [{"name": "x", "expression": "1 +"}]}, "webhooks[0].matchConditions[0].expression",
+     "Invalid value: \"1 +\": compilation failed: ERROR: <input>:1:4: Syntax error: mismatched input '<EOF>'"),
 ], ids=["name", "timeout", "side-effects", "review-versions", "failure-policy", "empty-not-in", "http-url",
-        "no-client", "operation"])
+        "no-client", "operation", "unparsable-match-condition"])
 async def test_webhook_configurations_the_real_server_refuses(raw: RawClient, change: dict[str, Any], field: str,
                                                               words: str) -> None:
     answer = await raw.call("POST", VALIDATING, broken(change))

@@ -41,6 +41,20 @@ def test_delete_directive_and_element_order() -> None:
     assert [h["name"] for h in merged["webhooks"]] == ["c.nichotplug.test", "a.nichotplug.test"]
 
 
+def test_match_conditions_merge_by_name_as_kubectl_apply_sends_them() -> None:
+    """``matchConditions`` is a list map keyed by ``name`` (its Go tags), so ``kubectl apply`` of a changed
+    list sends the changed entries, deletions and the order; element order entries are objects."""
+    live = {"webhooks": [{**_hooks("a.nichotplug.test")[0], "matchConditions": [
+        {"name": "x", "expression": "true"}, {"name": "y", "expression": "false"}]}]}
+    patch = {"webhooks": [{"name": "a.nichotplug.test",
+                           "$setElementOrder/matchConditions": [{"name": "z"}, {"name": "x"}],
+                           "matchConditions": [{"name": "z", "expression": "1 == 1"},
+                                               {"name": "y", "$patch": "delete"}]}]}
+    merged = strategic_merge(live, patch, WEBHOOK_LISTS)
+    assert merged["webhooks"][0]["matchConditions"] == [{"name": "z", "expression": "1 == 1"},
+                                                        {"name": "x", "expression": "true"}]
+
+
 def test_finalizers_merge_as_a_set_and_can_be_removed() -> None:
     live = {"metadata": {"finalizers": ["a", "b"]}}
     added = strategic_merge(live, {"metadata": {"finalizers": ["b", "c"]}}, WEBHOOK_LISTS)

@@ -94,10 +94,29 @@ namespaceSelector:
         {{- range include "nichotplug.excludedNamespaces" . | fromJsonArray }}
         - {{ . | quote }}
         {{- end }}
-{{- /* registration.MATCH_CONDITIONS: a VM being deleted is left as it is, and its deletion must not wait for us. */}}
+{{- end }}
+
+{{/* registration.MUTATING_WEBHOOK.match_conditions: not for a VM being deleted; only when some interface has no MAC. */}}
+{{- define "nichotplug.mutatingMatchConditions" -}}
 matchConditions:
   - name: not-being-deleted
     expression: "!has(object.metadata.deletionTimestamp)"
+  - name: an-interface-without-mac
+    expression: |-
+      ((has(object.spec) && has(object.spec.template) && has(object.spec.template.spec) && has(object.spec.template.spec.domain) && has(object.spec.template.spec.domain.devices) && has(object.spec.template.spec.domain.devices.interfaces)) ? object.spec.template.spec.domain.devices.interfaces : []).exists(i, !has(i.macAddress) || i.macAddress == '')
+{{- end }}
+
+{{/* registration.VALIDATING_WEBHOOK.match_conditions: not for a VM being deleted; every CREATE, and an UPDATE only when registration.JUDGED_FIELDS change. */}}
+{{- define "nichotplug.validatingMatchConditions" -}}
+matchConditions:
+  - name: not-being-deleted
+    expression: "!has(object.metadata.deletionTimestamp)"
+  - name: create-or-judged-field-changed
+    expression: |-
+      request.operation == 'CREATE'
+      || ((has(object.spec) && has(object.spec.template) && has(object.spec.template.spec) && has(object.spec.template.spec.domain) && has(object.spec.template.spec.domain.devices) && has(object.spec.template.spec.domain.devices.interfaces)) ? object.spec.template.spec.domain.devices.interfaces : []) != ((has(oldObject.spec) && has(oldObject.spec.template) && has(oldObject.spec.template.spec) && has(oldObject.spec.template.spec.domain) && has(oldObject.spec.template.spec.domain.devices) && has(oldObject.spec.template.spec.domain.devices.interfaces)) ? oldObject.spec.template.spec.domain.devices.interfaces : [])
+      || ((has(object.spec) && has(object.spec.template) && has(object.spec.template.spec) && has(object.spec.template.spec.networks)) ? object.spec.template.spec.networks : []) != ((has(oldObject.spec) && has(oldObject.spec.template) && has(oldObject.spec.template.spec) && has(oldObject.spec.template.spec.networks)) ? oldObject.spec.template.spec.networks : [])
+      || ((has(object.metadata) && has(object.metadata.annotations) && 'harvesterhci.io/mac-address' in object.metadata.annotations) ? object.metadata.annotations['harvesterhci.io/mac-address'] : '') != ((has(oldObject.metadata) && has(oldObject.metadata.annotations) && 'harvesterhci.io/mac-address' in oldObject.metadata.annotations) ? oldObject.metadata.annotations['harvesterhci.io/mac-address'] : '')
 {{- end }}
 
 {{/* The rules both webhooks are registered for: nichotplug/webhook/registration.py declares them. */}}
