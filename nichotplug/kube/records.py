@@ -70,8 +70,8 @@ def map_key(mapping: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
 # "shape" holding the rest; MACs are 6 bytes each in one bytes object (shared by a VM's spec, its
 # annotation and its VMI when equal); the MAC index maps a MAC (a 48-bit int) to the owning record
 # and makes the MacOwner when asked. Views are rebuilt from records on demand (``get_vm`` about
-# 20 us, ``get_vmi`` 5 us, listeners of deletes), on paths that are not per-request hot. Now 76 MiB
-# for 100,000 VMs, 86 MiB with their VMIs; the MAC index (dict + int keys) is 32 MiB of it.
+# 20 us, ``get_vmi`` 5 us, listeners of deletes), on paths that are not per-request hot. Records take
+# 76 MiB for 100,000 VMs, 86 MiB with their VMIs; the MAC index (dict + int keys) is 32 MiB of it.
 
 MAC_SIZE = 6
 _EMPTY_MAP: Mapping[str, str] = MappingProxyType({})
