@@ -18,25 +18,39 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from kubernetes_asyncio.client import ApiClient
 
+from nichotplug.actions.aggregated import setup_subresources
+from nichotplug.actions.apidocs import APISERVICE
+from nichotplug.actions.frontproxy import (
+    CONFIGMAP,
+    NAMESPACE,
+    BadConfigMap,
+    FrontProxyAuthenticator,
+    config_from_configmap,
+)
 from nichotplug.actions.http import setup_actions
 from nichotplug.certs import CERT_FILE, KEY_FILE
+from nichotplug.controller import metrics as controller_metrics
 from nichotplug.controller import run as controller_run
+from nichotplug.controller.scope import ControllerScope
 from nichotplug.kube.cache import ClusterView
 from nichotplug.kube.certificates import start_certificate_manager
+from nichotplug.kube.configmaps import DEFAULT_POLL_SECONDS, ConfigMapFollower
 from nichotplug.kube.view_metrics import VIEW_METRICS
+from nichotplug.rules.actions import is_dns1123_label
 from nichotplug.rules.cluster import ClusterState
 from nichotplug.serving import (
     DRAIN_SECONDS,
     Readiness,
     add_health_routes,
     drain,
+    listening_on,
     start_metrics_runner,
     start_tls_runner,
 )
@@ -84,10 +98,52 @@ def setup_action_routes(app: web.Application, api_client: ApiClient, args: argpa
     setup_actions(app, api_client=api_client, cluster=cluster, migrate=not args.no_migrate)
 
 
+async def start_subresources(app: web.Application, api_client: ApiClient, args: argparse.Namespace,
+                             cluster: ClusterState, tls: CertReloader, *,
+                             poll_seconds: float = DEFAULT_POLL_SECONDS) -> Stopper | None:
+    """Serve the subresource API if ``--apiservice`` names one; returns the stopper of the ConfigMap follower.
+
+    The front-proxy CA and names come from ``kube-system/extension-apiserver-authentication``, followed
+    for rotations: the TLS port then requests client certificates signed by that CA (and still
+    accepts connections without one), and the authenticator believes only those certificates.
+    """
+    if not args.apiservice:
+        return None
+    if args.apiservice != APISERVICE:
+        log.warning("--apiservice %s: the subresources are served as %s whatever the APIService is named",
+                    args.apiservice, APISERVICE)
+    authenticator = FrontProxyAuthenticator()
+
+    def front_proxy_changed(data: Mapping[str, str] | None) -> None:
+        try:
+            authenticator.config = config_from_configmap(data)
+        except BadConfigMap as error:
+            log.error("%s/%s cannot be used (%s); the subresource API refuses every request until it changes",
+                      NAMESPACE, CONFIGMAP, error)
+            authenticator.config = None
+        if authenticator.config is None:
+            log.warning("%s/%s names no front-proxy CA: the subresource API answers 401 to every request",
+                        NAMESPACE, CONFIGMAP)
+        tls.trust_client_ca(authenticator.config.client_ca_pem if authenticator.config else None)
+
+    setup_subresources(app, api_client=api_client, authenticator=authenticator, cluster=cluster,
+                       migrate=not args.no_migrate)
+    follower = ConfigMapFollower(api_client, NAMESPACE, CONFIGMAP, front_proxy_changed, poll_seconds=poll_seconds)
+    await follower.start()
+    return follower.stop
+
+
 async def start_controller(api_client: ApiClient, cluster: ClusterView,
                            args: argparse.Namespace) -> Stopper | None:
-    """Start the leader-elected MAC controller unless ``--no-controller``; returns its stopper."""
+    """Start the leader-elected MAC controller unless ``--no-controller``; returns its stopper.
+
+    ``nichotplug_leader`` exists from the start, 0 until this replica leads (and always 0 with the
+    controller off), so "no replica leads" is a query, not a missing series.
+    """
+    scope = ControllerScope.of(args.controller_namespace)
+    controller_metrics.LEADER.labels(name=scope.lease_name).set(0)
     if args.no_controller:
+        log.info("controller: off (--no-controller): nichotplug writes no VM on its own")
         return None
     return await controller_run.start_controller(api_client=api_client, cluster=cluster, args=args)
 
@@ -109,7 +165,19 @@ async def start_self_managed_certs(api_client: ApiClient, args: argparse.Namespa
 # ---------------------------------------------------------------- serve
 
 
+def _controller_args_problem(args: argparse.Namespace) -> str | None:
+    if args.controller_namespace and args.no_controller:
+        return "--controller-namespace limits the controller, which --no-controller turns off: give one of them"
+    for namespace in args.controller_namespace:
+        if not is_dns1123_label(namespace):
+            return f"--controller-namespace {namespace!r} is not a namespace name (lowercase letters, digits, '-')"
+    return None
+
+
 def _check_args(args: argparse.Namespace) -> str | None:
+    problem = _controller_args_problem(args)
+    if problem:
+        return problem
     if args.shutdown_delay < 0:
         return f"--shutdown-delay {args.shutdown_delay:g} must not be negative"
     if bool(args.tls_cert_file) != bool(args.tls_key_file):
@@ -123,18 +191,21 @@ def _check_args(args: argparse.Namespace) -> str | None:
     return None
 
 
-async def freeze_heap_when_synced(synced: asyncio.Event) -> None:
-    """Once the cluster view holds the whole cluster, stop the cyclic GC from walking it.
+async def freeze_heap_when_synced(view: ClusterView) -> None:
+    """Once the cluster view holds the whole cluster, say so, and stop the cyclic GC from walking it.
 
     The view of a big cluster is millions of long-lived objects; every full
     collection would traverse all of them, a pause that lands on some webhook
     request's latency. ``gc.freeze`` moves what is alive now to the permanent
     generation (reference counting still frees it); later changes are tracked as usual.
     """
-    await synced.wait()
+    await view.synced.wait()
+    counts = view.counts()
+    log.info("cluster view synced: %s",
+             ", ".join(f"{count} {'MACs' if kind == 'macs' else kind + 's'}" for kind, count in counts.items()))
     gc.collect()
     gc.freeze()
-    log.info("cluster view synced; %d objects moved out of the cyclic GC's reach", gc.get_freeze_count())
+    log.debug("%d objects moved out of the cyclic GC's reach", gc.get_freeze_count())
 
 
 async def serve(args: argparse.Namespace, stop: asyncio.Event, hurry: asyncio.Event | None = None) -> None:
@@ -162,7 +233,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event, hurry: asyncio.Ev
         await view.start()
         cleanups.append(view.stop)
         VIEW_METRICS.view = view
-        freezer = asyncio.create_task(freeze_heap_when_synced(view.synced), name="nichotplug-gc-freeze")
+        freezer = asyncio.create_task(freeze_heap_when_synced(view), name="nichotplug-gc-freeze")
         cleanups.append(lambda: _cancel(freezer))
 
         draining = False
@@ -170,17 +241,23 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event, hurry: asyncio.Ev
         readiness.add("shutting down", lambda: not draining)
         app = build_webhook_app(view, synced=view.synced, tls=tls, readiness=readiness)
         setup_action_routes(app, api_client, args, view)
+        subresources_stopper = await start_subresources(app, api_client, args, view, tls)
+        if subresources_stopper is not None:
+            cleanups.append(subresources_stopper)
         controller_stopper = await start_controller(api_client, view, args)
         if controller_stopper is not None:
             cleanups.append(controller_stopper)
 
         # Runners are cleaned up first (last in), so requests drain while the view still answers them.
+        metrics_where = "off (--metrics-port 0)"
         if args.metrics_port:
             metrics_runner = await start_metrics_runner(args.host, args.metrics_port)
             cleanups.append(metrics_runner.cleanup)
+            metrics_where = ", ".join(f"http://{address}/metrics" for address in listening_on(metrics_runner))
         runner, door = await start_tls_runner(app, args.host, args.port, tls.context, shutdown_timeout=2.0)
         cleanups.append(lambda: drain(runner, door))
-        log.info("serving webhooks on https://%s:%d, metrics on :%d", args.host, args.port, args.metrics_port)
+        log.info("serving webhooks and actions on %s; metrics on %s",
+                 ", ".join(f"https://{address}" for address in listening_on(runner)), metrics_where)
 
         await stop.wait()
         draining = True
@@ -192,6 +269,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event, hurry: asyncio.Ev
                 await cleanup()
             except Exception:
                 log.exception("error while shutting down")
+        log.info("stopped")
 
 
 async def _keep_answering(seconds: float, hurry: asyncio.Event | None) -> None:
@@ -265,4 +343,6 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["build_webhook_app", "run_serve", "serve", "setup_action_routes", "start_controller"]
+# start_tls_runner lives in nichotplug.serving; importable from here too, with the rest of serve's pieces.
+__all__ = ["build_webhook_app", "run_serve", "serve", "setup_action_routes", "start_controller", "start_subresources",
+           "start_tls_runner"]

@@ -115,6 +115,15 @@ async def drain(runner: web.AppRunner, door: FrontDoor, grace_seconds: float = D
     await runner.cleanup()
 
 
+def listening_on(runner: web.AppRunner) -> list[str]:
+    """``host:port`` of every socket ``runner`` listens on, as bound (an IPv6 host in brackets)."""
+    found: list[str] = []
+    for address in runner.addresses:
+        host, port = address[0], address[1]
+        found.append(f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}")
+    return found
+
+
 # -- probes ----------------------------------------------------------------------------------------
 
 

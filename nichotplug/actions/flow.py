@@ -6,9 +6,12 @@
 3. One JSON Patch write, starting with a ``test`` on ``metadata.resourceVersion``: a concurrent
    change makes it fail (409 for our caller) instead of being overwritten. It goes through the
    admission webhooks like any write; a denial is passed through with its code and message.
-4. A ``VirtualMachineInstanceMigration`` (``generateName: <vm>-``) so the change applies now. If that
+4. A ``VirtualMachineInstanceMigration`` (``generateName: <vm>-``) so the change applies now, unless
+   one for the VMI is still pending (it has not started, so its target is built with this change
+   too; KubeVirt would refuse a second one anyway): that one is reported instead. If the request
    fails the spec change stays (it is valid, and KubeVirt applies it at the next restart or
-   migration) and an Event on the VM says why.
+   migration) and an Event on the VM says why. A stopped VM gets no migration: its next start boots
+   with the edited spec.
 
 Every failure leaves as :class:`ActionFailed` carrying an :class:`ActionRefusal`, so the HTTP layer
 and the plugin render the same statuses, codes and messages.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol, TypeVar
@@ -30,9 +34,11 @@ from nichotplug.kube.patch import (
     Denied,
     KubeError,
     NotFound,
+    WebhookUnreachable,
     create_custom_object,
     get_custom_object,
     json_patch,
+    list_custom_objects,
 )
 from nichotplug.rules import actions as plan
 from nichotplug.rules.actions import ActionRefusal
@@ -51,8 +57,14 @@ NAD_API: Final = ("k8s.cni.cncf.io", "v1")
 NADS: Final = "network-attachment-definitions"
 
 MIGRATION_FAILED_REASON: Final = "HotplugMigrationFailed"
+ADDED_REASON: Final = "NicHotplugRequested"
+UNPLUGGED_REASON: Final = "NicHotunplugRequested"
 ADMISSION_DENIED: Final = "AdmissionDenied"
 CLUSTER_UNAVAILABLE: Final = "ClusterUnavailable"
+WEBHOOK_UNAVAILABLE: Final = "WebhookUnavailable"
+# Every webhook nichotplug registers is named "<what>.nichotplug.harvesterhci.io" (webhook.registration).
+OUR_WEBHOOK_SUFFIX: Final = ".nichotplug.harvesterhci.io"
+_FINISHED_MIGRATION_PHASES: Final = frozenset({"Succeeded", "Failed"})
 
 
 class ActionFailed(Exception):
@@ -75,9 +87,12 @@ class ActionResult:
 
     interfaces: tuple[str, ...] = ()
     interface: str = ""  # the interface added or unplugged
-    mac: str = ""  # the MAC of the interface added
-    migration: str | None = None  # name of the VirtualMachineInstanceMigration created
+    mac: str = ""  # the MAC of the interface added or unplugged
+    network: str = ""  # the NAD (``ns/name``) of that interface's multus network, "" for another kind
+    migration: str | None = None  # name of the VirtualMachineInstanceMigration created (or found pending)
+    migration_pending: bool = False  # ``migration`` was already pending: none was created
     migration_error: str | None = None  # set when the spec changed but no migration could be created
+    stopped: bool = False  # the VM was stopped: its spec was edited, nothing to hot-plug or migrate
 
 
 class FreshCluster:
@@ -125,8 +140,26 @@ class VmState:
     cluster: FreshCluster
 
 
+# "https://<service>.<namespace>.svc..." in the API server's message names where nichotplug runs.
+_SERVICE_URL = re.compile(r"https://([a-z0-9-]+)\.([a-z0-9-]+)\.svc")
+
+
+def webhook_unavailable(error: WebhookUnreachable) -> ActionRefusal:
+    """The refusal for a write the API server could not get judged by our webhook (it is down)."""
+    service = _SERVICE_URL.search(error.cause)
+    pods = (f"kubectl -n {service.group(2)} get pods -l app.kubernetes.io/name=nichotplug" if service
+            else "kubectl get pods -A -l app.kubernetes.io/name=nichotplug")
+    return ActionRefusal(
+        503, WEBHOOK_UNAVAILABLE,
+        "nichotplug's admission webhook is not answering: VM writes are refused until it is back "
+        f"(see its pods: {pods}). The API server said: {error.cause}",
+    )
+
+
 def refusal_from_kube_error(error: KubeError, what: str) -> ActionRefusal:
     """How an API error on ``what`` (e.g. "VM default/vm1") is shown to our caller."""
+    if isinstance(error, WebhookUnreachable) and error.webhook.endswith(OUR_WEBHOOK_SUFFIX):
+        return webhook_unavailable(error)
     if isinstance(error, Denied):
         return ActionRefusal(error.code, ADMISSION_DENIED, error.message)
     if isinstance(error, Conflict):
@@ -138,6 +171,16 @@ def refusal_from_kube_error(error: KubeError, what: str) -> ActionRefusal:
         return ActionRefusal(404, plan.NOT_FOUND, f"{what} not found")
     status = error.status if 400 <= error.status < 600 else 502
     return ActionRefusal(status, error.reason or "ServerError", error.message)
+
+
+def vm_what(namespace: str, name: str) -> str:
+    """How messages name a VM ("VM ns/name")."""
+    return f"VM {namespace}/{name}"
+
+
+def is_missing_vm(refusal: ActionRefusal, namespace: str, name: str) -> bool:
+    """Whether ``refusal`` says the VM itself was not found (not its network, not an interface)."""
+    return refusal.status == 404 and refusal.message == f"{vm_what(namespace, name)} not found"
 
 
 async def _guard(what: str, call: Awaitable[T]) -> T:
@@ -181,7 +224,7 @@ async def read_vm_state(
 
     ``known_macs``: a cache of the rest of the cluster, asked only about other VMs' MACs.
     """
-    vm: dict[str, Any] = await _guard(f"VM {namespace}/{name}", get_custom_object(api, *KUBEVIRT, VMS, namespace, name))
+    vm: dict[str, Any] = await _guard(vm_what(namespace, name), get_custom_object(api, *KUBEVIRT, VMS, namespace, name))
     wanted = sorted(_referenced_nads(vm) | set(extra_nads))
     vmi, *nads = await asyncio.gather(
         _get_optional(api, KUBEVIRT, VMIS, namespace, name, f"VMI {namespace}/{name}"),
@@ -201,13 +244,15 @@ async def read_vm_state(
     return VmState(vm=vm, vmi=vmi, cluster=FreshCluster(cluster, (namespace, name), frozenset(wanted), known_macs))
 
 
-def _spec_mac(vm: Mapping[str, Any], interface: str) -> str:
-    """The ``macAddress`` the stored VM has for ``interface`` ("" if none)."""
+def _spec_mac_and_network(vm: Mapping[str, Any], interface: str) -> tuple[str, str]:
+    """The ``macAddress`` and the multus NAD (``ns/name``) the VM has for ``interface`` ("" if none)."""
     try:
-        found = VmView.from_dict(vm).interface(interface)
+        view = VmView.from_dict(vm)
     except ValueError:
-        return ""
-    return found.mac if found is not None else ""
+        return "", ""
+    found, network = view.interface(interface), view.network(interface)
+    nad = network.nad if network is not None else None
+    return (found.mac if found is not None else ""), (f"{nad[0]}/{nad[1]}" if nad is not None else "")
 
 
 def _planned(result: list[plan.JsonPatchOp] | ActionRefusal) -> list[plan.JsonPatchOp]:
@@ -216,15 +261,55 @@ def _planned(result: list[plan.JsonPatchOp] | ActionRefusal) -> list[plan.JsonPa
     return result
 
 
+async def admission_probe(api: ApiClient, vm: Mapping[str, Any]) -> ActionRefusal | None:
+    """Whether a write to ``vm`` would be refused because our webhook is not answering.
+
+    A dry run (``dryRun=All``) of a patch that changes nothing but goes through admission like any
+    write. None when it passes, and also when it fails for any other reason (RBAC, a concurrent
+    change): this only tells about the webhook.
+    """
+    metadata = vm.get("metadata") or {}
+    test = [{"op": "test", "path": "/metadata/resourceVersion", "value": metadata.get("resourceVersion", "")}]
+    try:
+        await json_patch(api, *KUBEVIRT, VMS, metadata.get("namespace", ""), metadata.get("name", ""), test,
+                         dry_run=True)
+    except WebhookUnreachable as error:
+        return webhook_unavailable(error) if error.webhook.endswith(OUR_WEBHOOK_SUFFIX) else None
+    except (KubeError, ValueError, TimeoutError, aiohttp.ClientError):
+        return None
+    return None
+
+
+def _change_message(reason: str, user: str, result: ActionResult) -> str:
+    """The Event text for a change written for ``user``: what changed, and how it is applied."""
+    verb = "hot-plugged" if reason == ADDED_REASON else "hot-unplugged"
+    what = f"interface {result.interface} (MAC {result.mac or 'none'}, network {result.network or 'none'})"
+    if result.stopped:
+        applied = "the VM is stopped: its next start uses the new spec"
+    elif result.migration_pending:
+        applied = f"live migration {result.migration} was already pending"
+    elif result.migration:
+        applied = f"live migration {result.migration} requested"
+    elif result.migration_error:
+        applied = "the live migration could not be requested"
+    else:
+        applied = "no migration requested"
+    return f"{user} {verb} {what}; {applied}"
+
+
 class HotplugFlow:
     """Runs the actions against one API client (the caller's credentials)."""
 
     def __init__(self, api: ApiClient, *, migrate: bool = True, events: EventSink | None = None,
-                 known_macs: ClusterState | None = None) -> None:
+                 known_macs: ClusterState | None = None, requested_by: str | None = None) -> None:
+        """``requested_by``: the user this flow acts for with the service's own credentials (the
+        subresource API); each change it writes is then recorded in an Event on the VM naming them,
+        since the API server's own record of the write names only the service."""
         self._api = api
         self._migrate = migrate
         self._events = events
         self._known_macs = known_macs
+        self._requested_by = requested_by
 
     async def add_nic(
         self, namespace: str, name: str, body: Mapping[str, Any], *, name_optional: bool = False,
@@ -239,18 +324,26 @@ class HotplugFlow:
         state = await read_vm_state(self._api, namespace, name, ((request.nad_namespace, request.nad_name),),
                                     known_macs=self._known_macs)
         ops = _planned(plan.plan_add_nic(state.vm, state.vmi, body, state.cluster, name_optional=name_optional))
-        return await self._write_and_migrate(state.vm, ops, "")
+        return await self._write_and_migrate(state, ops, "", ADDED_REASON)
 
     async def remove_nic(self, namespace: str, name: str, body: Mapping[str, Any]) -> ActionResult:
-        """Hot-unplug the named interface (``state: absent``)."""
+        """Hot-unplug the named interface (``state: absent``); on a stopped VM, delete it from the spec."""
         state = await read_vm_state(self._api, namespace, name, known_macs=self._known_macs)
         ops = _planned(plan.plan_remove_nic(state.vm, state.vmi, body, state.cluster))
-        return await self._write_and_migrate(state.vm, ops, str(body.get("interfaceName", "")))
+        return await self._write_and_migrate(state, ops, str(body.get("interfaceName", "")), UNPLUGGED_REASON)
 
     async def find_hotunpluggable_nics(self, namespace: str, name: str) -> ActionResult:
         """The interfaces that may be unplugged now ([] when the VM is not eligible)."""
         state = await read_vm_state(self._api, namespace, name)
         return ActionResult(interfaces=tuple(plan.find_hotunpluggable(state.vm, state.vmi, state.cluster)))
+
+    async def check_hotplug(self, namespace: str, name: str) -> plan.HotplugCheck:
+        """Whether the VM is eligible now, every reason it is not, and its hot-plug port room."""
+        state = await read_vm_state(self._api, namespace, name)
+        checked = plan.hotplug_check(state.vm, state.vmi)
+        if isinstance(checked, ActionRefusal):
+            raise ActionFailed(checked)
+        return checked
 
     async def run(self, action: str, namespace: str, name: str, body: Mapping[str, Any]) -> ActionResult:
         """Dispatch by action name; an unknown action is a 400."""
@@ -265,17 +358,51 @@ class HotplugFlow:
         ))
 
     async def _write_and_migrate(
-        self, vm: Mapping[str, Any], ops: list[plan.JsonPatchOp], interface: str,
+        self, state: VmState, ops: list[plan.JsonPatchOp], interface: str, done_reason: str,
     ) -> ActionResult:
+        vm = state.vm
         namespace, name = vm["metadata"]["namespace"], vm["metadata"]["name"]
         patched: dict[str, Any] = await _guard(
             f"VM {namespace}/{name}", json_patch(self._api, *KUBEVIRT, VMS, namespace, name, ops))
         if not interface:  # addNic: the one interface name the patched VM has and the read one had not
             interface = next(iter(sorted(plan.used_names(patched) - plan.used_names(vm))), "")
-        written = ActionResult(interface=interface, mac=_spec_mac(patched, interface))
-        if not self._migrate:
-            return written
-        return replace(await self._request_migration(patched), interface=written.interface, mac=written.mac)
+        # A cold removeNic deletes the interface from the spec: then the read VM still says what it was.
+        mac, network = _spec_mac_and_network(patched, interface)
+        if not mac:
+            mac, network = _spec_mac_and_network(vm, interface)
+        written = ActionResult(interface=interface, mac=mac, network=network)
+        if plan.stopped_vm(vm, state.vmi):  # nothing runs: the next start boots with the edited spec
+            result = replace(written, stopped=True)
+        elif self._migrate:
+            result = replace(await self._migration_for(patched), interface=interface, mac=mac, network=network)
+        else:
+            result = written
+        if self._requested_by is not None:
+            await self._report(patched, "Normal", done_reason, _change_message(done_reason, self._requested_by, result))
+        return result
+
+    async def _migration_for(self, vm: Mapping[str, Any]) -> ActionResult:
+        """The pending migration of the VM's VMI if there is one, else a new one."""
+        pending = await self._pending_migration(vm["metadata"]["namespace"], vm["metadata"]["name"])
+        if pending is not None:
+            return ActionResult(migration=pending, migration_pending=True)
+        return await self._request_migration(vm)
+
+    async def _pending_migration(self, namespace: str, name: str) -> str | None:
+        """Name of a migration of VMI ``name`` that has not finished, or None (also when the caller may
+        not list migrations: then a new one is requested, and KubeVirt refuses a duplicate itself)."""
+        try:
+            migrations = await list_custom_objects(self._api, *KUBEVIRT, MIGRATIONS, namespace)
+        except (KubeError, TimeoutError, aiohttp.ClientError) as error:
+            log.debug("could not list the migrations in %s: %s", namespace, error)
+            return None
+        for migration in migrations:
+            metadata, spec = migration.get("metadata") or {}, migration.get("spec") or {}
+            phase = (migration.get("status") or {}).get("phase", "")
+            if (spec.get("vmiName") == name and phase not in _FINISHED_MIGRATION_PHASES
+                    and not metadata.get("deletionTimestamp")):
+                return str(metadata.get("name", ""))
+        return None
 
     async def _request_migration(self, vm: Mapping[str, Any]) -> ActionResult:
         namespace, name = vm["metadata"]["namespace"], vm["metadata"]["name"]
@@ -293,6 +420,8 @@ class HotplugFlow:
             message = (f"the interface change of VM {namespace}/{name} is saved, but the live migration that "
                        f"applies it could not be created ({failure.refusal.message}); migrate or restart the VM "
                        "to apply it")
+            if self._requested_by is not None:
+                message += f" (change requested by {self._requested_by})"
             log.warning("%s", message)
             await self._report(vm, "Warning", MIGRATION_FAILED_REASON, message)
             return ActionResult(migration_error=message)

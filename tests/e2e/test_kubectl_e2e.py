@@ -111,11 +111,10 @@ async def wait_ready(url: str, ca_file: Path, process: asyncio.subprocess.Proces
     raise AssertionError("nichotplug serve did not become ready in 30 s")
 
 
-@pytest_asyncio.fixture
-async def cluster(any_apiserver: ApiServer | RealApiServer, tmp_path: Path) -> AsyncIterator[Cluster]:
-    """The API server with nichotplug serving (as a process) and registered, plus two networks."""
-    kubeconfig = any_apiserver.write_kubeconfig(tmp_path / "kubeconfig")
-    certs = tmp_path / "certs"
+async def start_serve(kubeconfig: Path, workdir: Path) -> tuple[str, Path, asyncio.subprocess.Process]:
+    """``nichotplug serve --no-controller`` as a process with certificates from ``nichotplug certs``,
+    once ready: (its URL, the CA file, the process). The caller stops it."""
+    certs = workdir / "certs"
     made = await run(sys.executable, "-m", "nichotplug", "certs", "--out", str(certs), "--ip", "127.0.0.1")
     assert made.returncode == 0, made.stderr
     port = free_port()
@@ -124,13 +123,34 @@ async def cluster(any_apiserver: ApiServer | RealApiServer, tmp_path: Path) -> A
         "--port", str(port), "--metrics-port", "0", "--tls-cert-file", str(certs / "tls.crt"),
         "--tls-key-file", str(certs / "tls.key"), "--namespace", "default", "--no-controller",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    url = f"https://127.0.0.1:{port}"
     try:
-        url = f"https://127.0.0.1:{port}"
         await wait_ready(url, certs / "ca.crt", process)
+    except BaseException:
+        process.kill()
+        await process.wait()
+        raise
+    return url, certs / "ca.crt", process
+
+
+async def register_webhooks(kubeconfig: Path, workdir: Path, url: str, ca_file: Path) -> None:
+    """Our two webhook configurations, calling ``url``, applied with kubectl."""
+    ca_bundle = await asyncio.to_thread(ca_file.read_bytes)
+    for config in webhook_configurations("nichotplug", url=url, ca_bundle=ca_bundle):
+        path = workdir / f"{config['kind']}.yaml"
+        await asyncio.to_thread(path.write_text, yaml.safe_dump(config))
+        applied = await run("kubectl", "--kubeconfig", str(kubeconfig), "apply", "-f", str(path))
+        assert applied.returncode == 0, applied.stderr
+
+
+@pytest_asyncio.fixture
+async def cluster(any_apiserver: ApiServer | RealApiServer, tmp_path: Path) -> AsyncIterator[Cluster]:
+    """The API server with nichotplug serving (as a process) and registered, plus two networks."""
+    kubeconfig = any_apiserver.write_kubeconfig(tmp_path / "kubeconfig")
+    url, ca_file, process = await start_serve(kubeconfig, tmp_path)
+    try:
         state = Cluster(any_apiserver, kubeconfig, tmp_path)
-        for config in webhook_configurations("nichotplug", url=url, ca_bundle=(certs / "ca.crt").read_bytes()):
-            applied = await state.apply(config)
-            assert applied.returncode == 0, applied.stderr
+        await register_webhooks(kubeconfig, tmp_path, url, ca_file)
         for nad in (bridge_nad("vlan1", "bridge"), bridge_nad("overlay", "kube-ovn")):
             applied = await state.apply(nad)
             assert applied.returncode == 0, applied.stderr
