@@ -40,7 +40,8 @@ from nichotplug.controller import MacController
 from nichotplug.kube.cache import ClusterView
 from nichotplug.kube.patch import json_patch
 from nichotplug.rules.backfill import MAC_ANNOTATION, plan_backfill
-from nichotplug.service import build_webhook_app, start_tls_runner
+from nichotplug.service import build_webhook_app
+from nichotplug.serving import start_tls_runner
 from nichotplug.testing.server import ApiServer
 from nichotplug.webhook.registration import webhook_configurations
 

@@ -3,7 +3,7 @@
 Two servers, each in its own process: ours builds a ``ClusterView`` of N VirtualMachines (4 bridge
 interfaces each, fed through ``ClusterView.apply_event``, the path the watches use), freezes it out
 of the cyclic GC as ``serve`` does once synced, and serves ``/v1/webhook/validation`` over TLS the
-way ``serve`` does (``service.start_tls_runner``); the bare aiohttp server only parses the review
+way ``serve`` does (``serving.start_tls_runner``); the bare aiohttp server only parses the review
 and answers allowed. A third process loads each in turn: ``wrk`` (C, one thread, C keep-alive TLS
 connections, a Lua script POSTing the review as application/json and checking every answer says
 allowed), or, when wrk is not installed, an aiohttp client (which saturates before either server,
@@ -376,7 +376,8 @@ def stdlib_json_codec() -> Any:
 
 def run_ours(args: argparse.Namespace) -> None:
     """Our server: build the view, freeze it as ``serve`` does, serve it as ``serve`` does."""
-    from nichotplug.service import build_webhook_app, start_tls_runner
+    from nichotplug.service import build_webhook_app
+    from nichotplug.serving import start_tls_runner
 
     pin_to_server_cpu()
     gc.collect()

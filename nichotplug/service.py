@@ -15,7 +15,6 @@ import contextlib
 import gc
 import logging
 import signal
-import ssl
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -46,15 +45,20 @@ from nichotplug.kube.view_metrics import VIEW_METRICS
 from nichotplug.logs import configure_logging
 from nichotplug.rules.actions import is_dns1123_label
 from nichotplug.rules.cluster import ClusterState
+from nichotplug.serving import (
+    DRAIN_SECONDS,
+    Readiness,
+    add_health_routes,
+    drain,
+    listening_on,
+    start_metrics_runner,
+    start_tls_runner,
+)
 from nichotplug.webhook.codec import MAX_BODY_BYTES
-from nichotplug.webhook.http import FrontDoor, Readiness, add_health_routes, add_webhook_routes, open_front_door
-from nichotplug.webhook.metrics import metrics_app
+from nichotplug.webhook.http import add_webhook_routes
 from nichotplug.webhook.tls import CertReloader
 
 log = logging.getLogger(__name__)
-
-# The API server gives a webhook 10 s by default; in-flight requests never need longer to finish.
-DRAIN_SECONDS = 15.0
 
 # Something started by a seam that must be stopped on shutdown.
 Stopper = Callable[[], Awaitable[None]]
@@ -72,7 +76,7 @@ def build_webhook_app(
     Ready when ``synced`` is set (the cluster view has listed everything) and
     ``tls`` has a certificate in service; a check that is not given is not
     required. Extra checks go into ``readiness`` (``serve`` adds "not draining").
-    Serve it with :func:`start_tls_runner`, which puts the webhooks' front door before it.
+    Serve it with ``serving.start_tls_runner``, which puts the webhooks' front door before it.
     """
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     readiness = readiness or Readiness()
@@ -204,31 +208,6 @@ async def freeze_heap_when_synced(view: ClusterView) -> None:
     log.debug("%d objects moved out of the cyclic GC's reach", gc.get_freeze_count())
 
 
-async def drain(runner: web.AppRunner, door: FrontDoor, grace_seconds: float = DRAIN_SECONDS) -> None:
-    """Stop accepting connections, let the requests in flight finish (bodies still arriving included), close."""
-    for site in list(runner.sites):
-        await site.stop()
-    if not await door.wait_idle(grace_seconds):
-        log.warning("%d request(s) still in flight after %.0f s; closing anyway", door.in_flight, grace_seconds)
-    await runner.cleanup()
-
-
-async def start_tls_runner(app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext,
-                           **runner_kwargs: Any) -> tuple[web.AppRunner, FrontDoor]:
-    """Serve ``app`` (from :func:`build_webhook_app`) over TLS, its admission webhooks through a
-    ``FrontDoor``; returns the runner and the door, which :func:`drain` needs."""
-    runner = web.AppRunner(app, access_log=None, **runner_kwargs)
-    await runner.setup()
-    door = open_front_door(runner)
-    await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
-    return runner, door
-
-
-async def _start_site(runner: web.AppRunner, host: str, port: int, **kwargs: Any) -> None:
-    await runner.setup()
-    await web.TCPSite(runner, host, port, **kwargs).start()
-
-
 async def serve(args: argparse.Namespace, stop: asyncio.Event, hurry: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set, then drain and close everything that was started.
 
@@ -272,8 +251,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event, hurry: asyncio.Ev
         # Runners are cleaned up first (last in), so requests drain while the view still answers them.
         metrics_where = "off (--metrics-port 0)"
         if args.metrics_port:
-            metrics_runner = web.AppRunner(metrics_app(), access_log=None)
-            await _start_site(metrics_runner, args.host, args.metrics_port)
+            metrics_runner = await start_metrics_runner(args.host, args.metrics_port)
             cleanups.append(metrics_runner.cleanup)
             metrics_where = ", ".join(f"http://{address}/metrics" for address in listening_on(metrics_runner))
         runner, door = await start_tls_runner(app, args.host, args.port, tls.context, shutdown_timeout=2.0)
@@ -292,15 +270,6 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event, hurry: asyncio.Ev
             except Exception:
                 log.exception("error while shutting down")
         log.info("stopped")
-
-
-def listening_on(runner: web.AppRunner) -> list[str]:
-    """``host:port`` of every socket ``runner`` listens on, as bound (an IPv6 host in brackets)."""
-    found: list[str] = []
-    for address in runner.addresses:
-        host, port = address[0], address[1]
-        found.append(f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}")
-    return found
 
 
 async def _keep_answering(seconds: float, hurry: asyncio.Event | None) -> None:
@@ -364,5 +333,6 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# start_tls_runner lives in nichotplug.serving; importable from here too, with the rest of serve's pieces.
 __all__ = ["build_webhook_app", "run_serve", "serve", "setup_action_routes", "start_controller", "start_subresources",
            "start_tls_runner"]

@@ -2,7 +2,8 @@
 
 - ``client``: ``load_api_client`` (in-cluster or kubeconfig) and ``api_client_with_token`` (the
   action API's per-caller client);
-- ``cache``: ``ClusterView``, the list+watch picture of VMs, VMIs and NADs (``rules.ClusterState``);
+- ``cache``: ``ClusterView``, the list+watch picture of VMs, VMIs and NADs (``rules.ClusterState``), fed by
+  ``reflector`` (list/watch, back-off) and stored as ``records`` (compact records, the MAC-owner index);
 - ``patch``: JSON Patch / merge patch / create of custom objects, API errors as exceptions;
 - ``events``: ``EventRecorder`` (core/v1 Events, aggregated);
 - ``leader``: ``LeaderElector`` on a ``coordination.k8s.io/v1`` Lease.

@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from nichotplug.testing import openapi
 from nichotplug.testing.resources import ALL_VERBS, BUILTIN_RESOURCES, ResourceInfo
 
 # Verbs of a subresource such as "virtualmachines/status", as kube-apiserver lists them.
@@ -256,3 +257,39 @@ def aggregated(resources: Sequence[ResourceInfo], *, core: bool) -> dict[str, An
              if any(info.group == name for info in resources)]
     return {"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {},
             "items": items}
+
+
+def document(path: str, resources: Sequence[ResourceInfo], *, server_address: str) -> dict[str, Any] | None:
+    """The plain discovery or OpenAPI v3 document a non-resource GET of ``path`` answers; None = 404.
+
+    ``path`` has no trailing slash; ``server_address`` (host:port) is what ``/api`` reports.
+    Each answer is a fresh top-level dict, so the caller may add to it.
+    """
+    parts = [p for p in path.split("/") if p]
+    if path == "/version":
+        return dict(version())
+    if path == "/api":
+        return dict(core_versions(server_address=server_address))
+    if path == "/apis":
+        return dict(group_list(resources))
+    found: dict[str, Any] | None = None
+    if parts[0] == "apis" and len(parts) == 2:
+        found = group(resources, parts[1])
+    elif parts[0] == "api" and len(parts) == 2:
+        found = resource_list(resources, "", parts[1])
+    elif parts[0] == "apis" and len(parts) == 3:
+        found = resource_list(resources, parts[1], parts[2])
+    elif parts[:2] == ["openapi", "v3"]:
+        found = _openapi_document(resources, parts[2:])
+    return dict(found) if found is not None else None
+
+
+def _openapi_document(resources: Sequence[ResourceInfo], parts: Sequence[str]) -> dict[str, Any] | None:
+    """``/openapi/v3`` (``parts`` empty) or one group-version's document under it."""
+    if not parts:
+        return dict(openapi.v3_index(resources))
+    if parts[0] == "api" and len(parts) == 2:
+        return openapi.v3_document(resources, "", parts[1])
+    if parts[0] == "apis" and len(parts) == 3:
+        return openapi.v3_document(resources, parts[1], parts[2])
+    return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 
@@ -83,6 +83,20 @@ BUILTIN_RESOURCES: tuple[ResourceInfo, ...] = (
     _builtin("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", namespaced=False),
     _builtin("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", namespaced=False),
 )
+
+# (group, plural) of the resources whose writes do more than store the object.
+CRD_GR: Final = ("apiextensions.k8s.io", "customresourcedefinitions")
+NAMESPACE_GR: Final = ("", "namespaces")
+MUTATING_GR: Final = ("admissionregistration.k8s.io", "mutatingwebhookconfigurations")
+VALIDATING_GR: Final = ("admissionregistration.k8s.io", "validatingwebhookconfigurations")
+
+_BUILTIN_GROUP_RESOURCES = frozenset((info.group, info.plural) for info in BUILTIN_RESOURCES)
+
+
+def is_custom(info: ResourceInfo) -> bool:
+    """Whether ``info`` is a custom resource (served from a CRD), whose requests have their own rules."""
+    # A set lookup, not a comparison of ResourceInfo dataclasses field by field: every write asks it.
+    return (info.group, info.plural) not in _BUILTIN_GROUP_RESOURCES
 
 
 def resources_from_crd(crd: Mapping[str, Any]) -> list[ResourceInfo]:

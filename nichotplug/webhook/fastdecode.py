@@ -162,10 +162,10 @@ _MAC_ADDRESS = operator.attrgetter("macAddress")
 def _codec_would_refuse(body: bytes) -> bool:
     """Whether the ordinary route's codec refuses a body msgspec read: one that is not UTF-8.
 
-    msgspec skips the fields it does not read without decoding their strings (the differential
-    fuzz test in ``tests/webhook/test_fastdecode.py`` found it); the codec refuses such a body
-    whole. The API server never sends one, but an answer must never depend on the route. An ASCII
-    body, the usual one, is told at C speed. (A number beyond a double's range, the other thing
+    msgspec skips the fields it does not read without decoding their strings, so bad UTF-8 in one
+    of them goes unnoticed there; the codec refuses such a body whole. The API server never sends
+    one, but an answer must never depend on the route. An ASCII body, the usual one, is told at C
+    speed. (A number beyond a double's range, the other thing
     msgspec skips unread, the codec reads too: see ``codec._loads``.)
     """
     if body.isascii():

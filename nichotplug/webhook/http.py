@@ -1,14 +1,13 @@
-"""The aiohttp shell around the engine: routes, HTTP-level checks, metrics and the request log.
+"""The admission handler: the aiohttp shell around the engine, its HTTP-level checks, metrics and log.
 
 ``POST /v1/webhook/mutation`` and ``POST /v1/webhook/validation`` answer every
 usable call with HTTP 200 and a full AdmissionReview; an unusable call (wrong
 content type, body too large, not an AdmissionReview) gets a 4xx with a
-``metav1.Status`` naming the problem. ``GET /healthz`` is the liveness probe,
-``GET /readyz`` the readiness probe (see :class:`Readiness`).
+``metav1.Status`` naming the problem.
 
-:class:`FrontDoor` is the request handler of the TLS port's server: it hands the
-two admission paths straight to their handlers, skipping the application's
-router and middleware chain, and counts every request in flight for the drain.
+The port they are served on (TLS, the front door that hands these two paths straight to
+their handlers, the probes, the drain) belongs to ``nichotplug.serving``; the handlers are
+recorded under ``ADMISSION_HANDLERS`` for it.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
@@ -40,7 +39,7 @@ from nichotplug.webhook.review import AdmissionRequest, WebhookName
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-# path -> handler of each admission webhook mounted on an app, for the FrontDoor.
+# path -> handler of each admission webhook mounted on an app, for the port's front door (nichotplug.serving).
 ADMISSION_HANDLERS = web.AppKey("nichotplug_admission_handlers", dict[str, Handler])
 
 # The paths are declared with the webhook registrations, so the chart and the server cannot disagree.
@@ -226,112 +225,14 @@ def _too_large() -> BadReview:
     )
 
 
-class Readiness:
-    """Named readiness checks; ``/readyz`` is 200 only while every one of them holds."""
-
-    def __init__(self) -> None:
-        self._checks: dict[str, Callable[[], bool]] = {}
-
-    def add(self, name: str, check: Callable[[], bool]) -> None:
-        self._checks[name] = check
-
-    def failing(self) -> list[str]:
-        return [name for name, check in self._checks.items() if not check()]
-
-
-async def _healthz(_: web.Request) -> web.Response:
-    # Answering at all proves the event loop runs, which is all liveness should claim.
-    return web.Response(text="ok")
-
-
-def _readyz_handler(readiness: Readiness) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def readyz(_: web.Request) -> web.Response:
-        failing = readiness.failing()
-        if failing:
-            return web.Response(status=503, text="not ready: " + "; ".join(failing))
-        return web.Response(text="ok")
-
-    return readyz
-
-
 def add_webhook_routes(app: web.Application, cluster: ClusterState, synced: asyncio.Event | None = None,
                        *, sync_wait_seconds: float = SYNC_WAIT_SECONDS) -> None:
     """Mount both admission endpoints on ``app``; with ``synced``, nothing is judged before it is set.
 
-    They are also recorded under ``ADMISSION_HANDLERS``, where a :class:`FrontDoor` finds them.
+    They are also recorded under ``ADMISSION_HANDLERS``, where ``serving.FrontDoor`` finds them.
     """
     handlers: dict[str, Handler] = {}
     for webhook, path in WEBHOOK_PATHS.items():
         handlers[path] = WebhookHandler(webhook, cluster, synced, sync_wait_seconds).handle
         app.router.add_post(path, handlers[path])
     app[ADMISSION_HANDLERS] = handlers
-
-
-class FrontDoor:
-    """The request handler of an app's server: admission reviews first, anything else to the app.
-
-    The API server calls the admission paths on every VM write of the cluster. Through the
-    application each call would be resolved by the router, get its match info and pass the
-    middleware chain: about a tenth of the whole answer's cost on these machines, for nothing
-    those handlers use. A ``POST`` to one of ``admission`` paths goes straight to its handler;
-    every other request (probes, the action API, a wrong method) goes to ``app_handler`` and is
-    answered as the application answers it (404, 405 included).
-
-    It also counts the requests in flight, webhook or not, so a shutdown can wait for them:
-    aiohttp's own graceful shutdown stops reading open connections, cutting off a request whose
-    body is still arriving (``tests/webhook/test_serve.py`` shows it).
-    """
-
-    def __init__(self, app_handler: Handler, admission: Mapping[str, Handler]) -> None:
-        self._app_handler = app_handler
-        self._admission = dict(admission)
-        self.in_flight = 0
-        self._idle: asyncio.Event | None = None  # made by wait_idle: no Event traffic per request until then
-
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        self.in_flight += 1
-        try:
-            # The raw target without its query (the API server adds ?timeout=...): no URL decoding.
-            # A path spelled otherwise (percent-encoded) misses here and the app's router answers it.
-            handler = (self._admission.get(request.raw_path.partition("?")[0])
-                       if request.method == hdrs.METH_POST else None)
-            return await (handler or self._app_handler)(request)
-        finally:
-            self.in_flight -= 1
-            if not self.in_flight and self._idle is not None:
-                self._idle.set()
-
-    async def wait_idle(self, grace_seconds: float) -> bool:
-        """True once no request is in flight; False if ``grace_seconds`` passed first."""
-        if not self.in_flight:
-            return True
-        if self._idle is None:
-            self._idle = asyncio.Event()
-        self._idle.clear()  # set when the count last reached zero: wait for it to get there again
-        try:
-            async with asyncio.timeout(grace_seconds):
-                await self._idle.wait()
-        except TimeoutError:
-            return False
-        return True
-
-
-def open_front_door(runner: web.AppRunner) -> FrontDoor:
-    """Put a :class:`FrontDoor` before the app of ``runner`` (after ``setup()``, before a site starts).
-
-    Connections take the server's handler when they open, so every connection of the sites
-    started afterwards goes through the door.
-    """
-    server = runner.server
-    if server is None:
-        raise RuntimeError("open_front_door: call runner.setup() first")
-    admission: dict[str, Handler] = runner.app.get(ADMISSION_HANDLERS, {})
-    door = FrontDoor(server.request_handler, admission)
-    server.request_handler = door
-    return door
-
-
-def add_health_routes(app: web.Application, readiness: Readiness) -> None:
-    """Mount ``/healthz`` and ``/readyz``."""
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz_handler(readiness))

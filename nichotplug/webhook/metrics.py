@@ -1,4 +1,4 @@
-"""Prometheus metrics of the admission webhooks, and the plain-HTTP ``/metrics`` app.
+"""Prometheus metrics of the admission webhooks (``serving.metrics_app`` serves them on ``/metrics``).
 
 Names follow controller-runtime's webhook metrics so existing dashboards read
 them. Every label value that can occur is created at import ("pre-seeded"), so
@@ -14,10 +14,8 @@ from bisect import bisect_left
 from collections.abc import Iterator, Mapping
 from itertools import accumulate
 
-from aiohttp import web
 from prometheus_client import REGISTRY, Counter, Gauge, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -215,18 +213,6 @@ def seed() -> None:
             BAD_REQUESTS.labels(webhook, bad)
     for result in ("success", "failure"):
         TLS_RELOADS.labels(result)
-
-
-async def _metrics(_: web.Request) -> web.Response:
-    # generate_latest walks every series; with a few hundred it takes well under a millisecond.
-    return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-def metrics_app() -> web.Application:
-    """The plain-HTTP app serving ``GET /metrics`` (on its own port, never on the TLS one)."""
-    app = web.Application()
-    app.router.add_get("/metrics", _metrics)
-    return app
 
 
 # No ``_created`` series: a third of an idle service's lines, and nothing we chart reads them.

@@ -173,7 +173,8 @@ async def serving_webhooks(api: ApiClient, view: ClusterView, folder: Path) -> A
     from kubernetes_asyncio.client import AdmissionregistrationV1Api
 
     from nichotplug.certs import make_bundle
-    from nichotplug.service import build_webhook_app, start_tls_runner
+    from nichotplug.service import build_webhook_app
+    from nichotplug.serving import start_tls_runner
     from nichotplug.webhook.registration import webhook_configurations
 
     bundle = make_bundle(dns_names=["localhost"], ip_addresses=["127.0.0.1"])

@@ -305,6 +305,41 @@ def test_a_failing_listener_does_not_stop_the_others_or_the_cache() -> None:
     assert view.get_vm("default", "vm1") is not None
 
 
+def test_a_completed_list_forgets_what_it_did_not_hold_and_the_view_syncs_once_every_kind_is_listed() -> None:
+    # What a reflector tells the view (kube.reflector.ViewFeed), without a server in between.
+    view = ClusterView()
+    heard: list[tuple[str, str, str]] = []
+    view.add_listener(lambda kind, event_type, obj: heard.append((kind, event_type, obj.name)))
+    for name, mac in (("kept", MAC_A), ("gone", MAC_B)):
+        view.apply_event(VIRTUAL_MACHINE, "ADDED", vm(name, [("nic-1", mac, None)]))
+
+    view.list_completed(VIRTUAL_MACHINE, {("default", "kept")})
+    assert view.get_vm("default", "gone") is None
+    assert owners(view, MAC_B) == set()
+    assert owners(view, MAC_A) == {("default", "kept", "nic-1")}
+    assert heard[-1] == (VIRTUAL_MACHINE, "DELETED", "gone")
+    assert not view.synced.is_set()  # VMIs and NADs are not listed yet
+
+    view.list_completed(VIRTUAL_MACHINE_INSTANCE, set())
+    view.list_completed(NETWORK_ATTACHMENT_DEFINITION, set())
+    assert view.synced.is_set()
+    assert view.relists == 0
+    view.list_completed(VIRTUAL_MACHINE, {("default", "kept")})
+    assert view.relists == 1
+    assert view.get_vm("default", "kept") is not None
+
+
+def test_failed_requests_and_answers_are_counted_per_view() -> None:
+    view = ClusterView()
+    view.request_failed(VIRTUAL_MACHINE)
+    view.request_failed(NETWORK_ATTACHMENT_DEFINITION)
+    before = time.time()
+    view.heard_from(VIRTUAL_MACHINE_INSTANCE)
+    assert view.request_failures == 2
+    assert set(view.last_contact) == {VIRTUAL_MACHINE_INSTANCE}
+    assert view.last_contact[VIRTUAL_MACHINE_INSTANCE] >= before
+
+
 def test_an_update_that_changes_nothing_the_rules_read_wakes_nobody() -> None:
     view = ClusterView()
     heard: list[str] = []

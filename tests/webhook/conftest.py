@@ -12,7 +12,7 @@ from aiohttp import web
 from webhook_support import Served, ServeFn
 
 from nichotplug.certs import CertBundle, make_bundle, write_bundle
-from nichotplug.service import start_tls_runner
+from nichotplug.serving import start_tls_runner
 from nichotplug.webhook.tls import CertReloader
 
 

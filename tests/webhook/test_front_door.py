@@ -18,8 +18,8 @@ from yarl import URL
 
 from nichotplug.rules.cluster import StaticCluster
 from nichotplug.service import build_webhook_app
+from nichotplug.serving import open_front_door
 from nichotplug.webhook.codec import encode_allowed, encode_review
-from nichotplug.webhook.http import open_front_door
 from nichotplug.webhook.registration import MUTATION_PATH, VALIDATION_PATH
 
 JSON = {"Content-Type": "application/json"}

@@ -14,8 +14,7 @@ from webhook_support import ServeFn, admission_review, vm
 from nichotplug.rules.cluster import StaticCluster
 from nichotplug.rules.decision import REASONS
 from nichotplug.service import build_webhook_app
-from nichotplug.webhook.http import Readiness
-from nichotplug.webhook.metrics import metrics_app
+from nichotplug.serving import Readiness, metrics_app
 from nichotplug.webhook.tls import CertReloader
 
 

@@ -16,7 +16,7 @@ from prometheus_client.samples import Sample
 
 import nichotplug.service  # noqa: F401  (serve imports every module that registers metrics)
 from nichotplug.controller.metrics import AuditGauge
-from nichotplug.webhook.metrics import metrics_app
+from nichotplug.serving import metrics_app
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -13,8 +13,8 @@ from aiohttp import web
 
 from nichotplug.rules.cluster import MacOwner
 from nichotplug.rules.views import NadView, VmiView
+from nichotplug.serving import FrontDoor
 from nichotplug.testing.fixtures import SHARED_FIXTURES
-from nichotplug.webhook.http import FrontDoor
 
 FIXTURES = SHARED_FIXTURES / "admission"
 
