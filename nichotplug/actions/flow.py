@@ -250,7 +250,7 @@ class HotplugFlow:
     async def find_hotunpluggable_nics(self, namespace: str, name: str) -> ActionResult:
         """The interfaces that may be unplugged now ([] when the VM is not eligible)."""
         state = await read_vm_state(self._api, namespace, name)
-        return ActionResult(interfaces=tuple(plan.find_hotunpluggable(state.vm, state.vmi, state.cluster)))
+        return ActionResult(interfaces=tuple(plan.find_hotunpluggable(state.vm, state.vmi)))
 
     async def run(self, action: str, namespace: str, name: str, body: Mapping[str, Any]) -> ActionResult:
         """Dispatch by action name; an unknown action is a 400."""

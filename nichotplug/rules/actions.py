@@ -317,12 +317,13 @@ def _interface_index(vm: Mapping[str, Any], name: str) -> int | None:
     return None
 
 
-def interface_unplug_problem(vm: VmView, name: str, cluster: ClusterState) -> str | None:
+def interface_unplug_problem(vm: VmView, name: str) -> str | None:
     """Why the named interface cannot be hot-unplugged (VM eligibility aside), or None if it can.
 
-    Unknown, already absent, the last interface, not bridge/virtio, not on a hot-pluggable NAD.
+    Unknown, already absent, the last interface, not bridge/virtio, not multus (every reason at
+    once). Its NAD is not asked: a NIC whose network was deleted or changed stays removable.
     """
-    return unplug_problem(vm, name, cluster)
+    return unplug_problem(vm, name)
 
 
 def plan_remove_nic(
@@ -349,7 +350,7 @@ def plan_remove_nic(
     index = _interface_index(vm, name)
     if index is None:
         return ActionRefusal(404, NOT_FOUND, f"{_vm_label(vm_view)} has no interface named {name!r}")
-    problem = interface_unplug_problem(vm_view, name, cluster)
+    problem = interface_unplug_problem(vm_view, name)
     if problem is not None:
         return ActionRefusal(409, NOT_HOTUNPLUGGABLE, problem)
     state_path = "/" + "/".join((*_INTERFACES_PATH, str(index), "state"))
@@ -360,7 +361,7 @@ def plan_remove_nic(
     ]
 
 
-def find_hotunpluggable(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None, cluster: ClusterState) -> list[str]:
+def find_hotunpluggable(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None) -> list[str]:
     """Names of the interfaces the UI may offer to unplug: [] when the VM is not eligible."""
     views = _views(vm, vmi)
     if isinstance(views, ActionRefusal):
@@ -368,4 +369,4 @@ def find_hotunpluggable(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None, cl
     vm_view, vmi_view = views
     if eligibility_problems(vm_view, vmi_view):
         return []
-    return list(hotunpluggable_interfaces(vm_view, cluster))
+    return list(hotunpluggable_interfaces(vm_view))

@@ -251,7 +251,7 @@ def test_ineligible_vm_refuses_both_writes_with_409(machine: dict[str, Any], ins
         assert (result.status, result.code) == (409, actions.NOT_ELIGIBLE)
         assert words in result.message
         assert "default/vm1" in result.message
-    assert actions.find_hotunpluggable(machine, instance, state) == []
+    assert actions.find_hotunpluggable(machine, instance) == []
 
 
 def test_every_ineligibility_reason_is_reported_at_once() -> None:
@@ -330,15 +330,26 @@ def shapes_cluster(machine: dict[str, Any]) -> StaticCluster:
     return StaticCluster(vms=[machine], vmis=[vmi()], nads=[nad(), nad("ovn1", config=KUBE_OVN_CONFIG)])
 
 
-def test_find_hotunpluggable_lists_only_bridge_virtio_on_bridge_nads() -> None:
+def test_find_hotunpluggable_lists_bridge_virtio_multus_nics_whatever_their_network_became() -> None:
+    # overlay (its NAD is now kube-ovn) and nonad (its NAD was deleted) stay removable: harvester#8293.
     machine = shapes_vm()
-    assert actions.find_hotunpluggable(machine, vmi(), shapes_cluster(machine)) == ["br-virtio", "br-nomodel"]
+    assert actions.find_hotunpluggable(machine, vmi()) == ["br-virtio", "br-nomodel", "overlay", "nonad"]
+
+
+@pytest.mark.parametrize("name", ["overlay", "nonad"])
+def test_remove_nic_of_an_interface_whose_network_is_gone_or_changed_is_planned(name: str) -> None:
+    machine = shapes_vm()
+    ops = plan_remove_nic(machine, vmi(), {"interfaceName": name}, shapes_cluster(machine))
+    interfaces = machine["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"]
+    index = [item["name"] for item in interfaces].index(name)
+    assert isinstance(ops, list)
+    assert ops[1:] == [{"op": "add", "path": f"/spec/template/spec/domain/devices/interfaces/{index}/state",
+                        "value": "absent"}]
 
 
 @pytest.mark.parametrize(("name", "words"), [
     ("default", "masquerade binding"), ("sriov1", "sriov binding"), ("e1000", "model e1000"),
-    ("gone", "already being unplugged"), ("podbr", "not on a multus network"), ("overlay", "kube-ovn"),
-    ("nonad", "does not exist"),
+    ("gone", "already being unplugged"), ("podbr", "not on a multus network"),
 ])
 def test_remove_nic_refuses_what_is_not_hotunpluggable_with_409(name: str, words: str) -> None:
     machine = shapes_vm()
@@ -350,7 +361,7 @@ def test_remove_nic_refuses_what_is_not_hotunpluggable_with_409(name: str, words
 def test_one_nic_vm_cannot_unplug_its_last_interface() -> None:
     machine = vm(interfaces=[iface("nic-1", mac="02:00:00:00:00:02")], networks=[multus_net("nic-1", "vlan1")])
     state = cluster(machine)
-    assert actions.find_hotunpluggable(machine, vmi(), state) == []
+    assert actions.find_hotunpluggable(machine, vmi()) == []
     result = refusal(plan_remove_nic(machine, vmi(), {"interfaceName": "nic-1"}, state))
     assert (result.status, result.code) == (409, actions.NOT_HOTUNPLUGGABLE)
     assert "only interface" in result.message
@@ -369,7 +380,7 @@ def test_unreadable_vm_is_refused_not_crashed() -> None:
                                   StaticCluster(nads=[nad()])))
     assert result.status == 409
     assert "interfaces must be an array" in result.message
-    assert actions.find_hotunpluggable(machine, vmi(), StaticCluster()) == []
+    assert actions.find_hotunpluggable(machine, vmi()) == []
 
 
 # -- arbitrary bodies -------------------------------------------------------------------------------
