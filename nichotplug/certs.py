@@ -127,6 +127,42 @@ def make_serving_cert(
     return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
 
+def make_client_cert(
+    ca_cert_pem: bytes,
+    ca_key_pem: bytes,
+    *,
+    common_name: str,
+    organizations: Sequence[str] = (),
+    valid_for: datetime.timedelta = datetime.timedelta(days=365),
+) -> tuple[bytes, bytes]:
+    """A TLS client certificate signed by the CA: (cert PEM, key PEM).
+
+    Kubernetes reads the CN as the user name and each O as a group; a front-proxy (aggregation
+    layer) client is recognised by its CN.
+    """
+    ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
+    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError("the CA key must be an EC private key")
+    key = _new_key()
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64])]
+    subject += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, group) for group in organizations]
+    start = _now() - datetime.timedelta(minutes=5)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(subject))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + valid_for)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
 def make_bundle(
     *,
     dns_names: Sequence[str],

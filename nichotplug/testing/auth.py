@@ -68,6 +68,7 @@ class ResourceRequest:
 
 
 VIEWER_TOKEN = "viewer-token"
+NOBODY_TOKEN = "nobody-token"  # authenticated, no rights (made on first use)
 DEFAULT_USERS: Mapping[str, UserInfo] = {
     VIEWER_TOKEN: UserInfo(username="viewer", uid="viewer-uid", groups=(AUTHENTICATED,)),
 }

@@ -35,6 +35,8 @@ from nichotplug.testing import admission, discovery, openapi, patching, tables, 
 from nichotplug.testing.auth import (
     DEFAULT_RBAC,
     DEFAULT_USERS,
+    NOBODY_TOKEN,
+    VIEWER_TOKEN,
     Authenticator,
     Authorizer,
     ResourceRequest,
@@ -141,6 +143,8 @@ class ApiServer:
     a watch can resume across before it gets 410 Expired. The admin token is generated per server.
     """
 
+    kind = "inprocess"  # which server a test runs on (the real one says "real")
+
     def __init__(
         self,
         users: Mapping[str, UserInfo] | None = None,
@@ -197,6 +201,18 @@ class ApiServer:
     @property
     def resources(self) -> list[ResourceInfo]:
         return list(self._resources.values())
+
+    @property
+    def viewer_token(self) -> str:
+        """A user who may read everything and write nothing."""
+        return VIEWER_TOKEN
+
+    @property
+    def nobody_token(self) -> str:
+        """An authenticated user with no rights at all."""
+        if NOBODY_TOKEN not in self.authn.tokens:
+            self.authn.add(NOBODY_TOKEN, "nobody")
+        return NOBODY_TOKEN
 
     def add_user(self, token: str, username: str, groups: Sequence[str] = ()) -> UserInfo:
         return self.authn.add(token, username, groups)
@@ -326,6 +342,7 @@ class ApiServer:
             self._unregister(old)
         for info in resources_from_crd(crd):
             self._resources[(info.group, info.version, info.plural)] = info
+            self.store.open_window((info.group, info.plural))
         self._storage_versions.clear()
         return self.store.put(CRD_GR, crd)
 

@@ -92,6 +92,14 @@ class Store:
         self._evicted_up_to = 0  # every event after this resourceVersion is still in the history
         self._watchers: set[Watcher] = set()
         self.resource_version = 0
+        # Where each resource's watch window starts: kube-apiserver's watch cache for a resource begins
+        # at the revision it was set up (server start, CRD established), so a watch from an older
+        # resourceVersion gets 410 Expired even when nothing of that resource changed since.
+        self._window_start: dict[GroupResource, int] = {}
+
+    def open_window(self, gr: GroupResource) -> None:
+        """Start the resource's watch window at the current revision (its watch cache was just set up)."""
+        self._window_start[gr] = self.resource_version
 
     # -- reads ---------------------------------------------------------------------------------
     def get(self, gr: GroupResource, namespace: str, name: str) -> dict[str, Any] | None:
@@ -199,8 +207,9 @@ class Store:
             bucket = self._entries.get(gr, {})
             initial = [StoreEvent(0, gr, key[0], ADDED, bucket[key]) for key in self.keys(gr, namespace)]
         else:
-            if since < self._evicted_up_to:
-                raise TooOld(self._evicted_up_to + 1)
+            oldest = max(self._evicted_up_to, self._window_start.get(gr, 0))
+            if since < oldest:
+                raise TooOld(oldest + 1)
             initial = [event for event in self._history if event.resource_version > since and watcher.wants(event)]
         self._watchers.add(watcher)
         return watcher, initial

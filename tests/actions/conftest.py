@@ -1,4 +1,4 @@
-"""Fixtures: the action API served over real TLS by aiohttp, in front of the in-process API server."""
+"""Fixtures: the action API served over real TLS by aiohttp, in front of an API server (``cluster_server``)."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ StartActions = Callable[..., Awaitable[ActionClient]]
 
 
 @pytest.fixture
-async def start_actions(aiohttp_server: Any, api_client: ApiClient, apiserver: Any,
+async def start_actions(aiohttp_server: Any, api_client: ApiClient, cluster_server: Any,
                         serving_bundle: CertBundle) -> AsyncIterator[StartActions]:
     """``await start_actions(migrate=True)``: the action API on its own TLS port; a client for it."""
     sessions: list[aiohttp.ClientSession] = []
@@ -83,7 +83,7 @@ async def start_actions(aiohttp_server: Any, api_client: ApiClient, apiserver: A
         server = await aiohttp_server(app, ssl=server_context(serving_bundle))
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context(serving_bundle)))
         sessions.append(session)
-        return ActionClient(str(server.make_url("")).rstrip("/"), session, apiserver.admin_token)
+        return ActionClient(str(server.make_url("")).rstrip("/"), session, cluster_server.admin_token)
 
     yield start
     for session in sessions:

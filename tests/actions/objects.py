@@ -12,6 +12,7 @@ import asyncio
 from typing import Any
 
 from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi, RbacAuthorizationV1Api
+from kubernetes_asyncio.client.exceptions import ApiException
 from rules.rules_factory import KUBE_OVN_CONFIG, iface, multus_net, nad, pod_net, vm, vmi
 
 __all__ = [
@@ -99,3 +100,12 @@ async def wait_for(predicate: Any, *, attempts: int = 200) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("condition not reached")
+
+
+async def ensure_namespace(api: ApiClient, name: str) -> None:
+    """Create a namespace unless it exists (a real API server keeps them for the whole session)."""
+    try:
+        await CoreV1Api(api).create_namespace({"metadata": {"name": name}})
+    except ApiException as error:
+        if error.status != 409:
+            raise

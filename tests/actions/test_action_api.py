@@ -1,5 +1,6 @@
-"""The action API end to end: real HTTPS to our aiohttp app, real HTTPS from it to the in-process
-Kubernetes API server, with the caller's token, RBAC, JSON Patch, admission webhooks and faults."""
+"""The action API end to end: real HTTPS to our aiohttp app, real HTTPS from it to a Kubernetes API
+server (the in-process one, and the real one for tests that need no fault injection), with the
+caller's token, RBAC, JSON Patch, admission webhooks and faults."""
 
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ from .objects import (
     vmi,
     wait_for,
 )
+
+# The action API's behaviour holds on the real kube-apiserver too (tests naming `apiserver` inject faults).
+pytestmark = pytest.mark.both_servers
 
 ERROR_KEYS = {"type", "status", "code", "message"}
 
@@ -290,27 +294,25 @@ async def test_a_token_the_api_server_rejects_is_401(actions_client: ActionClien
 
 
 async def test_rbac_that_forbids_the_patch_is_403_from_the_api_server(
-        actions_client: ActionClient, api_client: ApiClient, apiserver: Any, running_vm: dict[str, Any]) -> None:
-    apiserver.add_user("viewer-token", "viewer", ())
-    await grant(api_client, "default", "viewer", [
+        actions_client: ActionClient, api_client: ApiClient, cluster_server: Any, running_vm: dict[str, Any]) -> None:
+    viewer = cluster_server.nobody_token  # an authenticated user granted only what follows
+    await grant(api_client, "default", "nobody", [
         {"apiGroups": ["kubevirt.io"], "resources": ["virtualmachines", "virtualmachineinstances"],
          "verbs": ["get", "list"]},
         {"apiGroups": ["k8s.cni.cncf.io"], "resources": ["network-attachment-definitions"], "verbs": ["get"]},
     ])
-    viewer_can_read = await actions_client.post("default", "vm1", "findHotunpluggableNics", token="viewer-token")
+    viewer_can_read = await actions_client.post("default", "vm1", "findHotunpluggableNics", token=viewer)
     assert (viewer_can_read.status, viewer_can_read.body) == (200, {"interfaces": ["nic-1"]})
-    answer = await actions_client.post("default", "vm1", "removeNic", {"interfaceName": "nic-1"},
-                                       token="viewer-token")
-    assert_error(answer, 403, "Forbidden", 'User "viewer" cannot patch resource "virtualmachines"')
+    answer = await actions_client.post("default", "vm1", "removeNic", {"interfaceName": "nic-1"}, token=viewer)
+    assert_error(answer, 403, "Forbidden", 'User "nobody" cannot patch resource "virtualmachines"')
     await unchanged(api_client, running_vm)
     assert await migrations(api_client, "default") == []
 
 
 async def test_rbac_that_forbids_reading_the_vm_is_403(actions_client: ActionClient, api_client: ApiClient,
-                                                      apiserver: Any, running_vm: dict[str, Any]) -> None:
-    apiserver.add_user("stranger-token", "stranger", ())
-    answer = await actions_client.post("default", "vm1", "findHotunpluggableNics", token="stranger-token")
-    assert_error(answer, 403, "Forbidden", 'User "stranger" cannot get resource "virtualmachines"')
+                                                      cluster_server: Any, running_vm: dict[str, Any]) -> None:
+    answer = await actions_client.post("default", "vm1", "findHotunpluggableNics", token=cluster_server.nobody_token)
+    assert_error(answer, 403, "Forbidden", 'User "nobody" cannot get resource "virtualmachines"')
 
 
 # -- races, webhooks, faults ------------------------------------------------------------------------

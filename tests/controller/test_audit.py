@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from kubernetes_asyncio.client import ApiClient, CustomObjectsApi
 from prometheus_client import REGISTRY
 
@@ -12,6 +13,9 @@ from nichotplug.rules.cluster import StaticCluster
 from nichotplug.rules.views import VmView
 
 from .conftest import MAC_A, MAC_B, NS, Cluster, running_controller, vm_body, wait_for
+
+# Cluster-level behaviour holds on the real kube-apiserver too (tests naming `apiserver` use its fault injection).
+pytestmark = pytest.mark.both_servers
 
 
 def nad(name: str, cluster_network: str | None) -> dict[str, Any]:

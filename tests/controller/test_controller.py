@@ -16,6 +16,9 @@ from nichotplug.webhook.registration import VALIDATING_WEBHOOK
 
 from .conftest import MAC_A, MAC_B, MAC_C, Cluster, kubectl, running_controller, vm_body, vmi_body, wait_for
 
+# Cluster-level behaviour holds on the real kube-apiserver too (tests naming `apiserver` use its fault injection).
+pytestmark = pytest.mark.both_servers
+
 
 def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0

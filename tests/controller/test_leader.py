@@ -7,12 +7,16 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from kubernetes_asyncio.client import ApiClient
 from prometheus_client import REGISTRY
 
 from nichotplug.controller import MacController, run_controller
 
 from .conftest import MAC_A, MAC_B, Cluster, started_view, vm_body, wait_for
+
+# Cluster-level behaviour holds on the real kube-apiserver too (tests naming `apiserver` use its fault injection).
+pytestmark = pytest.mark.both_servers
 
 LEASE = {"lease_duration": 2.0, "renew_deadline": 1.5, "retry_period": 0.2}
 LEASE_PATH = r"/apis/coordination\.k8s\.io/v1/namespaces/default/leases/nichotplug-controller"

@@ -1,5 +1,6 @@
-"""nichotplug end to end: the real ``nichotplug serve`` process, registered with the in-process
-API server, driven by the real ``kubectl`` as an operator drives it.
+"""nichotplug end to end: the real ``nichotplug serve`` process, registered with an API server (the
+in-process one and a real kube-apiserver: ``any_apiserver``), driven by the real ``kubectl`` as an
+operator drives it.
 
 The service runs as a subprocess with certificates from ``nichotplug certs``; the API server calls
 its webhooks over verified TLS. What is asserted is what the operator sees: the MACs kubectl shows,
@@ -26,6 +27,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from nichotplug.testing.envtest import RealApiServer
 from nichotplug.testing.server import ApiServer
 from nichotplug.webhook.registration import VALIDATING_WEBHOOK, webhook_configurations
 
@@ -53,7 +55,7 @@ async def run(*argv: str, env: dict[str, str] | None = None, limit_seconds: floa
 
 @dataclass
 class Cluster:
-    server: ApiServer
+    server: ApiServer | RealApiServer
     kubeconfig: Path
     workdir: Path
 
@@ -110,9 +112,9 @@ async def wait_ready(url: str, ca_file: Path, process: asyncio.subprocess.Proces
 
 
 @pytest_asyncio.fixture
-async def cluster(apiserver: ApiServer, tmp_path: Path) -> AsyncIterator[Cluster]:
+async def cluster(any_apiserver: ApiServer | RealApiServer, tmp_path: Path) -> AsyncIterator[Cluster]:
     """The API server with nichotplug serving (as a process) and registered, plus two networks."""
-    kubeconfig = apiserver.write_kubeconfig(tmp_path / "kubeconfig")
+    kubeconfig = any_apiserver.write_kubeconfig(tmp_path / "kubeconfig")
     certs = tmp_path / "certs"
     made = await run(sys.executable, "-m", "nichotplug", "certs", "--out", str(certs), "--ip", "127.0.0.1")
     assert made.returncode == 0, made.stderr
@@ -125,7 +127,7 @@ async def cluster(apiserver: ApiServer, tmp_path: Path) -> AsyncIterator[Cluster
     try:
         url = f"https://127.0.0.1:{port}"
         await wait_ready(url, certs / "ca.crt", process)
-        state = Cluster(apiserver, kubeconfig, tmp_path)
+        state = Cluster(any_apiserver, kubeconfig, tmp_path)
         for config in webhook_configurations("nichotplug", url=url, ca_bundle=(certs / "ca.crt").read_bytes()):
             applied = await state.apply(config)
             assert applied.returncode == 0, applied.stderr

@@ -14,6 +14,7 @@ import pytest
 from actions.objects import (
     create_nad,
     create_running_vm,
+    ensure_namespace,
     iface,
     migrations,
     multus_net,
@@ -24,9 +25,10 @@ from actions.objects import (
     vm,
     vmi,
 )
-from kubernetes_asyncio.client import ApiClient, CoreV1Api
+from kubernetes_asyncio.client import ApiClient
 
-pytestmark = pytest.mark.kubectl
+# kubectl and the plugin against both API servers (the real one too: what users run).
+pytestmark = [pytest.mark.kubectl, pytest.mark.both_servers]
 
 VENV_BIN = Path(sys.executable).parent  # where the kubectl-nichotplug console script is installed
 
@@ -81,7 +83,7 @@ async def test_add_nic_with_a_generated_name_and_mac(kubeconfig: Path, home: Pat
 
 
 async def test_add_nic_with_name_mac_and_namespace_flags(kubeconfig: Path, home: Path, api_client: ApiClient) -> None:
-    await CoreV1Api(api_client).create_namespace({"metadata": {"name": "tenant"}})
+    await ensure_namespace(api_client, "tenant")
     await create_nad(api_client, nad(namespace="tenant"))
     await create_running_vm(api_client, vm("web", "tenant", networks=[
         {"name": "default", "pod": {}}, multus_net("nic-1", "vlan1")]), vmi("web", "tenant"))
@@ -94,13 +96,13 @@ async def test_add_nic_with_name_mac_and_namespace_flags(kubeconfig: Path, home:
     assert await migrations(api_client, "tenant") == []
 
 
-async def test_namespace_comes_from_the_kubeconfig_context(apiserver: Any, tmp_path: Path, home: Path,
+async def test_namespace_comes_from_the_kubeconfig_context(cluster_server: Any, tmp_path: Path, home: Path,
                                                           api_client: ApiClient) -> None:
-    await CoreV1Api(api_client).create_namespace({"metadata": {"name": "tenant"}})
+    await ensure_namespace(api_client, "tenant")
     await create_nad(api_client, nad(namespace="tenant"))
     await create_running_vm(api_client, vm("web", "tenant", networks=[
         {"name": "default", "pod": {}}, multus_net("nic-1", "vlan1")]), vmi("web", "tenant"))
-    tenant_config = apiserver.write_kubeconfig(tmp_path / "tenant.yaml", namespace="tenant")
+    tenant_config = cluster_server.write_kubeconfig(tmp_path / "tenant.yaml", namespace="tenant")
     run = await kubectl("nichotplug", "check", "web", kubeconfig=tenant_config, home=home)
     assert (run.code, run.out.strip()) == (0, "VM tenant/web is eligible for NIC hot-plug and hot-unplug")
 

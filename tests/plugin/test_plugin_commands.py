@@ -28,6 +28,9 @@ from kubernetes_asyncio.client import ApiClient
 from nichotplug.actions.commands import run as run_command
 from nichotplug.plugin import build_parser
 
+# The plugin's behaviour holds on the real kube-apiserver too (tests naming `apiserver` inject faults).
+pytestmark = pytest.mark.both_servers
+
 
 @dataclass
 class Run:
@@ -130,17 +133,16 @@ async def test_refused_remove_nic_points_to_list(kubeconfig: Path, running_vm: d
 
 
 
-async def test_rbac_refusal_is_shown_with_a_hint(apiserver: Any, tmp_path: Path, api_client: ApiClient,
+async def test_rbac_refusal_is_shown_with_a_hint(cluster_server: Any, tmp_path: Path, api_client: ApiClient,
                                                  running_vm: dict[str, Any]) -> None:
-    apiserver.add_user("viewer-token", "viewer", ())
-    await grant(api_client, "default", "viewer", [
+    await grant(api_client, "default", "nobody", [
         {"apiGroups": ["kubevirt.io"], "resources": ["virtualmachines", "virtualmachineinstances"], "verbs": ["get"]},
         {"apiGroups": ["k8s.cni.cncf.io"], "resources": ["network-attachment-definitions"], "verbs": ["get"]},
     ])
-    viewer = apiserver.write_kubeconfig(tmp_path / "viewer.yaml", token="viewer-token")
-    run = await plugin("remove-nic", "vm1", "--interface", "nic-1", kubeconfig=viewer)
+    reader = cluster_server.write_kubeconfig(tmp_path / "reader.yaml", token=cluster_server.nobody_token)
+    run = await plugin("remove-nic", "vm1", "--interface", "nic-1", kubeconfig=reader)
     assert run.code == 1
-    assert 'User "viewer" cannot patch resource "virtualmachines"' in run.err
+    assert 'User "nobody" cannot patch resource "virtualmachines"' in run.err
     assert "hint: ask your cluster administrator" in run.err
     assert spec_interfaces(await read_vm(api_client, "default", "vm1"))[1].get("state") is None
 
@@ -165,10 +167,10 @@ async def test_a_missing_kubeconfig_file_given_explicitly_exits_2(tmp_path: Path
 
 
 async def test_namespace_and_context_come_from_kubeconfig_env(
-        apiserver: Any, api_client: ApiClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        cluster_server: Any, api_client: ApiClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     await create_nad(api_client, nad())
     await create_running_vm(api_client, vm(), vmi())
-    monkeypatch.setenv("KUBECONFIG", str(apiserver.write_kubeconfig(tmp_path / "env.yaml", namespace="default")))
+    monkeypatch.setenv("KUBECONFIG", str(cluster_server.write_kubeconfig(tmp_path / "env.yaml", namespace="default")))
     result = await plugin("check", "vm1", kubeconfig=None)
     assert (result.code, result.out.strip()) == (0, "VM default/vm1 is eligible for NIC hot-plug and hot-unplug")
 
