@@ -57,7 +57,7 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
-from nichotplug.rules.cluster import ClusterState, MacOwner, owner_scope
+from nichotplug.rules.cluster import ClusterState, MacOwner, other_holder, owner_scope
 from nichotplug.rules.decision import Decision, JsonPatchOp
 from nichotplug.rules.diff import InterfaceDiff, diff_interfaces
 from nichotplug.rules.eligibility import (
@@ -329,15 +329,7 @@ def _check_duplicates(vm: MacClaimant, claims: list[MacClaim], changed: set[str]
 
 
 def _colliding_owner(vm: MacClaimant, mac: str, scope: str, cluster: ClusterState) -> MacOwner | None:
-    owners = cluster.owners_of_mac(mac)
-    if not owners:
-        return None
-    for owner in sorted(owners):  # sorted: the same request always names the same owner
-        if (owner.namespace, owner.vm) == (vm.namespace, vm.name):
-            continue  # the index holds this VM's previous state; the request object supersedes it
-        if owner_scope(owner.nad, cluster) == scope:
-            return owner
-    return None
+    return other_holder(vm.namespace, vm.name, mac, scope, cluster)
 
 
 def _check_collisions(vm: MacClaimant, claims: list[MacClaim], changed: set[str],

@@ -560,3 +560,55 @@ def test_a_spec_edit_rechecks_every_spec_mac() -> None:
     new = copy.deepcopy(old)
     new["spec"]["template"]["spec"]["domain"]["cpu"]["cores"] = 2
     assert validate(new, old).reason == "invalid-mac"
+
+
+# -- a spec MAC outranks an annotation claim (issue 14, harvester#9788) ----------------------------
+
+CLASH_MAC = "02:12:34:56:78:9c"
+CLASH_NADS = [nad("vlan1", namespace="ns", cluster_network="mgmt"),
+              nad("vlan2", namespace="ns", cluster_network="data")]
+
+
+def stopped_vm(name: str, macs: dict[str, str | None], nic1_network: str = "ns/vlan1",
+               annotation: str | None = None, **kwargs: Any) -> dict[str, Any]:
+    return vm(name, "ns", interfaces=[iface("default", binding="masquerade", mac=macs["default"]),
+                                      iface("nic-1", mac=macs["nic-1"])],
+              networks=[pod_net(), multus_net("nic-1", nic1_network)], run_strategy="Halted",
+              printable_status="Stopped",
+              annotations={"harvesterhci.io/mac-address": annotation} if annotation else None, **kwargs)
+
+
+CLASH_ANNOTATION = f'{{"default": "52:54:00:00:03:01", "nic-1": "{CLASH_MAC}"}}'
+OLD_CLASH = stopped_vm("old-clash", {"default": None, "nic-1": None}, annotation=CLASH_ANNOTATION)
+
+
+def validate_clash(new: Any, old: Any, nic1_network_of_owner: str = "ns/vlan1") -> Decision:
+    owner = stopped_vm("old-owner", {"default": "52:54:00:00:02:01", "nic-1": CLASH_MAC}, nic1_network_of_owner)
+    cluster = StaticCluster(vms=[owner, old], nads=CLASH_NADS)
+    return validate_vm(AdmissionInput("UPDATE", "ns", "old-clash", new, old), cluster)
+
+
+def test_writing_a_mac_another_vm_holds_in_its_spec_is_denied_whatever_the_writers_annotation_says() -> None:
+    backfilled = stopped_vm("old-clash", {"default": "52:54:00:00:03:01", "nic-1": CLASH_MAC},
+                            annotation=CLASH_ANNOTATION)
+    assert validate_clash(backfilled, OLD_CLASH) == Decision.deny(
+        409, f"VM ns/old-clash: mac address {CLASH_MAC} of interface nic-1 is already used by ns/old-owner interface "
+             "nic-1 on cluster network mgmt", "mac-collision")
+
+
+def test_the_same_mac_on_another_cluster_network_may_be_written() -> None:
+    backfilled = stopped_vm("old-clash", {"default": "52:54:00:00:03:01", "nic-1": CLASH_MAC},
+                            annotation=CLASH_ANNOTATION)
+    assert validate_clash(backfilled, OLD_CLASH, nic1_network_of_owner="ns/vlan2").allowed
+
+
+def test_the_vm_whose_recorded_mac_is_taken_is_not_stuck() -> None:
+    relabelled = stopped_vm("old-clash", {"default": None, "nic-1": None}, annotation=CLASH_ANNOTATION,
+                            labels={"team": "blue"})
+    partly_backfilled = stopped_vm("old-clash", {"default": "52:54:00:00:03:01", "nic-1": None},
+                                   annotation=CLASH_ANNOTATION)
+    started = copy.deepcopy(partly_backfilled)
+    started["spec"]["runStrategy"] = "Always"
+    started["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"][1]["macAddress"] = "02:aa:bb:cc:dd:01"
+    assert [validate_clash(new, old).allowed for new, old in [
+        (relabelled, OLD_CLASH), (partly_backfilled, OLD_CLASH), (started, partly_backfilled)]] == [True, True, True]
