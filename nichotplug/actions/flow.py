@@ -244,7 +244,7 @@ class HotplugFlow:
     async def remove_nic(self, namespace: str, name: str, body: Mapping[str, Any]) -> ActionResult:
         """Hot-unplug the named interface (``state: absent``)."""
         state = await read_vm_state(self._api, namespace, name, known_macs=self._known_macs)
-        ops = _planned(plan.plan_remove_nic(state.vm, state.vmi, body, state.cluster))
+        ops = _planned(plan.plan_remove_nic(state.vm, state.vmi, body))
         return await self._write_and_migrate(state.vm, ops, str(body.get("interfaceName", "")))
 
     async def find_hotunpluggable_nics(self, namespace: str, name: str) -> ActionResult:

@@ -330,7 +330,6 @@ def plan_remove_nic(
     vm: Mapping[str, Any],
     vmi: Mapping[str, Any] | None,
     body: Mapping[str, Any],
-    cluster: ClusterState,
 ) -> list[JsonPatchOp] | ActionRefusal:
     """The JSON Patch that sets the named interface ``state: absent``, or why it is refused.
 

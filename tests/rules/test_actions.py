@@ -246,7 +246,7 @@ def test_ineligible_vm_refuses_both_writes_with_409(machine: dict[str, Any], ins
                                                      words: str) -> None:
     state = StaticCluster(vms=[machine], vmis=[instance] if instance else [], nads=[nad()])
     added = refusal(plan_add_nic(machine, instance, {"interfaceName": "dynif1", "networkName": "vlan1"}, state))
-    removed = refusal(plan_remove_nic(machine, instance, {"interfaceName": "nic-1"}, state))
+    removed = refusal(plan_remove_nic(machine, instance, {"interfaceName": "nic-1"}))
     for result in (added, removed):
         assert (result.status, result.code) == (409, actions.NOT_ELIGIBLE)
         assert words in result.message
@@ -273,7 +273,7 @@ def test_bad_body_is_reported_before_ineligibility() -> None:
 
 def test_remove_nic_adds_state_absent() -> None:
     machine = vm()
-    patch = ops(plan_remove_nic(machine, vmi(), {"interfaceName": "nic-1"}, cluster(machine)))
+    patch = ops(plan_remove_nic(machine, vmi(), {"interfaceName": "nic-1"}))
     assert patch[0] == {"op": "test", "path": "/metadata/resourceVersion", "value": "100"}
     patched = jsonpatch.apply_patch(machine, patch)
     assert interfaces_of(patched)[1] == {**interfaces_of(machine)[1], "state": "absent"}
@@ -283,14 +283,14 @@ def test_remove_nic_adds_state_absent() -> None:
 
 def test_remove_nic_replaces_an_existing_state() -> None:
     machine = vm(interfaces=[*vm_interfaces()[:1], iface("nic-1", mac="02:00:00:00:00:02", state="up")])
-    patch = ops(plan_remove_nic(machine, vmi(), {"interfaceName": "nic-1"}, cluster(machine)))
+    patch = ops(plan_remove_nic(machine, vmi(), {"interfaceName": "nic-1"}))
     assert patch[1]["op"] == "replace"
     assert interfaces_of(jsonpatch.apply_patch(machine, patch))[1]["state"] == "absent"
 
 
 def test_remove_unknown_interface_is_404() -> None:
     machine = vm()
-    result = refusal(plan_remove_nic(machine, vmi(), {"interfaceName": "nic-9"}, cluster(machine)))
+    result = refusal(plan_remove_nic(machine, vmi(), {"interfaceName": "nic-9"}))
     assert (result.status, result.code) == (404, actions.NOT_FOUND)
 
 
@@ -300,7 +300,7 @@ def test_remove_unknown_interface_is_404() -> None:
 ])
 def test_bad_remove_nic_body_is_422(body: dict[str, Any], code: str) -> None:
     machine = vm()
-    result = refusal(plan_remove_nic(machine, vmi(), body, cluster(machine)))
+    result = refusal(plan_remove_nic(machine, vmi(), body))
     assert (result.status, result.code) == (422, code)
 
 
@@ -339,7 +339,7 @@ def test_find_hotunpluggable_lists_bridge_virtio_multus_nics_whatever_their_netw
 @pytest.mark.parametrize("name", ["overlay", "nonad"])
 def test_remove_nic_of_an_interface_whose_network_is_gone_or_changed_is_planned(name: str) -> None:
     machine = shapes_vm()
-    ops = plan_remove_nic(machine, vmi(), {"interfaceName": name}, shapes_cluster(machine))
+    ops = plan_remove_nic(machine, vmi(), {"interfaceName": name})
     interfaces = machine["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"]
     index = [item["name"] for item in interfaces].index(name)
     assert isinstance(ops, list)
@@ -353,16 +353,15 @@ def test_remove_nic_of_an_interface_whose_network_is_gone_or_changed_is_planned(
 ])
 def test_remove_nic_refuses_what_is_not_hotunpluggable_with_409(name: str, words: str) -> None:
     machine = shapes_vm()
-    result = refusal(plan_remove_nic(machine, vmi(), {"interfaceName": name}, shapes_cluster(machine)))
+    result = refusal(plan_remove_nic(machine, vmi(), {"interfaceName": name}))
     assert (result.status, result.code) == (409, actions.NOT_HOTUNPLUGGABLE)
     assert words in result.message
 
 
 def test_one_nic_vm_cannot_unplug_its_last_interface() -> None:
     machine = vm(interfaces=[iface("nic-1", mac="02:00:00:00:00:02")], networks=[multus_net("nic-1", "vlan1")])
-    state = cluster(machine)
     assert actions.find_hotunpluggable(machine, vmi()) == []
-    result = refusal(plan_remove_nic(machine, vmi(), {"interfaceName": "nic-1"}, state))
+    result = refusal(plan_remove_nic(machine, vmi(), {"interfaceName": "nic-1"}))
     assert (result.status, result.code) == (409, actions.NOT_HOTUNPLUGGABLE)
     assert "only interface" in result.message
 
@@ -401,7 +400,7 @@ BODIES = st.dictionaries(
 def test_any_body_gives_a_patch_or_a_clear_refusal(body: dict[str, Any]) -> None:
     machine = vm()
     state = cluster(machine)
-    for result in (plan_add_nic(machine, vmi(), body, state), plan_remove_nic(machine, vmi(), body, state)):
+    for result in (plan_add_nic(machine, vmi(), body, state), plan_remove_nic(machine, vmi(), body)):
         if isinstance(result, ActionRefusal):
             assert result.status in (404, 409, 422)
             assert result.message
