@@ -436,7 +436,7 @@ def _hotplug_edit_findings(vm: VmView, old: VmView, diff: InterfaceDiff, cluster
     for iface in diff.unplugged:
         found += [Finding(finding.reason, f"cannot hot-unplug: {finding.message}")
                   for finding in unplug_findings(old, iface.name)]
-    if diff.unplugged and active_interface_count(vm) == 0:
+    if diff.unplugged and active_interface_count(vm) == 0 and all(f.reason != "unplug-last-interface" for f in found):
         found.append(Finding("unplug-last-interface", f"cannot hot-unplug every interface of VM {vm.ref}; a VM "
                                                       "keeps at least one"))
     return found

@@ -612,3 +612,13 @@ def test_the_vm_whose_recorded_mac_is_taken_is_not_stuck() -> None:
     started["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"][1]["macAddress"] = "02:aa:bb:cc:dd:01"
     assert [validate_clash(new, old).allowed for new, old in [
         (relabelled, OLD_CLASH), (partly_backfilled, OLD_CLASH), (started, partly_backfilled)]] == [True, True, True]
+
+
+def test_unplugging_the_only_interface_is_refused_once() -> None:
+    only = [iface("nic-1", mac="02:00:00:00:00:02")]
+    networks = [multus_net("nic-1", "vlan1")]
+    decision = validate(vm(interfaces=[{**only[0], "state": "absent"}], networks=networks),
+                        vm(interfaces=only, networks=networks), cluster=RUNNING)
+    assert decision == Decision.deny(
+        403, "NIC hot-plug refused: cannot hot-unplug: interface nic-1 of VM default/vm1 is the VM's only interface; "
+             "a VM keeps at least one", "unplug-last-interface")
