@@ -14,6 +14,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from nichotplug import __version__
+
+DESCRIPTION = ("nichotplug: safe NIC hot-plug for KubeVirt VMs in Harvester (admission webhooks, MAC "
+               "controller, action API).")
+
 # subcommand -> "module:function"; the function takes the parsed namespace and returns an exit code.
 _HANDLERS = {
     "serve": "nichotplug.service:run_serve",
@@ -23,34 +28,30 @@ _HANDLERS = {
 
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    serve = sub.add_parser("serve", help="serve the admission webhooks, the action API and the controller")
+    serve = sub.add_parser(
+        "serve", help="serve the admission webhooks, the action API and the controller",
+        description="Serve the admission webhooks and the action API over HTTPS, /metrics over plain HTTP, and "
+                    "run the MAC controller. The webhooks see VMs in every namespace (MAC uniqueness is "
+                    "cluster-wide); the controller WRITES VMs (observed-MAC annotation, MAC backfill) in every "
+                    "namespace unless --controller-namespace limits it or --no-controller turns it off.")
     serve.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, then the in-cluster service "
                                             "account, then ~/.kube/config)")
     serve.add_argument("--context", help="kubeconfig context to use")
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
-    serve.add_argument("--port", type=int, default=9443, help="HTTPS port for webhooks and actions")
-    serve.add_argument("--metrics-port", type=int, default=8080, help="plain-HTTP port for /metrics (0: off)")
-    serve.add_argument("--tls-cert-file", help="serving certificate (PEM); reloaded when it changes")
-    serve.add_argument("--tls-key-file", help="serving key (PEM); reloaded when it changes")
-    serve.add_argument("--no-controller", action="store_true", help="do not run the MAC controller")
+    serve.add_argument("--port", type=int, default=9443,
+                       help="HTTPS port for webhooks and actions (default: %(default)s)")
+    serve.add_argument("--metrics-port", type=int, default=8080,
+                       help="plain-HTTP port for /metrics, 0 for none (default: %(default)s)")
+    _add_tls(serve)
+    controller = serve.add_argument_group("controller")
+    controller.add_argument("--no-controller", action="store_true",
+                            help="do not run the MAC controller: nichotplug then writes no VM on its own")
+    controller.add_argument("--controller-namespace", action="append", default=[], metavar="NS",
+                            help="let the controller write VMs only in NS (repeatable; default: every namespace). "
+                                 "The webhooks still see and judge every namespace")
     serve.add_argument("--no-migrate", action="store_true",
                        help="after addNic/removeNic, leave the change to KubeVirt's LiveUpdate rollout")
     serve.add_argument("--namespace", help="namespace of the Lease and TLS Secret (default: $POD_NAMESPACE)")
-    serve.add_argument("--self-managed-certs", action="store_true",
-                       help="create and rotate the serving certificate in a Secret and patch the webhook caBundles")
-    serve.add_argument("--tls-secret", default="nichotplug-tls", help="Secret for self-managed certificates")
-    serve.add_argument("--service-name", default="nichotplug", help="Service name the certificate is for")
-    serve.add_argument("--mutating-webhook", default="nichotplug",
-                       help="MutatingWebhookConfiguration whose caBundle is managed")
-    serve.add_argument("--validating-webhook", default="nichotplug",
-                       help="ValidatingWebhookConfiguration whose caBundle is managed")
-    serve.add_argument("--cert-validity", default="365d",
-                       help="self-managed serving certificate validity, e.g. 365d, 12h; rotated when a third "
-                            "remains (default: %(default)s)")
-    serve.add_argument("--cert-check-interval", default="30s",
-                       help="how often self-managed certificates re-read their Secret (default: %(default)s)")
-    serve.add_argument("--cert-extra-name", action="append", default=[],
-                       help="extra DNS name or IP address for the self-managed certificate (repeatable)")
     serve.add_argument("--shutdown-delay", type=float, default=5.0, metavar="SECONDS",
                        help="after SIGTERM, keep answering (with /readyz failing) this long before draining, so "
                             "the pod leaves the Service's endpoints first; SIGINT skips it (default: %(default)s)")
@@ -59,8 +60,36 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                        help="logging level (default: %(default)s)")
 
 
+def _add_tls(serve: argparse.ArgumentParser) -> None:
+    tls = serve.add_argument_group(
+        "TLS (required, one of two ways)",
+        "Either --tls-cert-file and --tls-key-file, or --self-managed-certs: webhooks are served over TLS only.")
+    tls.add_argument("--tls-cert-file", help="serving certificate (PEM); reloaded when it changes")
+    tls.add_argument("--tls-key-file", help="serving key (PEM); reloaded when it changes")
+    tls.add_argument("--self-managed-certs", action="store_true",
+                     help="create and rotate the serving certificate in a Secret and patch the webhook caBundles")
+    tls.add_argument("--tls-secret", default="nichotplug-tls",
+                     help="Secret for self-managed certificates (default: %(default)s)")
+    tls.add_argument("--service-name", default="nichotplug",
+                     help="Service name the certificate is for (default: %(default)s)")
+    tls.add_argument("--mutating-webhook", default="nichotplug",
+                     help="MutatingWebhookConfiguration whose caBundle is managed (default: %(default)s)")
+    tls.add_argument("--validating-webhook", default="nichotplug",
+                     help="ValidatingWebhookConfiguration whose caBundle is managed (default: %(default)s)")
+    tls.add_argument("--cert-validity", default="365d",
+                     help="self-managed serving certificate validity, e.g. 365d, 12h; rotated when a third "
+                          "remains (default: %(default)s)")
+    tls.add_argument("--cert-check-interval", default="30s",
+                     help="how often self-managed certificates re-read their Secret (default: %(default)s)")
+    tls.add_argument("--cert-extra-name", action="append", default=[],
+                     help="extra DNS name or IP address for the self-managed certificate (repeatable)")
+
+
 def _add_certs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    certs = sub.add_parser("certs", help="write a CA and a serving certificate (ca.crt, tls.crt, tls.key)")
+    certs = sub.add_parser(
+        "certs", help="write a CA and a serving certificate (ca.crt, tls.crt, tls.key)",
+        description="Write a new CA (ca.crt) and a serving certificate signed by it (tls.crt, tls.key) for "
+                    "development and tests; in a cluster, the chart's self-managed mode or cert-manager does this.")
     certs.add_argument("--out", type=Path, default=Path("certs"), help="output folder (default: %(default)s)")
     certs.add_argument("--dns", action="extend", nargs="+", default=[], metavar="NAME",
                        help="DNS name(s) of the serving certificate (repeatable)")
@@ -76,7 +105,8 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nichotplug", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="nichotplug", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(sub)
     _add_certs(sub)

@@ -20,6 +20,37 @@ from collections.abc import Sequence
 from typing import Any
 
 
+def _mac(text: str) -> str:
+    """``--mac``: a unicast MAC in a form KubeVirt accepts (argparse names the flag in its error)."""
+    from nichotplug.rules.mac import InvalidMac, check_unicast_mac
+
+    try:
+        return check_unicast_mac(text)
+    except InvalidMac as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _interface(text: str) -> str:
+    """``--interface``: a name KubeVirt takes for an interface (a DNS-1123 label)."""
+    from nichotplug.rules.actions import is_dns1123_label
+
+    if not is_dns1123_label(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a valid interface name: use at most 63 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit")
+    return text
+
+
+def _network(text: str) -> str:
+    """``--network``: NAMESPACE/NAME or NAME of a NetworkAttachmentDefinition."""
+    from nichotplug.rules.actions import ActionRefusal, parse_network_name
+
+    if isinstance(parse_network_name(text, "default"), ActionRefusal):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not NAMESPACE/NAME or NAME of a NetworkAttachmentDefinition")
+    return text
+
+
 def _common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     # The options are accepted before and after the subcommand; on the subcommand they default to
     # SUPPRESS so they do not overwrite a value given before it.
@@ -35,16 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     _common_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    add = sub.add_parser("add-nic", help="hot-plug a virtio bridge interface on a network")
+    add = sub.add_parser("add-nic", help="hot-plug a virtio bridge interface on a network (on a stopped VM: add "
+                                         "it to the spec)")
     add.add_argument("vm", metavar="VM")
-    add.add_argument("--network", required=True, help="NetworkAttachmentDefinition as NAMESPACE/NAME or NAME")
-    add.add_argument("--interface", help="interface name (default: the first free nic-<n>)")
-    add.add_argument("--mac", help="MAC address (default: a generated one)")
+    add.add_argument("--network", required=True, type=_network,
+                     help="NetworkAttachmentDefinition as NAMESPACE/NAME or NAME")
+    add.add_argument("--interface", type=_interface, help="interface name (default: the first free nic-<n>)")
+    add.add_argument("--mac", type=_mac, help="MAC address (default: a generated one)")
     add.add_argument("--no-migrate", action="store_true", help="do not request a live migration to apply it now")
 
-    remove = sub.add_parser("remove-nic", help="hot-unplug an interface (sets it state: absent)")
+    remove = sub.add_parser("remove-nic", help="hot-unplug an interface (sets it state: absent); on a stopped VM, "
+                                               "remove it and its network from the spec")
     remove.add_argument("vm", metavar="VM")
-    remove.add_argument("--interface", required=True, help="name of the interface to unplug")
+    remove.add_argument("--interface", required=True, type=_interface, help="name of the interface to unplug")
     remove.add_argument("--no-migrate", action="store_true", help="do not request a live migration to apply it now")
 
     listing = sub.add_parser("list", help="list the VM's interfaces and whether each can be unplugged")

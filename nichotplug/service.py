@@ -28,10 +28,13 @@ from kubernetes_asyncio.client import ApiClient
 
 from nichotplug.actions.http import setup_actions
 from nichotplug.certs import CERT_FILE, KEY_FILE
+from nichotplug.controller import metrics as controller_metrics
 from nichotplug.controller import run as controller_run
+from nichotplug.controller.scope import ControllerScope
 from nichotplug.kube.cache import ClusterView
 from nichotplug.kube.certificates import start_certificate_manager
 from nichotplug.kube.view_metrics import VIEW_METRICS
+from nichotplug.rules.actions import is_dns1123_label
 from nichotplug.rules.cluster import ClusterState
 from nichotplug.webhook.codec import MAX_BODY_BYTES
 from nichotplug.webhook.http import FrontDoor, Readiness, add_health_routes, add_webhook_routes, open_front_door
@@ -83,8 +86,15 @@ def setup_action_routes(app: web.Application, api_client: ApiClient, args: argpa
 
 async def start_controller(api_client: ApiClient, cluster: ClusterView,
                            args: argparse.Namespace) -> Stopper | None:
-    """Start the leader-elected MAC controller unless ``--no-controller``; returns its stopper."""
+    """Start the leader-elected MAC controller unless ``--no-controller``; returns its stopper.
+
+    ``nichotplug_leader`` exists from the start, 0 until this replica leads (and always 0 with the
+    controller off), so "no replica leads" is a query, not a missing series.
+    """
+    scope = ControllerScope.of(args.controller_namespace)
+    controller_metrics.LEADER.labels(name=scope.lease_name).set(0)
     if args.no_controller:
+        log.info("controller: off (--no-controller): nichotplug writes no VM on its own")
         return None
     return await controller_run.start_controller(api_client=api_client, cluster=cluster, args=args)
 
@@ -106,7 +116,19 @@ async def start_self_managed_certs(api_client: ApiClient, args: argparse.Namespa
 # ---------------------------------------------------------------- serve
 
 
+def _controller_args_problem(args: argparse.Namespace) -> str | None:
+    if args.controller_namespace and args.no_controller:
+        return "--controller-namespace limits the controller, which --no-controller turns off: give one of them"
+    for namespace in args.controller_namespace:
+        if not is_dns1123_label(namespace):
+            return f"--controller-namespace {namespace!r} is not a namespace name (lowercase letters, digits, '-')"
+    return None
+
+
 def _check_args(args: argparse.Namespace) -> str | None:
+    problem = _controller_args_problem(args)
+    if problem:
+        return problem
     if args.shutdown_delay < 0:
         return f"--shutdown-delay {args.shutdown_delay:g} must not be negative"
     if bool(args.tls_cert_file) != bool(args.tls_key_file):
@@ -120,18 +142,21 @@ def _check_args(args: argparse.Namespace) -> str | None:
     return None
 
 
-async def freeze_heap_when_synced(synced: asyncio.Event) -> None:
-    """Once the cluster view holds the whole cluster, stop the cyclic GC from walking it.
+async def freeze_heap_when_synced(view: ClusterView) -> None:
+    """Once the cluster view holds the whole cluster, say so, and stop the cyclic GC from walking it.
 
     The view of a big cluster is millions of long-lived objects; every full
     collection would traverse all of them, a pause that lands on some webhook
     request's latency. ``gc.freeze`` moves what is alive now to the permanent
     generation (reference counting still frees it); later changes are tracked as usual.
     """
-    await synced.wait()
+    await view.synced.wait()
+    counts = view.counts()
+    log.info("cluster view synced: %s",
+             ", ".join(f"{count} {'MACs' if kind == 'macs' else kind + 's'}" for kind, count in counts.items()))
     gc.collect()
     gc.freeze()
-    log.info("cluster view synced; %d objects moved out of the cyclic GC's reach", gc.get_freeze_count())
+    log.debug("%d objects moved out of the cyclic GC's reach", gc.get_freeze_count())
 
 
 async def drain(runner: web.AppRunner, door: FrontDoor, grace_seconds: float = DRAIN_SECONDS) -> None:
@@ -184,7 +209,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event, hurry: asyncio.Ev
         await view.start()
         cleanups.append(view.stop)
         VIEW_METRICS.view = view
-        freezer = asyncio.create_task(freeze_heap_when_synced(view.synced), name="nichotplug-gc-freeze")
+        freezer = asyncio.create_task(freeze_heap_when_synced(view), name="nichotplug-gc-freeze")
         cleanups.append(lambda: _cancel(freezer))
 
         draining = False
@@ -197,13 +222,16 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event, hurry: asyncio.Ev
             cleanups.append(controller_stopper)
 
         # Runners are cleaned up first (last in), so requests drain while the view still answers them.
+        metrics_where = "off (--metrics-port 0)"
         if args.metrics_port:
             metrics_runner = web.AppRunner(metrics_app(), access_log=None)
             await _start_site(metrics_runner, args.host, args.metrics_port)
             cleanups.append(metrics_runner.cleanup)
+            metrics_where = ", ".join(f"http://{address}/metrics" for address in listening_on(metrics_runner))
         runner, door = await start_tls_runner(app, args.host, args.port, tls.context, shutdown_timeout=2.0)
         cleanups.append(lambda: drain(runner, door))
-        log.info("serving webhooks on https://%s:%d, metrics on :%d", args.host, args.port, args.metrics_port)
+        log.info("serving webhooks and actions on %s; metrics on %s",
+                 ", ".join(f"https://{address}" for address in listening_on(runner)), metrics_where)
 
         await stop.wait()
         draining = True
@@ -215,6 +243,16 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event, hurry: asyncio.Ev
                 await cleanup()
             except Exception:
                 log.exception("error while shutting down")
+        log.info("stopped")
+
+
+def listening_on(runner: web.AppRunner) -> list[str]:
+    """``host:port`` of every socket ``runner`` listens on, as bound (an IPv6 host in brackets)."""
+    found: list[str] = []
+    for address in runner.addresses:
+        host, port = address[0], address[1]
+        found.append(f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}")
+    return found
 
 
 async def _keep_answering(seconds: float, hurry: asyncio.Event | None) -> None:

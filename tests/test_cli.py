@@ -13,6 +13,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from nichotplug import __version__
+
 
 def nichotplug(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "nichotplug", *args], capture_output=True, text=True,
@@ -24,6 +26,33 @@ def test_help_lists_every_subcommand() -> None:
     assert done.returncode == 0
     for command in ("serve", "certs", "demo"):
         assert command in done.stdout
+
+
+def test_help_is_plain_text_and_version_is_printed() -> None:
+    done = nichotplug("--help")
+    assert "safe NIC hot-plug for KubeVirt VMs" in done.stdout
+    assert "``" not in done.stdout
+    version = nichotplug("--version")
+    assert version.returncode == 0
+    assert version.stdout.strip() == f"nichotplug {__version__}"
+
+
+def test_serve_help_shows_port_defaults_the_required_tls_and_the_controllers_reach() -> None:
+    done = nichotplug("serve", "--help")
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())  # argparse wraps to the terminal width
+    assert "HTTPS port for webhooks and actions (default: 9443)" in text
+    assert "plain-HTTP port for /metrics, 0 for none (default: 8080)" in text
+    assert "TLS (required, one of two ways): Either --tls-cert-file and --tls-key-file, or --self-managed-certs" in text
+    assert "the controller WRITES VMs (observed-MAC annotation, MAC backfill) in every namespace" in text
+    assert "--controller-namespace NS" in text
+    assert "The webhooks still see and judge every namespace" in text
+
+
+def test_certs_help_says_what_it_writes() -> None:
+    done = nichotplug("certs", "--help")
+    text = " ".join(done.stdout.split())
+    assert "Write a new CA (ca.crt) and a serving certificate signed by it (tls.crt, tls.key)" in text
 
 
 def test_an_unknown_subcommand_is_a_usage_error() -> None:

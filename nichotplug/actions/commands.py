@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,9 +18,20 @@ from typing import TextIO
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.config import ConfigException, list_kube_config_contexts
 
-from nichotplug.actions.flow import ActionFailed, ActionResult, HotplugFlow, VmState, read_vm_state
+from nichotplug.actions.flow import (
+    KUBEVIRT,
+    VMS,
+    ActionFailed,
+    ActionResult,
+    HotplugFlow,
+    VmState,
+    admission_probe,
+    is_missing_vm,
+    read_vm_state,
+)
 from nichotplug.kube.client import KubeConfigError, load_api_client
 from nichotplug.kube.events import EventRecorder
+from nichotplug.kube.lookup import namespace_exists, namespaces_holding
 from nichotplug.rules import actions as plan
 from nichotplug.rules.eligibility import eligibility_problems, unplug_network_note
 from nichotplug.rules.views import VmiView, VmView
@@ -28,12 +40,13 @@ EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 
-# What a person can do about each refusal, printed under the message.
+# What a person can do about each refusal, printed under the message; {check} and {list} become those
+# commands, written out for this VM, namespace and kubeconfig so they can be pasted.
 _HINTS = {
     plan.CONCURRENT_CHANGE: "someone changed the VM at the same time; run the command again",
-    plan.NOT_ELIGIBLE: "run 'kubectl nichotplug check VM' to see every reason",
+    plan.NOT_ELIGIBLE: "run '{check}' to see every reason",
     plan.NETWORK_NOT_HOTPLUGGABLE: "pick a bridge network (untagged, VLAN or VLAN trunk) outside harvester-system",
-    plan.NOT_HOTUNPLUGGABLE: "run 'kubectl nichotplug list VM' to see which interfaces can be unplugged",
+    plan.NOT_HOTUNPLUGGABLE: "run '{list}' to see which interfaces can be unplugged",
     "Forbidden": "ask your cluster administrator for permission, or use another --context",
     "Unauthorized": "your credentials were not accepted: log in again or use another --context",
 }
@@ -72,16 +85,49 @@ def default_namespace(kubeconfig: str | None, context: str | None) -> str:
     return str(namespace) if namespace else "default"
 
 
-def _print_refusal(failure: ActionFailed, err: TextIO) -> None:
+def command_line(args: argparse.Namespace, namespace: str, command: str | None = None) -> str:
+    """The plugin command a person can paste: ``command`` (default: the one given) on the same VM, in
+    ``namespace``, with the same kubeconfig and context; the same command keeps its own flags too."""
+    parts = ["kubectl", "nichotplug", command or args.command, args.vm]
+    if command is None or command == args.command:
+        for flag, attribute in (("--network", "network"), ("--interface", "interface"), ("--mac", "mac")):
+            value = getattr(args, attribute, None)
+            if value:
+                parts += [flag, value]
+        if getattr(args, "no_migrate", False):
+            parts.append("--no-migrate")
+    parts += ["-n", namespace]
+    for flag, value in (("--context", args.context), ("--kubeconfig", args.kubeconfig)):
+        if value:
+            parts += [flag, value]
+    return shlex.join(parts)
+
+
+def _print_refusal(failure: ActionFailed, args: argparse.Namespace, namespace: str, err: TextIO) -> None:
     refusal = failure.refusal
     print(f"error: {refusal.message}", file=err)
     hint = _HINTS.get(refusal.code)
     if hint:
-        print(f"hint: {hint}", file=err)
+        commands = {name: command_line(args, namespace, name) for name in ("check", "list")}
+        print(f"hint: {hint.format_map(commands)}", file=err)
+
+
+async def _explain_missing_vm(api: ApiClient, args: argparse.Namespace, namespace: str, err: TextIO) -> None:
+    """Under "VM NS/NAME not found": whether NS exists, and where else a VM of that name is (as far as
+    the user's RBAC lets us tell)."""
+    if await namespace_exists(api, namespace) is False:
+        print(f"error: namespace {namespace} does not exist", file=err)
+    elsewhere = [found for found in await namespaces_holding(api, *KUBEVIRT, VMS, args.vm) or () if found != namespace]
+    if elsewhere:
+        where = f"namespace {elsewhere[0]}" if len(elsewhere) == 1 else f"namespaces {', '.join(elsewhere)}"
+        print(f"hint: a VM named {args.vm} is in {where}: run '{command_line(args, elsewhere[0])}'", file=err)
 
 
 def _report_migration(result: ActionResult, out: TextIO, err: TextIO) -> None:
-    if result.migration:
+    if result.migration_pending:
+        print(f"live migration {result.migration} is already pending and applies this change too; "
+              "no other was requested", file=out)
+    elif result.migration:
         print(f"live migration {result.migration} requested to apply it now", file=out)
     elif result.migration_error:
         print(f"warning: {result.migration_error}", file=err)
@@ -154,23 +200,52 @@ def print_check(state: VmState, out: TextIO) -> bool:
     return False
 
 
+async def _check(api: ApiClient, namespace: str, name: str, out: TextIO, err: TextIO) -> int:
+    """``check``: eligibility, and whether a write would get through our webhook at all right now."""
+    state = await read_vm_state(api, namespace, name)
+    eligible = print_check(state, out)
+    if not eligible and plan.stopped_vm(state.vm, state.vmi):
+        print("  (it is stopped: add-nic and remove-nic edit its spec instead, nothing to hot-plug)", file=out)
+    unavailable = await admission_probe(api, state.vm)
+    if unavailable is not None:
+        print(f"error: {unavailable.message}", file=err)
+        return EXIT_REFUSED
+    return EXIT_OK if eligible else EXIT_REFUSED
+
+
+def _print_added(result: ActionResult, vm_ref: str, out: TextIO) -> None:
+    if result.stopped:
+        print(f"interface {result.interface} (MAC {result.mac}) added to the spec of VM {vm_ref}; the VM is "
+              "stopped, so nothing is hot-plugged: it has the interface from its next start", file=out)
+    else:
+        print(f"interface {result.interface} (MAC {result.mac}) added to VM {vm_ref}", file=out)
+
+
+def _print_removed(result: ActionResult, vm_ref: str, out: TextIO) -> None:
+    if result.stopped:
+        print(f"interface {result.interface} and its network removed from the spec of VM {vm_ref}; the VM is "
+              "stopped, so nothing is unplugged: it starts without them", file=out)
+    else:
+        print(f"interface {result.interface} of VM {vm_ref} set to state absent (unplug requested)", file=out)
+
+
 async def _run_command(args: argparse.Namespace, api: ApiClient, namespace: str, out: TextIO, err: TextIO) -> int:
     vm_ref = f"{namespace}/{args.vm}"
-    if args.command in ("list", "check"):
-        state = await read_vm_state(api, namespace, args.vm)
-        if args.command == "list":
-            print_interfaces(state, out)
-            return EXIT_OK
-        return EXIT_OK if print_check(state, out) else EXIT_REFUSED
+    if args.command == "list":
+        print_interfaces(await read_vm_state(api, namespace, args.vm), out)
+        return EXIT_OK
+    if args.command == "check":
+        return await _check(api, namespace, args.vm, out, err)
     flow = HotplugFlow(api, migrate=not args.no_migrate, events=EventRecorder(api, component="kubectl-nichotplug"))
     if args.command == "add-nic":
         body = {"interfaceName": args.interface or "", "networkName": args.network, "macAddress": args.mac or ""}
         result = await flow.add_nic(namespace, args.vm, body, name_optional=not args.interface)
-        print(f"interface {result.interface} (MAC {result.mac}) added to VM {vm_ref}", file=out)
+        _print_added(result, vm_ref, out)
     else:
         result = await flow.remove_nic(namespace, args.vm, {"interfaceName": args.interface})
-        print(f"interface {result.interface} of VM {vm_ref} set to state absent (unplug requested)", file=out)
-    _report_migration(result, out, err)
+        _print_removed(result, vm_ref, out)
+    if not result.stopped:
+        _report_migration(result, out, err)
     return EXIT_OK
 
 
@@ -185,7 +260,9 @@ async def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = 
     try:
         return await _run_command(args, api, namespace, out, err)
     except ActionFailed as failure:
-        _print_refusal(failure, err)
+        _print_refusal(failure, args, namespace, err)
+        if is_missing_vm(failure.refusal, namespace, args.vm):
+            await _explain_missing_vm(api, args, namespace, err)
         return EXIT_REFUSED
     finally:
         await api.close()

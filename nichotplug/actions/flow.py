@@ -6,9 +6,12 @@
 3. One JSON Patch write, starting with a ``test`` on ``metadata.resourceVersion``: a concurrent
    change makes it fail (409 for our caller) instead of being overwritten. It goes through the
    admission webhooks like any write; a denial is passed through with its code and message.
-4. A ``VirtualMachineInstanceMigration`` (``generateName: <vm>-``) so the change applies now. If that
+4. A ``VirtualMachineInstanceMigration`` (``generateName: <vm>-``) so the change applies now, unless
+   one for the VMI is still pending (it has not started, so its target is built with this change
+   too; KubeVirt would refuse a second one anyway): that one is reported instead. If the request
    fails the spec change stays (it is valid, and KubeVirt applies it at the next restart or
-   migration) and an Event on the VM says why.
+   migration) and an Event on the VM says why. A stopped VM gets no migration: its next start boots
+   with the edited spec.
 
 Every failure leaves as :class:`ActionFailed` carrying an :class:`ActionRefusal`, so the HTTP layer
 and the plugin render the same statuses, codes and messages.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol, TypeVar
@@ -30,9 +34,11 @@ from nichotplug.kube.patch import (
     Denied,
     KubeError,
     NotFound,
+    WebhookUnreachable,
     create_custom_object,
     get_custom_object,
     json_patch,
+    list_custom_objects,
 )
 from nichotplug.rules import actions as plan
 from nichotplug.rules.actions import ActionRefusal
@@ -53,6 +59,10 @@ NADS: Final = "network-attachment-definitions"
 MIGRATION_FAILED_REASON: Final = "HotplugMigrationFailed"
 ADMISSION_DENIED: Final = "AdmissionDenied"
 CLUSTER_UNAVAILABLE: Final = "ClusterUnavailable"
+WEBHOOK_UNAVAILABLE: Final = "WebhookUnavailable"
+# Every webhook nichotplug registers is named "<what>.nichotplug.harvesterhci.io" (webhook.registration).
+OUR_WEBHOOK_SUFFIX: Final = ".nichotplug.harvesterhci.io"
+_FINISHED_MIGRATION_PHASES: Final = frozenset({"Succeeded", "Failed"})
 
 
 class ActionFailed(Exception):
@@ -76,8 +86,10 @@ class ActionResult:
     interfaces: tuple[str, ...] = ()
     interface: str = ""  # the interface added or unplugged
     mac: str = ""  # the MAC of the interface added
-    migration: str | None = None  # name of the VirtualMachineInstanceMigration created
+    migration: str | None = None  # name of the VirtualMachineInstanceMigration created (or found pending)
+    migration_pending: bool = False  # ``migration`` was already pending: none was created
     migration_error: str | None = None  # set when the spec changed but no migration could be created
+    stopped: bool = False  # the VM was stopped: its spec was edited, nothing to hot-plug or migrate
 
 
 class FreshCluster:
@@ -125,8 +137,26 @@ class VmState:
     cluster: FreshCluster
 
 
+# "https://<service>.<namespace>.svc..." in the API server's message names where nichotplug runs.
+_SERVICE_URL = re.compile(r"https://([a-z0-9-]+)\.([a-z0-9-]+)\.svc")
+
+
+def webhook_unavailable(error: WebhookUnreachable) -> ActionRefusal:
+    """The refusal for a write the API server could not get judged by our webhook (it is down)."""
+    service = _SERVICE_URL.search(error.cause)
+    pods = (f"kubectl -n {service.group(2)} get pods -l app.kubernetes.io/name=nichotplug" if service
+            else "kubectl get pods -A -l app.kubernetes.io/name=nichotplug")
+    return ActionRefusal(
+        503, WEBHOOK_UNAVAILABLE,
+        "nichotplug's admission webhook is not answering: VM writes are refused until it is back "
+        f"(see its pods: {pods}). The API server said: {error.cause}",
+    )
+
+
 def refusal_from_kube_error(error: KubeError, what: str) -> ActionRefusal:
     """How an API error on ``what`` (e.g. "VM default/vm1") is shown to our caller."""
+    if isinstance(error, WebhookUnreachable) and error.webhook.endswith(OUR_WEBHOOK_SUFFIX):
+        return webhook_unavailable(error)
     if isinstance(error, Denied):
         return ActionRefusal(error.code, ADMISSION_DENIED, error.message)
     if isinstance(error, Conflict):
@@ -138,6 +168,16 @@ def refusal_from_kube_error(error: KubeError, what: str) -> ActionRefusal:
         return ActionRefusal(404, plan.NOT_FOUND, f"{what} not found")
     status = error.status if 400 <= error.status < 600 else 502
     return ActionRefusal(status, error.reason or "ServerError", error.message)
+
+
+def vm_what(namespace: str, name: str) -> str:
+    """How messages name a VM ("VM ns/name")."""
+    return f"VM {namespace}/{name}"
+
+
+def is_missing_vm(refusal: ActionRefusal, namespace: str, name: str) -> bool:
+    """Whether ``refusal`` says the VM itself was not found (not its network, not an interface)."""
+    return refusal.status == 404 and refusal.message == f"{vm_what(namespace, name)} not found"
 
 
 async def _guard(what: str, call: Awaitable[T]) -> T:
@@ -181,7 +221,7 @@ async def read_vm_state(
 
     ``known_macs``: a cache of the rest of the cluster, asked only about other VMs' MACs.
     """
-    vm: dict[str, Any] = await _guard(f"VM {namespace}/{name}", get_custom_object(api, *KUBEVIRT, VMS, namespace, name))
+    vm: dict[str, Any] = await _guard(vm_what(namespace, name), get_custom_object(api, *KUBEVIRT, VMS, namespace, name))
     wanted = sorted(_referenced_nads(vm) | set(extra_nads))
     vmi, *nads = await asyncio.gather(
         _get_optional(api, KUBEVIRT, VMIS, namespace, name, f"VMI {namespace}/{name}"),
@@ -216,6 +256,25 @@ def _planned(result: list[plan.JsonPatchOp] | ActionRefusal) -> list[plan.JsonPa
     return result
 
 
+async def admission_probe(api: ApiClient, vm: Mapping[str, Any]) -> ActionRefusal | None:
+    """Whether a write to ``vm`` would be refused because our webhook is not answering.
+
+    A dry run (``dryRun=All``) of a patch that changes nothing but goes through admission like any
+    write. None when it passes, and also when it fails for any other reason (RBAC, a concurrent
+    change): this only tells about the webhook.
+    """
+    metadata = vm.get("metadata") or {}
+    test = [{"op": "test", "path": "/metadata/resourceVersion", "value": metadata.get("resourceVersion", "")}]
+    try:
+        await json_patch(api, *KUBEVIRT, VMS, metadata.get("namespace", ""), metadata.get("name", ""), test,
+                         dry_run=True)
+    except WebhookUnreachable as error:
+        return webhook_unavailable(error) if error.webhook.endswith(OUR_WEBHOOK_SUFFIX) else None
+    except (KubeError, ValueError, TimeoutError, aiohttp.ClientError):
+        return None
+    return None
+
+
 class HotplugFlow:
     """Runs the actions against one API client (the caller's credentials)."""
 
@@ -239,13 +298,13 @@ class HotplugFlow:
         state = await read_vm_state(self._api, namespace, name, ((request.nad_namespace, request.nad_name),),
                                     known_macs=self._known_macs)
         ops = _planned(plan.plan_add_nic(state.vm, state.vmi, body, state.cluster, name_optional=name_optional))
-        return await self._write_and_migrate(state.vm, ops, "")
+        return await self._write_and_migrate(state, ops, "")
 
     async def remove_nic(self, namespace: str, name: str, body: Mapping[str, Any]) -> ActionResult:
-        """Hot-unplug the named interface (``state: absent``)."""
+        """Hot-unplug the named interface (``state: absent``); on a stopped VM, delete it from the spec."""
         state = await read_vm_state(self._api, namespace, name, known_macs=self._known_macs)
         ops = _planned(plan.plan_remove_nic(state.vm, state.vmi, body))
-        return await self._write_and_migrate(state.vm, ops, str(body.get("interfaceName", "")))
+        return await self._write_and_migrate(state, ops, str(body.get("interfaceName", "")))
 
     async def find_hotunpluggable_nics(self, namespace: str, name: str) -> ActionResult:
         """The interfaces that may be unplugged now ([] when the VM is not eligible)."""
@@ -264,18 +323,42 @@ class HotplugFlow:
             400, plan.INVALID_ACTION, f"unknown action {action!r}: use one of {', '.join(plan.ACTIONS)}",
         ))
 
-    async def _write_and_migrate(
-        self, vm: Mapping[str, Any], ops: list[plan.JsonPatchOp], interface: str,
-    ) -> ActionResult:
+    async def _write_and_migrate(self, state: VmState, ops: list[plan.JsonPatchOp], interface: str) -> ActionResult:
+        vm = state.vm
         namespace, name = vm["metadata"]["namespace"], vm["metadata"]["name"]
         patched: dict[str, Any] = await _guard(
             f"VM {namespace}/{name}", json_patch(self._api, *KUBEVIRT, VMS, namespace, name, ops))
         if not interface:  # addNic: the one interface name the patched VM has and the read one had not
             interface = next(iter(sorted(plan.used_names(patched) - plan.used_names(vm))), "")
-        written = ActionResult(interface=interface, mac=_spec_mac(patched, interface))
+        written = ActionResult(interface=interface, mac=_spec_mac(patched, interface) or _spec_mac(vm, interface))
+        if plan.stopped_vm(vm, state.vmi):  # nothing runs: the next start boots with the edited spec
+            return replace(written, stopped=True)
         if not self._migrate:
             return written
-        return replace(await self._request_migration(patched), interface=written.interface, mac=written.mac)
+        return replace(await self._migration_for(patched), interface=written.interface, mac=written.mac)
+
+    async def _migration_for(self, vm: Mapping[str, Any]) -> ActionResult:
+        """The pending migration of the VM's VMI if there is one, else a new one."""
+        pending = await self._pending_migration(vm["metadata"]["namespace"], vm["metadata"]["name"])
+        if pending is not None:
+            return ActionResult(migration=pending, migration_pending=True)
+        return await self._request_migration(vm)
+
+    async def _pending_migration(self, namespace: str, name: str) -> str | None:
+        """Name of a migration of VMI ``name`` that has not finished, or None (also when the caller may
+        not list migrations: then a new one is requested, and KubeVirt refuses a duplicate itself)."""
+        try:
+            migrations = await list_custom_objects(self._api, *KUBEVIRT, MIGRATIONS, namespace)
+        except (KubeError, TimeoutError, aiohttp.ClientError) as error:
+            log.debug("could not list the migrations in %s: %s", namespace, error)
+            return None
+        for migration in migrations:
+            metadata, spec = migration.get("metadata") or {}, migration.get("spec") or {}
+            phase = (migration.get("status") or {}).get("phase", "")
+            if (spec.get("vmiName") == name and phase not in _FINISHED_MIGRATION_PHASES
+                    and not metadata.get("deletionTimestamp")):
+                return str(metadata.get("name", ""))
+        return None
 
     async def _request_migration(self, vm: Mapping[str, Any]) -> ActionResult:
         namespace, name = vm["metadata"]["namespace"], vm["metadata"]["name"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from nichotplug.controller import metrics
 from nichotplug.controller.reconciler import VmCache, vm_ref
+from nichotplug.controller.scope import EVERYWHERE, ControllerScope
 from nichotplug.kube.events import EventRecorder
 from nichotplug.rules.cluster import ClusterState, owner_scope
 from nichotplug.rules.macindex import MacOwner
@@ -88,14 +89,17 @@ def find_duplicate_macs(vms: Iterable[VmView], cluster: ClusterState) -> list[Du
 class DuplicateMacAuditor:
     """Runs the audit over the cache, reports new duplicates as Events, keeps the gauge current."""
 
-    def __init__(self, cache: VmCache, events: EventRecorder) -> None:
+    def __init__(self, cache: VmCache, events: EventRecorder, *, scope: ControllerScope = EVERYWHERE) -> None:
         self._cache = cache
         self._events = events
+        self._scope = scope
         self._reported: set[DuplicateMac] = set()
 
     async def audit(self) -> list[DuplicateMac]:
-        """One pass over the MACs the cache says are claimed more than once; returns the duplicates."""
-        found = await self._shared_macs_pass(self._cache.macs_claimed_more_than_once())
+        """One pass over the MACs the cache says are claimed more than once; returns the duplicates
+        that involve a VM in the controller's scope (the others are another install's to report)."""
+        found = [duplicate for duplicate in await self._shared_macs_pass(self._cache.macs_claimed_more_than_once())
+                 if any(self._scope.covers(owner.namespace) for owner in duplicate.owners)]
         metrics.DUPLICATE_MACS.set(len(found))
         current = set(found)
         for duplicate in found:
@@ -120,6 +124,8 @@ class DuplicateMacAuditor:
         message = duplicate.describe()
         log.warning("%s", message)
         for namespace, name in sorted({(o.namespace, o.vm) for o in duplicate.owners}):
+            if not self._scope.covers(namespace):
+                continue  # Events are writes: only in the namespaces this controller may write in
             vm = self._cache.get_vm(namespace, name)
             if vm is not None:
                 await self._events.emit(vm_ref(vm), "Warning", "DuplicateMac", message)

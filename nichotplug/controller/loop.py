@@ -23,6 +23,7 @@ from kubernetes_asyncio.client import ApiClient
 from nichotplug.controller import metrics
 from nichotplug.controller.audit import DuplicateMacAuditor
 from nichotplug.controller.reconciler import MacReconciler, Outcome, VmCache, split_key
+from nichotplug.controller.scope import EVERYWHERE, ControllerScope
 from nichotplug.controller.workqueue import ShutDown, WorkQueue
 from nichotplug.kube.events import EventRecorder
 from nichotplug.kube.leader import LeaderElector
@@ -55,13 +56,15 @@ class MacController:
         self, api: ApiClient, cache: VmCache, *, events: EventRecorder | None = None, workers: int = 4,
         resync_period: float = 300.0, audit_period: float = 300.0, denied_backoff: float = 300.0,
         retry_base_delay: float = 0.05, retry_max_delay: float = 60.0, name: str = "mac",
+        scope: ControllerScope = EVERYWHERE,
     ) -> None:
         if workers < 1:
             raise ValueError("the controller needs at least one worker")
         self._cache = cache
         self._events = events or EventRecorder(api)
-        self.reconciler = MacReconciler(api, cache, self._events, denied_backoff=denied_backoff)
-        self.auditor = DuplicateMacAuditor(cache, self._events)
+        self.reconciler = MacReconciler(api, cache, self._events, denied_backoff=denied_backoff, scope=scope)
+        self.auditor = DuplicateMacAuditor(cache, self._events, scope=scope)
+        self.scope = scope
         self.name = name
         self.workers = workers
         self.resync_period = resync_period
@@ -86,7 +89,7 @@ class MacController:
         if queue is None or (kind not in _VM_KINDS and kind not in _VMI_KINDS):
             return
         key = _object_key(obj)
-        if key is not None:
+        if key is not None and self.scope.covers(split_key(key)[0]):
             queue.add(key)
 
     async def run(self) -> None:
@@ -116,7 +119,8 @@ class MacController:
             return
         for key in list(self._cache.vm_keys()):
             namespace, name = split_key(key)
-            queue.add(f"{namespace}/{name}")
+            if self.scope.covers(namespace):
+                queue.add(f"{namespace}/{name}")
 
     async def _every(self, period: float, action: Callable[[], Awaitable[object] | None]) -> None:
         while True:
@@ -166,16 +170,17 @@ async def run_controller(
     lease_name: str = "nichotplug-controller", lease_duration: float = 15.0, renew_deadline: float = 10.0,
     retry_period: float = 2.0, workers: int = 4, resync_period: float = 300.0, audit_period: float = 300.0,
     denied_backoff: float = 300.0, events: EventRecorder | None = None, controller: MacController | None = None,
+    scope: ControllerScope = EVERYWHERE,
 ) -> None:
     """Run the MAC controller whenever this replica holds the Lease ``namespace/lease_name``; until cancelled.
 
     ``view`` is the started ``kube.cache.ClusterView`` the webhooks also read; this never starts or
     stops it. Cancelling releases the Lease so another replica takes over without waiting. Pass
     ``controller`` to run a prepared :class:`MacController` (then ``workers`` and the periods given
-    here are ignored).
+    here are ignored). ``scope``: the namespaces it writes VMs in (every one by default).
     """
     term = controller or MacController(api, view, events=events, workers=workers, resync_period=resync_period,
-                                       audit_period=audit_period, denied_backoff=denied_backoff)
+                                       audit_period=audit_period, denied_backoff=denied_backoff, scope=scope)
     elector = LeaderElector(api, lease_name, namespace, identity, lease_duration=lease_duration,
                             renew_deadline=renew_deadline, retry_period=retry_period)
     leader_gauge = metrics.LEADER.labels(name=lease_name)

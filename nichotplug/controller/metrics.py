@@ -5,7 +5,11 @@ Label values that are known up front are pre-seeded so dashboards and alerts see
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 RECONCILE_TOTAL = Counter(
     "nichotplug_reconcile_total",
@@ -21,16 +25,43 @@ WORKQUEUE_DEPTH = Gauge("nichotplug_workqueue_depth", "Keys waiting in the work 
 WORKQUEUE_RETRIES = Counter(
     "nichotplug_workqueue_retries_total", "Rate-limited re-queues (backoff retries) of the work queue.", ["name"]
 )
-LEADER = Gauge("nichotplug_leader", "1 while this replica holds the controller Lease, else 0.", ["name"])
+LEADER = Gauge("nichotplug_leader", "1 while this replica holds the controller Lease, else 0 (also with the "
+               "controller off).", ["name"])
 MAC_BACKFILLS = Counter(
     "nichotplug_mac_backfills_total", "Interface MACs written from the observed-MAC annotation into a VM spec."
 )
 OBSERVED_MAC_WRITES = Counter(
     "nichotplug_observed_mac_annotation_writes_total", "Writes of the observed-MAC annotation onto a VM."
 )
-DUPLICATE_MACS = Gauge(
-    "nichotplug_duplicate_macs", "MAC addresses used by more than one VM interface in the same cluster network."
+
+
+class AuditGauge(Collector):
+    """A gauge with no sample until the first audit sets it.
+
+    ``nichotplug_duplicate_macs 0`` would read as "the audit found none"; with the controller off (or
+    before its first audit, or on a replica that never led) no audit ran, so nothing is exported.
+    """
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self._name, self._documentation = name, documentation
+        self._value: float | None = None
+
+    def set(self, value: float) -> None:
+        self._value = value
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self._name, self._documentation)
+
+    def collect(self) -> Iterator[Metric]:
+        if self._value is not None:
+            yield GaugeMetricFamily(self._name, self._documentation, value=self._value)
+
+
+DUPLICATE_MACS = AuditGauge(
+    "nichotplug_duplicate_macs",
+    "MAC addresses used by more than one VM interface in the same cluster network, as the last audit found.",
 )
+REGISTRY.register(DUPLICATE_MACS)
 ANNOTATION_ERRORS = Counter(
     "nichotplug_mac_annotation_errors_total",
     "Reconciles that found an observed-MAC annotation that does not parse.",

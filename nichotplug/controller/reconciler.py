@@ -9,7 +9,8 @@ converges on the next pass. One reconcile makes at most one write:
   (waiting for the VMI to go is the level-triggered form of Harvester's VMI finalizer, without one),
   except a MAC another VM holds on the interface's cluster network: that interface stays empty (the
   mutating webhook gives it a fresh MAC at the next start) and a ``MacNotBackfilled`` Event on both
-  VMs names the MAC, the interface and the other VM. The check is ours, not left to the validating
+  VMs (the other one only when it is in the controller's scope) names the MAC, the interface and the
+  other VM. The check is ours, not left to the validating
   webhook: the controller may write before the webhook configurations exist (a first install).
 
 Writes go through ``kube.patch.json_patch`` with a ``test`` of the resourceVersion the plan was made
@@ -35,6 +36,7 @@ import aiohttp
 from kubernetes_asyncio.client import ApiClient
 
 from nichotplug.controller import metrics
+from nichotplug.controller.scope import EVERYWHERE, ControllerScope
 from nichotplug.kube.events import EventRecorder, ObjectRef
 from nichotplug.kube.patch import Conflict, Denied, KubeError, NotFound, get_custom_object, json_patch
 from nichotplug.rules.backfill import (
@@ -87,6 +89,36 @@ class _DeniedWrite:
     retry_at: float
 
 
+class FailureBurst:
+    """Failed API calls of the controller, told once per outage instead of once per VM.
+
+    When the API server goes away, every queued VM fails its write within seconds (one WARNING each
+    was thousands of lines). The first failure of a burst is one WARNING; the others go to DEBUG;
+    the first answer from the server afterwards ends the burst with one INFO line counting them.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.failures = 0  # in the current burst
+        self._started = 0.0
+
+    def failed(self, what: str, key: str, error: BaseException) -> None:
+        log.debug("could not %s VM %s: %s", what, key, error)
+        self.failures += 1
+        if self.failures == 1:
+            self._started = self._clock()
+            log.warning("the controller's API calls are failing (could not %s VM %s: %s); each VM is retried "
+                        "with backoff, and one line will say when calls work again (every failure at DEBUG)",
+                        what, key, error)
+
+    def answered(self) -> None:
+        """The API server answered a call (whatever it said): the burst, if any, is over."""
+        if self.failures:
+            log.info("the controller's API calls work again: %d failed over %.1f s, all retried",
+                     self.failures, self._clock() - self._started)
+            self.failures = 0
+
+
 def split_key(key: object) -> tuple[str, str]:
     """(namespace, name) of a ``namespace/name`` key, or of a (namespace, name) pair."""
     if isinstance(key, str):
@@ -109,6 +141,7 @@ class MacReconciler:
     def __init__(
         self, api: ApiClient, cache: VmCache, events: EventRecorder, *,
         denied_backoff: float = 300.0, clock: Callable[[], float] = time.monotonic,
+        scope: ControllerScope = EVERYWHERE,
     ) -> None:
         self._api = api
         self._cache = cache
@@ -117,6 +150,8 @@ class MacReconciler:
         self._clock = clock
         self._denied: dict[str, _DeniedWrite] = {}
         self._reported: dict[str, set[tuple[str, str]]] = {}
+        self._scope = scope  # the namespaces whose VMs it may write, Events included
+        self.failures = FailureBurst(clock)
 
     def denied_retry_in(self, key: str) -> float:
         """Seconds until a denied write of ``key`` may be tried again (0 when none is pending)."""
@@ -157,7 +192,7 @@ class MacReconciler:
                     f"interface {withheld.interface} keeps no MAC in the spec: its observed MAC {withheld.mac} is held "
                     f"by VM {holder.namespace}/{holder.vm} interface {holder.interface} on {where}; it gets a new MAC "
                     "at the VM's next start")]
-        holding_vm = self._cache.get_vm(holder.namespace, holder.vm)
+        holding_vm = self._cache.get_vm(holder.namespace, holder.vm) if self._scope.covers(holder.namespace) else None
         if holding_vm is not None:
             reports.append((vm_ref(holding_vm), "Warning", "MacNotBackfilled",
                             f"MAC {withheld.mac} of interface {holder.interface} is also recorded for VM {vm.ref} "
@@ -177,10 +212,12 @@ class MacReconciler:
             try:
                 full = await get_custom_object(self._api, VM_GROUP, VM_VERSION, VM_PLURAL, vm.namespace, vm.name)
             except NotFound:
+                self.failures.answered()
                 return Outcome.SKIPPED
             except (KubeError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-                log.warning("could not read VM %s: %s", key, exc)
+                self.failures.failed("read", key, exc)
                 return Outcome.ERROR
+            self.failures.answered()
             ops = annotation_patch(full, observed)
             if not ops:
                 return Outcome.SUCCESS
@@ -202,16 +239,20 @@ class MacReconciler:
         try:
             await json_patch(self._api, VM_GROUP, VM_VERSION, VM_PLURAL, vm.namespace, vm.name, ops)
         except Conflict:
+            self.failures.answered()
             log.debug("VM %s changed under the %s write; retrying on fresh state", key, kind)
             return Outcome.CONFLICT
         except NotFound:
+            self.failures.answered()
             return Outcome.SKIPPED  # deleted meanwhile; its DELETED event clears the rest
         except (KubeError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             if isinstance(exc, Denied) and not exc.transient:
+                self.failures.answered()
                 return await self._denied_write(key, vm, kind, fingerprint, exc)
             # Retried with back-off; that includes a webhook that could not judge (not synced yet).
-            log.warning("could not write the %s of VM %s: %s", kind, key, exc)
+            self.failures.failed(f"write the {kind} of", key, exc)
             return Outcome.ERROR
+        self.failures.answered()
         if kind == "annotation":
             metrics.OBSERVED_MAC_WRITES.inc()
         return Outcome.SUCCESS

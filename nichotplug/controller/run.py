@@ -17,6 +17,7 @@ from kubernetes_asyncio.client import ApiClient
 
 from nichotplug.controller.loop import run_controller
 from nichotplug.controller.reconciler import VmCache
+from nichotplug.controller.scope import ControllerScope
 from nichotplug.kube.leader import default_identity, default_namespace
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,10 @@ async def start_controller(
     """Run the controller in a task (leader-elected); returns the coroutine function that stops it."""
     namespace = getattr(args, "namespace", None) or default_namespace()
     identity = default_identity()
-    task = asyncio.create_task(run_controller(api_client, cluster, namespace=namespace, identity=identity),
+    scope = ControllerScope.of(getattr(args, "controller_namespace", None))
+    log.info("controller: writing VMs in %s (Lease %s/%s)", scope.describe(), namespace, scope.lease_name)
+    task = asyncio.create_task(run_controller(api_client, cluster, namespace=namespace, identity=identity,
+                                              lease_name=scope.lease_name, scope=scope),
                                name="nichotplug-controller")
 
     def report_crash(done: asyncio.Task[None]) -> None:

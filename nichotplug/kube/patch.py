@@ -12,6 +12,7 @@ re-running those ops: only if one of them fails now is it a :class:`Conflict`.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -79,6 +80,22 @@ class Denied(KubeError):
         return self.code >= 500
 
 
+class WebhookUnreachable(KubeError):
+    """The API server could not get an answer from an admission webhook whose failure policy is Fail
+    (connection refused, no endpoints, a timeout, a certificate it does not trust): it refused the
+    write without judging it. ``webhook`` is the webhook's name, ``cause`` what the API server saw."""
+
+    def __init__(self, status: int, reason: str, message: str, webhook: str, cause: str) -> None:
+        super().__init__(status, reason, message)
+        self.webhook = webhook
+        self.cause = cause
+
+
+# kube-apiserver's wording (apiserver/pkg/admission/plugin/webhook/errors): 'failed calling webhook
+# "NAME": CAUSE', behind "Internal error occurred: " and sometimes other prefixes.
+_FAILED_CALL = re.compile(r'failed calling webhook "([^"]+)": (.*)', re.DOTALL)
+
+
 def _status_body(exc: ApiException) -> Mapping[str, Any]:
     """The decoded ``kind: Status`` body of an API error, or ``{}`` when it is not JSON."""
     body: Any = exc.body
@@ -102,6 +119,9 @@ def as_kube_error(exc: ApiException) -> KubeError:
     if message.startswith(_ADMISSION_PREFIX) and _DENIED_MARKER in message:
         webhook, _, webhook_message = message[len(_ADMISSION_PREFIX):].partition(_DENIED_MARKER)
         return Denied(status, webhook_message, webhook)
+    failed_call = _FAILED_CALL.search(message) if status >= 500 else None
+    if failed_call is not None:
+        return WebhookUnreachable(status, reason, message, failed_call.group(1), failed_call.group(2))
     if status == 404:
         return NotFound(status, reason, message)
     if status == 409:
@@ -160,6 +180,20 @@ async def get_custom_object(
     except ApiException as exc:
         raise as_kube_error(exc) from exc
     return obj
+
+
+async def list_custom_objects(
+    api: ApiClient, group: str, version: str, plural: str, namespace: str,
+    *, request_timeout: float = DEFAULT_TIMEOUT_SECONDS,
+) -> list[dict[str, Any]]:
+    """The items of one namespace's custom objects of a kind (one page: callers list small sets)."""
+    try:
+        listed: dict[str, Any] = await CustomObjectsApi(api).list_namespaced_custom_object(
+            group, version, namespace, plural, _request_timeout=request_timeout)
+    except ApiException as exc:
+        raise as_kube_error(exc) from exc
+    items = listed.get("items")
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
 
 async def _explain_invalid_patch(

@@ -11,6 +11,11 @@ Status codes (SPEC "Action API"): 422 the request body is wrong (the caller must
 state of the cluster refuses it (name already used, MAC already used, VM not eligible, NAD not
 hot-pluggable, interface not hot-unpluggable, last interface, concurrent change). A NAD that is not
 hot-pluggable is a 409, not a 422: the body is valid, the network is what the user must change.
+
+A stopped VM (SPEC "Action API": no VMI, or one that has finished) has nothing to hot-plug: addNic
+adds the interface and its network to the spec and removeNic deletes both, without the eligibility
+checks (the admission webhooks judge such a write as a cold edit: only the MAC rules apply). The
+body, name, network and MAC checks are the same as for a running VM.
 """
 
 from __future__ import annotations
@@ -136,6 +141,18 @@ def _views(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None) -> tuple[VmView
     except InvalidObject as error:
         return ActionRefusal(409, NOT_ELIGIBLE, f"cannot read the VM or its VMI: {error}")
     return vm_view, vmi_view
+
+
+def is_stopped(vm: VmView, vmi: VmiView | None) -> bool:
+    """No guest runs and none is on the way: no VMI and a spec that does not ask to run, or a VMI that
+    has finished. Exactly when the admission webhooks judge a write to the VM as a cold edit."""
+    return vmi.finished if vmi is not None else not vm.running
+
+
+def stopped_vm(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None) -> bool:
+    """:func:`is_stopped` of the objects as read (False when they cannot be read: the planner refuses)."""
+    views = _views(vm, vmi)
+    return not isinstance(views, ActionRefusal) and is_stopped(*views)
 
 
 def _eligibility_refusal(vm: VmView, vmi: VmiView | None) -> ActionRefusal | None:
@@ -275,8 +292,8 @@ def plan_add_nic(
 ) -> list[JsonPatchOp] | ActionRefusal:
     """The JSON Patch that hot-plugs the interface ``body`` asks for, or why it is refused.
 
-    Checks, in order: the body (422), the VM's eligibility (409, every reason), the name (409), the
-    NAD (404 missing, 409 not hot-pluggable), the MAC (409 if used in the same scope).
+    Checks, in order: the body (422), the VM's eligibility (409, every reason; not for a stopped VM),
+    the name (409), the NAD (404 missing, 409 not hot-pluggable), the MAC (409 if used in the same scope).
     ``name_optional``: a missing ``interfaceName`` gets the first free ``nic-<n>``.
     """
     views = _views(vm, vmi)
@@ -288,7 +305,7 @@ def plan_add_nic(
         return request
     if not request.interface_name:
         request = replace(request, interface_name=next_interface_name(vm))
-    refusal = _eligibility_refusal(vm_view, vmi_view)
+    refusal = None if is_stopped(vm_view, vmi_view) else _eligibility_refusal(vm_view, vmi_view)
     if refusal is None and request.interface_name in used_names(vm):
         refusal = ActionRefusal(
             409, NAME_IN_USE,
@@ -333,8 +350,9 @@ def plan_remove_nic(
 ) -> list[JsonPatchOp] | ActionRefusal:
     """The JSON Patch that sets the named interface ``state: absent``, or why it is refused.
 
-    Checks, in order: the body (422), the VM's eligibility (409), the interface exists (404), it is
-    not the VM's last interface and it is hot-unpluggable (409).
+    Checks, in order: the body (422), the VM's eligibility (409), the interface exists (404, naming
+    those the VM has), it is not the VM's last interface and it is hot-unpluggable (409). A stopped
+    VM skips eligibility and hot-unpluggability: see :func:`_plan_cold_remove`.
     """
     views = _views(vm, vmi)
     if isinstance(views, ActionRefusal):
@@ -343,12 +361,15 @@ def plan_remove_nic(
     name = _interface_name(body)
     if isinstance(name, ActionRefusal):
         return name
-    refusal = _eligibility_refusal(vm_view, vmi_view)
+    stopped = is_stopped(vm_view, vmi_view)
+    refusal = None if stopped else _eligibility_refusal(vm_view, vmi_view)
     if refusal is not None:
         return refusal
     index = _interface_index(vm, name)
     if index is None:
-        return ActionRefusal(404, NOT_FOUND, f"{_vm_label(vm_view)} has no interface named {name!r}")
+        return _unknown_interface(vm_view, name)
+    if stopped:
+        return _plan_cold_remove(vm, vm_view, name, index)
     problem = interface_unplug_problem(vm_view, name)
     if problem is not None:
         return ActionRefusal(409, NOT_HOTUNPLUGGABLE, problem)
@@ -358,6 +379,37 @@ def plan_remove_nic(
         _test_resource_version(vm_view),
         {"op": "replace" if has_state else "add", "path": state_path, "value": "absent"},
     ]
+
+
+def _unknown_interface(vm: VmView, name: str) -> ActionRefusal:
+    names = ", ".join(interface.name for interface in vm.interfaces) or "none"
+    return ActionRefusal(404, NOT_FOUND, f"{_vm_label(vm)} has no interface named {name!r}; its interfaces: {names}")
+
+
+def _network_index(vm: Mapping[str, Any], name: str) -> int | None:
+    for index, item in enumerate(_raw_list(vm, _NETWORKS_PATH)):
+        if isinstance(item, Mapping) and item.get("name") == name:
+            return index
+    return None
+
+
+def _plan_cold_remove(
+    vm: Mapping[str, Any], vm_view: VmView, name: str, index: int,
+) -> list[JsonPatchOp] | ActionRefusal:
+    """Delete the interface and its network from a stopped VM's spec (its next start boots without them).
+
+    Any interface may go but the last one: a VM left without interfaces gets KubeVirt's default pod
+    interface at its next start, which is not what removing a NIC means.
+    """
+    if len(_raw_list(vm, _INTERFACES_PATH)) == 1:
+        return ActionRefusal(409, NOT_HOTUNPLUGGABLE,
+                             f"{name!r} is the only interface of {_vm_label(vm_view)}; a VM keeps at least one")
+    ops = [_test_resource_version(vm_view),
+           {"op": "remove", "path": "/" + "/".join((*_INTERFACES_PATH, str(index)))}]
+    network_index = _network_index(vm, name)
+    if network_index is not None:
+        ops.append({"op": "remove", "path": "/" + "/".join((*_NETWORKS_PATH, str(network_index)))})
+    return ops
 
 
 def find_hotunpluggable(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None) -> list[str]:

@@ -31,6 +31,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -136,9 +137,12 @@ class _Process:
     def start(self) -> None:
         log = self.log_path.open("ab")
         try:
+            # The kernel's parent-death signal follows the *thread* that forked: set it only from the
+            # main thread, or a restart from a worker thread (asyncio.to_thread) would die with that thread.
+            on_parent_death = _die_with_parent if threading.current_thread() is threading.main_thread() else None
             self.popen = subprocess.Popen(
                 [str(self.binary), *self.argv], stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, start_new_session=True,
+                stdin=subprocess.DEVNULL, preexec_fn=on_parent_death, start_new_session=True,
             )
         finally:
             log.close()

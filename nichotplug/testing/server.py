@@ -298,7 +298,9 @@ class ApiServer:
         await self._webhook_client.close()
 
     async def restart(self) -> None:
+        """Stop and start on the same port, keeping the data; watches must list again, as after a real restart."""
         await self.stop()
+        self.store.open_windows_after_restart({(info.group, info.plural) for info in self._resources.values()})
         await self.start()
 
     async def __aenter__(self) -> ApiServer:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +100,13 @@ class Store:
     def open_window(self, gr: GroupResource) -> None:
         """Start the resource's watch window at the current revision (its watch cache was just set up)."""
         self._window_start[gr] = self.resource_version
+
+    def open_windows_after_restart(self, resources: Iterable[GroupResource]) -> None:
+        """A restarted kube-apiserver writes a few objects of its own and builds new watch caches from
+        there, so a watch resumed from any resourceVersion read before the restart gets 410 Expired."""
+        self._next_version()
+        for gr in resources:
+            self.open_window(gr)
 
     # -- reads ---------------------------------------------------------------------------------
     def get(self, gr: GroupResource, namespace: str, name: str) -> dict[str, Any] | None:

@@ -47,6 +47,7 @@ ADMISSION_HANDLERS = web.AppKey("nichotplug_admission_handlers", dict[str, Handl
 WEBHOOK_PATHS: dict[WebhookName, str] = {"mutation": MUTATION_PATH, "validation": VALIDATION_PATH}
 
 _KNOWN_REASONS = metrics.known_reasons()
+REASON_HOTPLUG_ALLOWED = "hotplug-allowed"  # rules.decision.ALLOW_REASONS: logged at INFO
 
 # Passed as headers rather than content_type=: aiohttp then skips re-assembling the media type.
 _JSON_HEADERS = {hdrs.CONTENT_TYPE: JSON_CONTENT_TYPE}
@@ -104,6 +105,12 @@ class WebhookHandler:
             self._count(admission, verdict)
             stats.count_code("200")
             return web.Response(body=body, headers=_JSON_HEADERS)
+        except ConnectionResetError:
+            # The caller went away mid-request (the API server timed out or restarted): nobody is left
+            # to answer, and it is no bug of ours. The API server applies the failure policy itself.
+            log.info("%s webhook: the caller closed the connection before the answer was ready", self.webhook)
+            stats.count_code("499")
+            return web.Response(status=499)
         except Exception:
             # A bug in this layer (the engine already contains the rules' own): answer a Status the API
             # server can show; it then applies the webhook's failurePolicy (validation fails closed).
@@ -169,7 +176,9 @@ class WebhookHandler:
         # Bounded: operations, results and reasons are all closed sets.
         self._stats.count_decision((admission["operation"], verdict.result, reason))
         # Allowed-unchanged is the hot path: logged at DEBUG so a busy cluster's log is not all webhook.
-        level = logging.DEBUG if verdict.result == metrics.RESULT_ALLOWED else logging.INFO
+        # An allowed hot-plug is rare and worth a line: it changes a running VM's NICs.
+        quiet = verdict.result == metrics.RESULT_ALLOWED and verdict.reason != REASON_HOTPLUG_ALLOWED
+        level = logging.DEBUG if quiet else logging.INFO
         if log.isEnabledFor(level):
             _log_verdict(level, self.webhook, admission, verdict)
 

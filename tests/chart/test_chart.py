@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import helm_python as helm
 import pytest
 
 from nichotplug.cli import build_parser
-from nichotplug.controller.loop import run_controller
+from nichotplug.controller.scope import ControllerScope
 from nichotplug.kube.certificates import parse_duration, settings_from_args
 from nichotplug.rules.cluster import StaticCluster
 from nichotplug.service import build_webhook_app
@@ -266,7 +265,7 @@ def _granted(rendered: Rendered) -> set[tuple[str, str, str, Scope, tuple[str, .
 
 def _needed(rendered: Rendered, *, self_managed: bool) -> set[tuple[str, str, str, Scope, tuple[str, ...]]]:
     args = serve_args(rendered)
-    lease = inspect.signature(run_controller).parameters["lease_name"].default
+    lease = ControllerScope.of(args.controller_namespace).lease_name
     owned_names = {"leases": (lease,), "secrets": (args.tls_secret,),
                    "mutatingwebhookconfigurations": (args.mutating_webhook,),
                    "validatingwebhookconfigurations": (args.validating_webhook,)}
@@ -371,6 +370,17 @@ def test_service_monitor_is_off_by_default(default_chart: Rendered) -> None:
     assert default_chart.all("ServiceMonitor") == []
 
 
+def test_controller_namespaces_reach_serve_and_the_lease_role_names_its_lease() -> None:
+    rendered = render_chart({"controller": {"namespaces": ["team-b", "team-a"]}})
+    args = serve_args(rendered)
+    assert args.controller_namespace == ["team-b", "team-a"]
+    lease = ControllerScope.of(args.controller_namespace).lease_name
+    assert lease != "nichotplug-controller"
+    lease_rules = [rule for rule in rendered.one("Role")["rules"] if "leases" in rule["resources"]]
+    assert lease in {name for rule in lease_rules for name in rule.get("resourceNames", ())}
+    assert _granted(rendered) == _needed(rendered, self_managed=True)
+
+
 def test_controller_and_migration_switches_reach_serve() -> None:
     args = serve_args(render_chart(OPTIONS["no-controller"]))
     assert args.no_controller is True
@@ -406,6 +416,8 @@ def test_notes_tell_how_to_check_the_install(default_chart: Rendered) -> None:
     ({"replicas": 2}, "replicas"),
     ({"shutdownDelaySeconds": -1}, "/shutdownDelaySeconds"),
     ({"terminationGracePeriodSeconds": 5}, "/terminationGracePeriodSeconds"),
+    ({"controller": {"namespaces": ["Team_A"]}}, "/controller/namespaces/0"),
+    ({"controller": {"namespaces": ["a", "a"]}}, "/controller/namespaces"),
 ])
 def test_schema_rejects_bad_values(values: dict[str, Any], key: str) -> None:
     with helm.Chart.load(CHART_DIR) as chart, pytest.raises(helm.HelmValuesError) as caught:

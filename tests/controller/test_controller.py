@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import REGISTRY
 
 from nichotplug.controller.reconciler import Outcome
+from nichotplug.controller.scope import ControllerScope
 from nichotplug.webhook.registration import VALIDATING_WEBHOOK
 
 from .conftest import MAC_A, MAC_B, MAC_C, Cluster, kubectl, running_controller, vm_body, vmi_body, wait_for
@@ -321,3 +325,84 @@ async def test_recording_keeps_the_vms_other_annotations(api_client: ApiClient, 
     annotations = (await cluster.get_vm("vm1"))["metadata"]["annotations"]
     assert annotations["team"] == "blue"
     assert annotations["harvesterhci.io/vmRunStrategy"] == "Always"
+
+
+async def _create_in(api_client: ApiClient, namespace: str, body: dict[str, Any]) -> None:
+    from kubernetes_asyncio.client import CoreV1Api, CustomObjectsApi
+
+    with contextlib.suppress(ApiException):  # already there from an earlier step
+        await CoreV1Api(api_client).create_namespace({"metadata": {"name": namespace}})
+    body = {**body, "metadata": {**body["metadata"], "namespace": namespace}}
+    await CustomObjectsApi(api_client).create_namespaced_custom_object("kubevirt.io", "v1", namespace,
+                                                                       "virtualmachines", body)
+
+
+async def test_a_scoped_controller_writes_only_vms_in_its_namespaces(
+    api_client: ApiClient, cluster: Cluster,
+) -> None:
+    from kubernetes_asyncio.client import CustomObjectsApi
+
+    await cluster.create_vm(vm_body("outside", macs={"default": None}, annotation={"default": MAC_A}))
+    await _create_in(api_client, "team-a", vm_body("inside", macs={"default": None}, annotation={"default": MAC_B}))
+    async with running_controller(api_client, scope=ControllerScope.of(["team-a"])) as controller:
+        async def inside_backfilled() -> bool:
+            vm = await CustomObjectsApi(api_client).get_namespaced_custom_object(
+                "kubevirt.io", "v1", "team-a", "virtualmachines", "inside")
+            return bool(vm["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"][0].get("macAddress"))
+        await wait_for(inside_backfilled)
+        # Several resyncs later (each queues every VM it may write), the VM outside is still untouched.
+        done = controller.reconciles
+        await wait_for(lambda: _true_when(controller.reconciles >= done + 3))
+        assert await cluster.spec_macs("outside") == {"default": None}
+        assert await _reasons(cluster, "outside") == set()
+
+
+async def _true_when(condition: bool) -> bool:
+    return condition
+
+
+async def test_an_outage_is_one_warning_and_one_recovery_line_not_one_per_vm(
+    api_client: ApiClient, apiserver: Any, cluster: Cluster, caplog: pytest.LogCaptureFixture,
+) -> None:
+    names = [f"vm{number}" for number in range(6)]
+    for name in names:
+        await cluster.create_vm(vm_body(name, macs={"default": None}, annotation={"default": MAC_A}))
+    outage = apiserver.faults.add(method="PATCH", path_regex=r"/virtualmachines/", status=503, times=None,
+                                  message="the API server is restarting")
+    caplog.set_level(logging.DEBUG, logger="nichotplug.controller.reconciler")
+    async with running_controller(api_client) as controller:
+        await wait_for(lambda: _true_when(controller.reconciler.failures.failures >= 2 * len(names)))
+        apiserver.faults.clear()
+
+        async def all_backfilled() -> bool:
+            return all([(await cluster.spec_macs(name))["default"] for name in names])
+        await wait_for(all_backfilled)
+    assert outage.hits >= 2 * len(names)
+    records = [r for r in caplog.records if r.name == "nichotplug.controller.reconciler"]
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("the controller's API calls are failing (could not write the backfill of VM default/")
+    assert "the API server is restarting" in warnings[0]
+    [recovered] = [r.getMessage() for r in records if r.levelno == logging.INFO and "work again" in r.getMessage()]
+    failed = int(recovered.split(": ", 1)[1].split()[0])
+    assert failed >= 2 * len(names)
+    details = [r for r in records if r.levelno == logging.DEBUG and "could not write the backfill" in r.getMessage()]
+    assert len(details) == failed
+
+
+async def test_a_scoped_audit_reports_a_duplicate_only_on_the_vms_in_its_namespaces(
+    api_client: ApiClient, cluster: Cluster,
+) -> None:
+    from kubernetes_asyncio.client import CoreV1Api
+
+    await cluster.create_vm(vm_body("outside", macs={"default": MAC_C}, run_strategy="Always"))
+    await _create_in(api_client, "team-a", vm_body("inside", macs={"default": MAC_C}, run_strategy="Always"))
+    async with running_controller(api_client, scope=ControllerScope.of(["team-a"])) as controller:
+        async def inside_told() -> bool:
+            events = (await CoreV1Api(api_client).list_namespaced_event("team-a")).items
+            return any(e.reason == "DuplicateMac" and e.involved_object.name == "inside" for e in events)
+        await wait_for(inside_told)
+        [duplicate] = await controller.auditor.audit()
+        assert {owner.vm for owner in duplicate.owners} == {"inside", "outside"}  # the view is cluster-wide
+        assert metric("nichotplug_duplicate_macs") == 1
+    assert "DuplicateMac" not in await _reasons(cluster, "outside")  # no write outside the scope

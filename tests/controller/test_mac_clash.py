@@ -51,19 +51,26 @@ def bridge_nad(name: str, cluster_network: str) -> dict[str, Any]:
             "spec": {"config": json.dumps({"cniVersion": "0.3.1", "name": name, "type": "bridge", "bridge": "br"})}}
 
 
-async def before_nichotplug(api: ApiClient, owner_nic1_network: str) -> None:
-    """The cluster as it was before nichotplug was installed: two networks, the two VMs."""
+async def ensure_namespace(api: ApiClient, name: str) -> None:
     try:
-        await CoreV1Api(api).create_namespace({"metadata": {"name": NS}})
+        await CoreV1Api(api).create_namespace({"metadata": {"name": name}})
     except ApiException as error:
         if error.status != 409:  # a real API server keeps namespaces for the whole session
             raise
+
+
+async def before_nichotplug(api: ApiClient, owner_nic1_network: str, owner_namespace: str = NS) -> None:
+    """The cluster as it was before nichotplug was installed: two networks, the two VMs."""
+    for namespace in {NS, owner_namespace}:
+        await ensure_namespace(api, namespace)
     custom = CustomObjectsApi(api)
     for nad in (bridge_nad("vlan1", "mgmt"), bridge_nad("vlan2", "data")):
         await custom.create_namespaced_custom_object("k8s.cni.cncf.io", "v1", NS, "network-attachment-definitions", nad)
-    for vm in (stopped_vm("old-owner", {"default": "52:54:00:00:02:01", "nic-1": CLASH_MAC}, owner_nic1_network),
-               stopped_vm("old-clash", {}, "ns/vlan1", annotation={"default": CLASH_FREE_MAC, "nic-1": CLASH_MAC})):
-        await custom.create_namespaced_custom_object("kubevirt.io", "v1", NS, "virtualmachines", vm)
+    owner = stopped_vm("old-owner", {"default": "52:54:00:00:02:01", "nic-1": CLASH_MAC}, owner_nic1_network)
+    owner["metadata"]["namespace"] = owner_namespace
+    await custom.create_namespaced_custom_object("kubevirt.io", "v1", owner_namespace, "virtualmachines", owner)
+    clash = stopped_vm("old-clash", {}, "ns/vlan1", annotation={"default": CLASH_FREE_MAC, "nic-1": CLASH_MAC})
+    await custom.create_namespaced_custom_object("kubevirt.io", "v1", NS, "virtualmachines", clash)
 
 
 async def spec_macs(api: ApiClient, name: str) -> dict[str, str | None]:
@@ -71,8 +78,8 @@ async def spec_macs(api: ApiClient, name: str) -> dict[str, str | None]:
     return {i["name"]: i.get("macAddress") for i in vm["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"]}
 
 
-async def events(api: ApiClient, name: str, reason: str) -> list[str]:
-    listed = await CoreV1Api(api).list_namespaced_event(NS)
+async def events(api: ApiClient, name: str, reason: str, namespace: str = NS) -> list[str]:
+    listed = await CoreV1Api(api).list_namespaced_event(namespace)
     return [event.message for event in listed.items
             if event.involved_object.name == name and event.reason == reason]
 
@@ -113,3 +120,14 @@ async def test_a_recorded_mac_another_vm_holds_on_another_cluster_network_is_bac
         await wait_for(backfilled)
     assert await events(api_client, "old-clash", "MacNotBackfilled") == []
     assert await events(api_client, "old-owner", "MacNotBackfilled") == []
+
+
+async def test_a_scoped_controller_writes_no_event_on_the_other_vm_outside_its_scope(api_client: ApiClient) -> None:
+    from nichotplug.controller.scope import ControllerScope
+
+    await before_nichotplug(api_client, "ns/vlan1", owner_namespace="ns-other")
+    async with running_controller(api_client, scope=ControllerScope.of([NS])):
+        clash_events = await wait_for(lambda: events(api_client, "old-clash", "MacNotBackfilled"))
+        assert await spec_macs(api_client, "old-clash") == {"default": CLASH_FREE_MAC, "nic-1": None}
+    assert "held by VM ns-other/old-owner interface nic-1 on cluster network mgmt" in clash_events[0]
+    assert await events(api_client, "old-owner", "MacNotBackfilled", namespace="ns-other") == []

@@ -17,6 +17,7 @@ import helm_python as helm
 import yaml
 
 from nichotplug.testing import ApiServer
+from nichotplug.testing.envtest import RealApiServer
 from nichotplug.webhook.registration import webhook_configurations
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,13 +60,18 @@ async def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str
     return out.decode()
 
 
-async def install_access(server: ApiServer, kubeconfig: Path, values: dict[str, Any] | None = None) -> str:
+async def install_access(server: ApiServer | RealApiServer, kubeconfig: Path,
+                         values: dict[str, Any] | None = None) -> str:
     """Apply the chart's namespace-level access objects; return a token of its ServiceAccount."""
     objects = [obj for obj in render_objects(values) if obj["kind"] in ACCESS_KINDS]
     await create_namespace(kubeconfig)
     await kubectl(kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump_all(objects))
     (account,) = [obj for obj in objects if obj["kind"] == "ServiceAccount"]
-    return server.service_account_token(NAMESPACE, account["metadata"]["name"])
+    name = account["metadata"]["name"]
+    if isinstance(server, RealApiServer):
+        # A TokenRequest to another process: off the event loop, which may serve the in-process server.
+        return await asyncio.to_thread(server.service_account_token, NAMESPACE, name)
+    return server.service_account_token(NAMESPACE, name)
 
 
 async def install_url_webhooks(kubeconfig: Path, url: str, ca_bundle: bytes = b"") -> None:

@@ -1,5 +1,6 @@
-"""End to end: the chart's access objects and webhooks in the in-process API server, `nichotplug serve`
-run as a separate process with the chart's arguments and the ServiceAccount's restricted token.
+"""End to end: the chart's access objects and webhooks in an API server (the in-process one and a real
+kube-apiserver, whose RBAC is the real judge of the chart's roles), `nichotplug serve` run as a separate
+process with the chart's arguments and the ServiceAccount's restricted token.
 
 What an operator sees after `helm install`: the service creates its certificate Secret, fills both
 caBundles, becomes ready, and VMs created with kubectl get MACs. Then its certificate is replaced
@@ -34,6 +35,7 @@ from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi
 from nichotplug.kube.certificates import TlsMaterial
 from nichotplug.rules.mac import check_unicast_mac
 from nichotplug.testing import ApiServer
+from nichotplug.testing.envtest import RealApiServer
 
 from .support import (
     NAMESPACE,
@@ -45,7 +47,7 @@ from .support import (
     render_objects,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.both_servers]
 
 VM_NAMESPACE = "vms"
 WAIT_SECONDS = 60.0
@@ -138,11 +140,11 @@ class Service:
 
 
 @pytest_asyncio.fixture
-async def service(apiserver: ApiServer, kubeconfig: Path, api_client: ApiClient,
+async def service(cluster_server: ApiServer | RealApiServer, kubeconfig: Path, api_client: ApiClient,
                   tmp_path: Path) -> AsyncIterator[Service]:
     """The chart installed (access objects + URL webhooks) and `nichotplug serve` started with its args."""
-    token = await install_access(apiserver, kubeconfig)
-    service_kubeconfig = apiserver.write_kubeconfig(tmp_path / "service-kubeconfig", token=token)
+    token = await install_access(cluster_server, kubeconfig)
+    service_kubeconfig = cluster_server.write_kubeconfig(tmp_path / "service-kubeconfig", token=token)
     port = free_port()
     await install_url_webhooks(kubeconfig, f"https://127.0.0.1:{port}")
     await kubectl(kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump(

@@ -406,3 +406,52 @@ def test_any_body_gives_a_patch_or_a_clear_refusal(body: dict[str, Any]) -> None
             assert result.message
         else:
             jsonpatch.apply_patch(machine, result)  # every patch applies to the VM it was planned for
+
+
+# -- a stopped VM: nothing to hot-plug, the spec is edited ---------------------------------------
+
+
+@pytest.mark.parametrize(("run_strategy", "instance"), [("Halted", None), ("Always", vmi(phase="Succeeded"))],
+                         ids=["halted, no VMI", "VMI finished"])
+def test_add_nic_on_a_stopped_vm_adds_to_the_spec_without_eligibility(
+    run_strategy: str, instance: dict[str, Any] | None,
+) -> None:
+    machine = vm(run_strategy=run_strategy, printable_status="Stopped", host_devices=True)  # ineligible if running
+    state = StaticCluster(vms=[machine], vmis=[instance] if instance else [], nads=[nad()])
+    assert actions.stopped_vm(machine, instance)
+    patched = jsonpatch.apply_patch(machine, ops(plan_add_nic(
+        machine, instance, {"interfaceName": "dynif1", "networkName": "vlan1", "macAddress": "02:aa:bb:cc:dd:ee"},
+        state)))
+    assert interfaces_of(patched)[-1] == {"name": "dynif1", "model": "virtio", "bridge": {},
+                                          "macAddress": "02:aa:bb:cc:dd:ee"}
+    assert networks_of(patched)[-1] == {"name": "dynif1", "multus": {"networkName": "default/vlan1"}}
+
+
+def test_add_nic_on_a_vm_starting_without_a_vmi_yet_is_not_a_cold_edit() -> None:
+    machine = vm(run_strategy="Always", printable_status="Starting")
+    assert not actions.stopped_vm(machine, None)
+    result = refusal(plan_add_nic(machine, None, {"interfaceName": "x", "networkName": "vlan1"}, cluster(machine)))
+    assert (result.status, result.code) == (409, actions.NOT_ELIGIBLE)
+
+
+def test_remove_nic_on_a_stopped_vm_deletes_the_interface_and_its_network() -> None:
+    machine = vm(run_strategy="Halted", printable_status="Stopped")
+    state = StaticCluster(vms=[machine], nads=[nad()])
+    patch = ops(plan_remove_nic(machine, None, {"interfaceName": "nic-1"}, state))
+    assert patch[0] == {"op": "test", "path": "/metadata/resourceVersion", "value": "100"}
+    patched = jsonpatch.apply_patch(machine, patch)
+    assert [item["name"] for item in interfaces_of(patched)] == ["default"]
+    assert [item["name"] for item in networks_of(patched)] == ["default"]
+
+
+def test_remove_nic_on_a_stopped_vm_keeps_its_last_interface() -> None:
+    machine = vm(run_strategy="Halted", interfaces=vm_interfaces()[:1], networks=[pod_net()])
+    result = refusal(plan_remove_nic(machine, None, {"interfaceName": "default"}, StaticCluster(vms=[machine])))
+    assert (result.status, result.code) == (409, actions.NOT_HOTUNPLUGGABLE)
+    assert result.message == "'default' is the only interface of VM default/vm1; a VM keeps at least one"
+
+
+def test_remove_of_an_unknown_interface_names_those_the_vm_has() -> None:
+    machine = vm()
+    result = refusal(plan_remove_nic(machine, vmi(), {"interfaceName": "nosuch"}, cluster(machine)))
+    assert result.message == "VM default/vm1 has no interface named 'nosuch'; its interfaces: default, nic-1"

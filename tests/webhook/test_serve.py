@@ -10,6 +10,7 @@ process exits 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -30,6 +31,7 @@ from webhook_support import HalfSentBody, admission_review, check_review, vm
 
 from nichotplug.certs import CertBundle, make_bundle, write_bundle
 from nichotplug.cli import main
+from nichotplug.controller.scope import ControllerScope
 from nichotplug.testing.server import ApiServer
 from nichotplug.webhook.registration import VALIDATION_PATH, webhook_configurations
 
@@ -93,24 +95,33 @@ def serving_bundle(tmp_path: Path) -> CertBundle:
     return bundle
 
 
-@pytest.fixture
-async def served(apiserver: ApiServer, kubeconfig: Path, tmp_path: Path,
-                 serving_bundle: CertBundle) -> AsyncIterator[ServeProcess]:
+@contextlib.asynccontextmanager
+async def serving(kubeconfig: Path, tmp_path: Path, *extra: str) -> AsyncIterator[ServeProcess]:
+    """``nichotplug serve`` on free ports with the certificates in ``tmp_path/certs``; killed at the end."""
     port, metrics_port = _free_port(), _free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "nichotplug", "serve", "--kubeconfig", str(kubeconfig), "--host", "127.0.0.1",
         "--port", str(port), "--metrics-port", str(metrics_port), "--namespace", "default",
         "--tls-cert-file", str(tmp_path / "certs" / "tls.crt"), "--tls-key-file", str(tmp_path / "certs" / "tls.key"),
-        "--shutdown-delay", "1.5",
+        "--shutdown-delay", "1.5", *extra,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1", "TZ": "Asia/Tokyo"},  # a node far from UTC
     )
     served = ServeProcess(process, port, metrics_port)
-    yield served
-    print("\n".join(served.lines))  # the server's log, shown when the test fails
-    if process.returncode is None:
-        process.kill()
-        await process.wait()
+    try:
+        yield served
+    finally:
+        print("\n".join(served.lines))  # the server's log, shown when the test fails
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+@pytest.fixture
+async def served(apiserver: ApiServer, kubeconfig: Path, tmp_path: Path,
+                 serving_bundle: CertBundle) -> AsyncIterator[ServeProcess]:
+    async with serving(kubeconfig, tmp_path) as process:
+        yield process
 
 
 async def _wait_ready(session: aiohttp.ClientSession, served: ServeProcess) -> None:
@@ -137,8 +148,15 @@ async def test_serve_end_to_end_with_kubectl_then_drain_on_sigterm(
     client_ssl = ssl.create_default_context(cadata=serving_bundle.ca_cert_pem.decode())
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl)) as session:
         await _wait_ready(session, served)
-        # Once synced, the view is moved out of the cyclic GC's reach (no full-GC pauses on requests).
-        await served.wait_for_line("cluster view synced;")
+        await served.wait_for_line("cluster view synced: ")
+        assert any(re.search(r"INFO nichotplug.service: cluster view synced: \d+ VirtualMachines, \d+ "
+                             r"VirtualMachineInstances, \d+ NetworkAttachmentDefinitions, \d+ MACs$", line)
+                   for line in served.lines), served.lines
+        assert not any("cyclic GC" in line for line in served.lines)  # a detail, at DEBUG
+        # The log says where it really listens, and how far the controller's writes reach.
+        await served.wait_for_line(f"serving webhooks and actions on https://127.0.0.1:{served.port}; "
+                                   f"metrics on http://127.0.0.1:{served.metrics_port}/metrics")
+        await served.wait_for_line("controller: writing VMs in all namespaces (Lease default/nichotplug-controller)")
         # Every log line is stamped in UTC, ISO 8601, whatever the node's time zone.
         assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) ", line)
                    for line in served.lines if line), served.lines
@@ -184,6 +202,8 @@ async def test_serve_end_to_end_with_kubectl_then_drain_on_sigterm(
         }
         assert decisions["mutation", "patched", "macs-assigned"] == 2  # "first", then "second"'s nic1
         assert decisions["validation", "denied", "mac-collision"] == 1
+        assert "_created" not in metrics
+        assert "\nnichotplug_leader{name=\"nichotplug-controller\"} " in metrics
 
         # The action API is mounted on the same TLS port and acts with the caller's token.
         async with session.post(
@@ -222,6 +242,7 @@ async def test_serve_end_to_end_with_kubectl_then_drain_on_sigterm(
         assert status == 200
         assert check_review(answer, uid="uid-1", webhook="validation")["allowed"] is True
         assert await served.stop() == 0, "\n".join(served.lines)
+        assert served.lines[-1].endswith(" INFO nichotplug.service: stopped"), served.lines[-3:]
 
 
 @pytest.mark.parametrize(("extra", "message"), [
@@ -230,6 +251,10 @@ async def test_serve_end_to_end_with_kubectl_then_drain_on_sigterm(
     (["--tls-cert-file", "a", "--tls-key-file", "b", "--port", "70000"], "--port 70000 is not a usable port"),
     (["--tls-cert-file", "a", "--tls-key-file", "b", "--shutdown-delay", "-1"],
      "--shutdown-delay -1 must not be negative"),
+    (["--tls-cert-file", "a", "--tls-key-file", "b", "--controller-namespace", "Team_A"],
+     "--controller-namespace 'Team_A' is not a namespace name (lowercase letters, digits, '-')"),
+    (["--tls-cert-file", "a", "--tls-key-file", "b", "--controller-namespace", "team-a", "--no-controller"],
+     "--controller-namespace limits the controller, which --no-controller turns off: give one of them"),
 ])
 def test_serve_refuses_unusable_arguments_with_one_clear_line(
     extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
@@ -248,3 +273,38 @@ async def test_serve_without_credentials_or_certificate_says_which(tmp_path: Pat
     _, err = await process.communicate()
     assert process.returncode == 1
     assert "nichotplug serve: KubeConfigError: no Kubernetes credentials" in err.decode()
+
+
+async def _scrape(served: ServeProcess) -> str:
+    async with aiohttp.ClientSession() as plain, plain.get(
+        f"http://127.0.0.1:{served.metrics_port}/metrics"
+    ) as response:
+        return await response.text()
+
+
+async def test_serve_without_controller_says_so_and_exports_no_audit(
+    apiserver: ApiServer, kubeconfig: Path, tmp_path: Path, serving_bundle: CertBundle,
+) -> None:
+    async with serving(kubeconfig, tmp_path, "--no-controller") as served:
+        await served.wait_for_line("controller: off (--no-controller): nichotplug writes no VM on its own")
+        await served.wait_for_line("cluster view synced: ")
+        metrics = await _scrape(served)
+        assert '\nnichotplug_leader{name="nichotplug-controller"} 0.0\n' in metrics
+        assert "nichotplug_duplicate_macs " not in metrics  # no audit ran: no figure that reads "none found"
+        assert await served.stop() == 0
+
+
+async def test_serve_with_controller_namespaces_names_them_and_their_lease(
+    apiserver: ApiServer, kubeconfig: Path, tmp_path: Path, serving_bundle: CertBundle,
+) -> None:
+    lease = ControllerScope.of(["team-b", "team-a"]).lease_name
+    async with serving(kubeconfig, tmp_path, "--controller-namespace", "team-b",
+                       "--controller-namespace", "team-a") as served:
+        await served.wait_for_line(f"controller: writing VMs in team-a, team-b (Lease default/{lease})")
+        await served.wait_for_line("cluster view synced: ")
+        async with asyncio.timeout(20):
+            while True:  # it leads its own Lease, the scope's
+                if f'nichotplug_leader{{name="{lease}"}} 1.0' in await _scrape(served):
+                    break
+                await asyncio.sleep(0.2)
+        assert await served.stop() == 0

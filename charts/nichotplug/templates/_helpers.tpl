@@ -43,9 +43,15 @@ app.kubernetes.io/part-of: harvester
 {{- default (printf "%s-tls" (include "nichotplug.fullname" .)) .Values.certificates.secretName }}
 {{- end }}
 
-{{/* The controller's leader-election Lease: nichotplug/controller/loop.py run_controller(lease_name=...). */}}
+{{/* The controller's leader-election Lease, named after its scope as nichotplug/controller/scope.py
+ControllerScope.lease_name names it: the plain name for every namespace, else a digest of the sorted list. */}}
 {{- define "nichotplug.leaseName" -}}
+{{- $namespaces := .Values.controller.namespaces | default list | uniq | sortAlpha -}}
+{{- if $namespaces -}}
+nichotplug-controller-{{ $namespaces | join "," | sha256sum | trunc 10 }}
+{{- else -}}
 nichotplug-controller
+{{- end -}}
 {{- end }}
 
 {{- define "nichotplug.selfManagedCerts" -}}
