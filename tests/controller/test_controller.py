@@ -365,8 +365,9 @@ async def test_an_outage_is_one_warning_and_one_recovery_line_not_one_per_vm(
     api_client: ApiClient, apiserver: Any, cluster: Cluster, caplog: pytest.LogCaptureFixture,
 ) -> None:
     names = [f"vm{number}" for number in range(6)]
-    for name in names:
-        await cluster.create_vm(vm_body(name, macs={"default": None}, annotation={"default": MAC_A}))
+    for number, name in enumerate(names):  # each its own recorded MAC: a shared one is not backfilled
+        recorded = {"default": f"02:11:22:33:46:{number:02x}"}
+        await cluster.create_vm(vm_body(name, macs={"default": None}, annotation=recorded))
     outage = apiserver.faults.add(method="PATCH", path_regex=r"/virtualmachines/", status=503, times=None,
                                   message="the API server is restarting")
     caplog.set_level(logging.DEBUG, logger="nichotplug.controller.reconciler")

@@ -436,8 +436,7 @@ def test_add_nic_on_a_vm_starting_without_a_vmi_yet_is_not_a_cold_edit() -> None
 
 def test_remove_nic_on_a_stopped_vm_deletes_the_interface_and_its_network() -> None:
     machine = vm(run_strategy="Halted", printable_status="Stopped")
-    state = StaticCluster(vms=[machine], nads=[nad()])
-    patch = ops(plan_remove_nic(machine, None, {"interfaceName": "nic-1"}, state))
+    patch = ops(plan_remove_nic(machine, None, {"interfaceName": "nic-1"}))
     assert patch[0] == {"op": "test", "path": "/metadata/resourceVersion", "value": "100"}
     patched = jsonpatch.apply_patch(machine, patch)
     assert [item["name"] for item in interfaces_of(patched)] == ["default"]
@@ -446,12 +445,12 @@ def test_remove_nic_on_a_stopped_vm_deletes_the_interface_and_its_network() -> N
 
 def test_remove_nic_on_a_stopped_vm_keeps_its_last_interface() -> None:
     machine = vm(run_strategy="Halted", interfaces=vm_interfaces()[:1], networks=[pod_net()])
-    result = refusal(plan_remove_nic(machine, None, {"interfaceName": "default"}, StaticCluster(vms=[machine])))
+    result = refusal(plan_remove_nic(machine, None, {"interfaceName": "default"}))
     assert (result.status, result.code) == (409, actions.NOT_HOTUNPLUGGABLE)
     assert result.message == "'default' is the only interface of VM default/vm1; a VM keeps at least one"
 
 
 def test_remove_of_an_unknown_interface_names_those_the_vm_has() -> None:
     machine = vm()
-    result = refusal(plan_remove_nic(machine, vmi(), {"interfaceName": "nosuch"}, cluster(machine)))
+    result = refusal(plan_remove_nic(machine, vmi(), {"interfaceName": "nosuch"}))
     assert result.message == "VM default/vm1 has no interface named 'nosuch'; its interfaces: default, nic-1"
