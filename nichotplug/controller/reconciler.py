@@ -8,9 +8,9 @@ converges on the next pass. One reconcile makes at most one write:
 - the VM is halted and its VMI is gone -> write the recorded MACs into interfaces lacking one
   (waiting for the VMI to go is the level-triggered form of Harvester's VMI finalizer, without one),
   except a MAC another VM holds on the interface's cluster network: that interface stays empty (the
-  mutating webhook gives it a fresh MAC at the next start) and a ``MacNotBackfilled`` Event on both
-  VMs (the other one only when it is in the controller's scope) names the MAC, the interface and the
-  other VM. The check is ours, not left to the validating
+  mutating webhook gives it a fresh MAC at the VM's next write, its start at the latest) and a
+  ``MacNotBackfilled`` Event on both VMs (the other one only when it is in the controller's scope)
+  names the MAC, the interface and the other VM. The check is ours, not left to the validating
   webhook: the controller may write before the webhook configurations exist (a first install).
 
 Writes go through ``kube.patch.json_patch`` with a ``test`` of the resourceVersion the plan was made
@@ -191,13 +191,13 @@ class MacReconciler:
         reports = [(vm_ref(vm), "Warning", "MacNotBackfilled",
                     f"interface {withheld.interface} keeps no MAC in the spec: its observed MAC {withheld.mac} is held "
                     f"by VM {holder.namespace}/{holder.vm} interface {holder.interface} on {where}; it gets a new MAC "
-                    "at the VM's next start")]
+                    "at the VM's next write (its start at the latest)")]
         holding_vm = self._cache.get_vm(holder.namespace, holder.vm) if self._scope.covers(holder.namespace) else None
         if holding_vm is not None:
             reports.append((vm_ref(holding_vm), "Warning", "MacNotBackfilled",
                             f"MAC {withheld.mac} of interface {holder.interface} is also recorded for VM {vm.ref} "
                             f"interface {withheld.interface} on {where}; it was not written into that VM's spec, "
-                            "which gets a new MAC at its next start"))
+                            "which gets a new MAC at its next write (its start at the latest)"))
         return reports
 
     async def _record(self, key: str, vm: VmView, vmi: VmiView) -> Outcome:

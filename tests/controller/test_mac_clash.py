@@ -105,10 +105,11 @@ async def test_a_recorded_mac_another_vm_holds_on_the_network_is_not_backfilled(
     assert await spec_macs(api_client, "old-owner") == {"default": "52:54:00:00:02:01", "nic-1": CLASH_MAC}
     assert clash_events == [
         f"interface nic-1 keeps no MAC in the spec: its observed MAC {CLASH_MAC} is held by VM ns/old-owner "
-        "interface nic-1 on cluster network mgmt; it gets a new MAC at the VM's next start"]
+        "interface nic-1 on cluster network mgmt; it gets a new MAC at the VM's next write (its start at the latest)"]
     assert owner_events == [
         f"MAC {CLASH_MAC} of interface nic-1 is also recorded for VM ns/old-clash interface nic-1 on cluster "
-        "network mgmt; it was not written into that VM's spec, which gets a new MAC at its next start"]
+        "network mgmt; it was not written into that VM's spec, which gets a new MAC at its next write (its start at "
+        "the latest)"]
 
 
 async def test_a_recorded_mac_another_vm_holds_on_another_cluster_network_is_backfilled(
