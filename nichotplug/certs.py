@@ -92,6 +92,14 @@ def make_ca(common_name: str = "nichotplug-ca", *, days: int = CA_DAYS) -> tuple
     return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
 
+def _load_ca(ca_cert_pem: bytes, ca_key_pem: bytes) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
+    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError("the CA key must be an EC private key")
+    return ca_cert, ca_key
+
+
 def make_serving_cert(
     ca_cert_pem: bytes,
     ca_key_pem: bytes,
@@ -103,10 +111,7 @@ def make_serving_cert(
     """A serving certificate for the given names, signed by the CA: (cert PEM, key PEM)."""
     if not dns_names and not ip_addresses:
         raise ValueError("a serving certificate needs at least one DNS name or IP address")
-    ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
-    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
-    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise ValueError("the CA key must be an EC private key")
+    ca_cert, ca_key = _load_ca(ca_cert_pem, ca_key_pem)
     key = _new_key()
     # Clients check the SANs; the CN only labels the certificate and may hold at most 64 characters.
     common_name = (dns_names[0] if dns_names else ip_addresses[0])[:64]
@@ -140,10 +145,7 @@ def make_client_cert(
     Kubernetes reads the CN as the user name and each O as a group; a front-proxy (aggregation
     layer) client is recognised by its CN.
     """
-    ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
-    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
-    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise ValueError("the CA key must be an EC private key")
+    ca_cert, ca_key = _load_ca(ca_cert_pem, ca_key_pem)
     key = _new_key()
     subject = [x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64])]
     subject += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, group) for group in organizations]

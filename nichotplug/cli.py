@@ -51,6 +51,10 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                                  "The webhooks still see and judge every namespace")
     serve.add_argument("--no-migrate", action="store_true",
                        help="after addNic/removeNic, leave the change to KubeVirt's LiveUpdate rollout")
+    serve.add_argument("--apiservice", default="",
+                       help="serve the NIC actions as subresources of this APIService (v1.subresources.nichotplug.io) "
+                            "to kube-apiserver's aggregation layer and, with --self-managed-certs, keep its caBundle "
+                            "in step (default: not served)")
     serve.add_argument("--namespace", help="namespace of the Lease and TLS Secret (default: $POD_NAMESPACE)")
     serve.add_argument("--shutdown-delay", type=float, default=5.0, metavar="SECONDS",
                        help="after SIGTERM, keep answering (with /readyz failing) this long before draining, so "
@@ -58,6 +62,9 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve.add_argument("--log-level", default="INFO", type=str.upper,
                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                        help="logging level (default: %(default)s)")
+    serve.add_argument("--log-format", default="text", choices=["text", "json"],
+                       help="text: one line a person reads; json: one JSON object per line with time, level, "
+                            "logger, message and each admission request's fields (default: %(default)s)")
 
 
 def _add_tls(serve: argparse.ArgumentParser) -> None:

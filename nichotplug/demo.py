@@ -364,9 +364,27 @@ class Demo:
         return annotation
 
 
+TESTING_EXTRA_HINT = ("nichotplug demo runs an in-process Kubernetes API server, which is not installed here "
+                      "(the runtime image leaves it out): pip install 'nichotplug[testing]'")
+
+
+def _testing_missing() -> str | None:
+    """Why the in-process API server cannot be imported (its code or the ``testing`` extra missing), or None."""
+    try:
+        import nichotplug.testing.server  # noqa: F401
+    except ImportError as error:
+        return f"{TESTING_EXTRA_HINT} ({error})"
+    return None
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """Entry point of ``nichotplug demo``."""
     import logging
+
+    missing = _testing_missing()
+    if missing:
+        print(f"nichotplug demo: {missing}", file=sys.stderr)
+        return 2
 
     logging.basicConfig(level=logging.WARNING, format="   (log) %(levelname)s %(name)s: %(message)s")
     print("nichotplug demo: safe NIC hot-plug for KubeVirt VMs in Harvester (no cluster needed)")

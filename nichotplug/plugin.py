@@ -1,10 +1,12 @@
 """``kubectl nichotplug``: hot-plug and hot-unplug NICs of running VMs in one command.
 
 Installed as the console script ``kubectl-nichotplug``, so kubectl finds it on ``PATH`` as a plugin.
-It talks to the Kubernetes API directly with the user's kubeconfig and context (``--kubeconfig``,
-``--context``, ``-n``, ``$KUBECONFIG``, the context's namespace), through the same flow and rules as
-the action API (:mod:`nichotplug.actions.flow`), so RBAC and our admission webhooks judge it exactly
-as they judge the Harvester UI.
+It uses the user's kubeconfig and context (``--kubeconfig``, ``--context``, ``-n``, ``$KUBECONFIG``,
+the context's namespace). When kube-apiserver serves nichotplug's subresource API
+(``subresources.nichotplug.io/v1``), the commands call it, so a user granted only the
+``nichotplug-nic-operator`` role can use them; otherwise they run the same flow and rules as the
+action API (:mod:`nichotplug.actions.flow`) with the user's own rights on the VM. ``-v`` says which
+path was taken. Either way RBAC and our admission webhooks judge the change.
 
 Exit codes: 0 done (or eligible), 1 refused or failed (the message says why and what to do),
 2 usage (bad arguments, no usable kubeconfig). This module only parses the command line; the
@@ -58,6 +60,8 @@ def _common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     parser.add_argument("--kubeconfig", default=default, help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)")
     parser.add_argument("--context", default=default, help="kubeconfig context (default: the current context)")
     parser.add_argument("-n", "--namespace", default=default, help="namespace of the VM (default: the context's)")
+    parser.add_argument("-v", "--verbose", action="store_true", default=False if not suppress else argparse.SUPPRESS,
+                        help="say whether the subresource API or the Kubernetes API directly is used")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,21 +77,31 @@ def build_parser() -> argparse.ArgumentParser:
                      help="NetworkAttachmentDefinition as NAMESPACE/NAME or NAME")
     add.add_argument("--interface", type=_interface, help="interface name (default: the first free nic-<n>)")
     add.add_argument("--mac", type=_mac, help="MAC address (default: a generated one)")
-    add.add_argument("--no-migrate", action="store_true", help="do not request a live migration to apply it now")
+    add.add_argument("--no-migrate", action="store_true",
+                     help="do not request a live migration to apply it now (uses the Kubernetes API directly)")
 
     remove = sub.add_parser("remove-nic", help="hot-unplug an interface (sets it state: absent); on a stopped VM, "
                                                "remove it and its network from the spec")
     remove.add_argument("vm", metavar="VM")
     remove.add_argument("--interface", required=True, type=_interface, help="name of the interface to unplug")
-    remove.add_argument("--no-migrate", action="store_true", help="do not request a live migration to apply it now")
+    remove.add_argument("--no-migrate", action="store_true",
+                        help="do not request a live migration to apply it now (uses the Kubernetes API directly)")
 
     listing = sub.add_parser("list", help="list the VM's interfaces and whether each can be unplugged")
     listing.add_argument("vm", metavar="VM")
 
-    check = sub.add_parser("check", help="say whether the VM is eligible for NIC hot-plug, and if not, why")
-    check.add_argument("vm", metavar="VM")
+    check = sub.add_parser(
+        "check", help="say whether the VM (or every VM of a namespace, -A: of the cluster) can take a NIC now")
+    check.add_argument("vm", metavar="VM", nargs="?", help="one VM (default: every VM of the namespace)")
+    check.add_argument("-A", "--all-namespaces", action="store_true", help="every VM in every namespace")
+    check.add_argument("-l", "--selector", default="", help="only VMs matching this label selector")
+    check.add_argument("-o", "--output", choices=("wide", "json", "yaml"), help="output format")
 
-    for subparser in (add, remove, listing, check):
+    guest = sub.add_parser("guest-config", help="the VM's NICs with their MACs, and a cloud-init netplan "
+                                                "config naming each NIC by MAC")
+    guest.add_argument("vm", metavar="VM")
+
+    for subparser in (add, remove, listing, check, guest):
         _common_options(subparser, suppress=True)
     return parser
 

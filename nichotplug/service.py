@@ -18,14 +18,22 @@ import signal
 import ssl
 import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from kubernetes_asyncio.client import ApiClient
 
+from nichotplug.actions.aggregated import setup_subresources
+from nichotplug.actions.apidocs import APISERVICE
+from nichotplug.actions.frontproxy import (
+    CONFIGMAP,
+    NAMESPACE,
+    BadConfigMap,
+    FrontProxyAuthenticator,
+    config_from_configmap,
+)
 from nichotplug.actions.http import setup_actions
 from nichotplug.certs import CERT_FILE, KEY_FILE
 from nichotplug.controller import metrics as controller_metrics
@@ -33,7 +41,9 @@ from nichotplug.controller import run as controller_run
 from nichotplug.controller.scope import ControllerScope
 from nichotplug.kube.cache import ClusterView
 from nichotplug.kube.certificates import start_certificate_manager
+from nichotplug.kube.configmaps import DEFAULT_POLL_SECONDS, ConfigMapFollower
 from nichotplug.kube.view_metrics import VIEW_METRICS
+from nichotplug.logs import configure_logging
 from nichotplug.rules.actions import is_dns1123_label
 from nichotplug.rules.cluster import ClusterState
 from nichotplug.webhook.codec import MAX_BODY_BYTES
@@ -82,6 +92,41 @@ def setup_action_routes(app: web.Application, api_client: ApiClient, args: argpa
                         cluster: ClusterState) -> None:
     """Mount the action API on the TLS app; ``--no-migrate`` leaves hot-plugs to KubeVirt's rollout."""
     setup_actions(app, api_client=api_client, cluster=cluster, migrate=not args.no_migrate)
+
+
+async def start_subresources(app: web.Application, api_client: ApiClient, args: argparse.Namespace,
+                             cluster: ClusterState, tls: CertReloader, *,
+                             poll_seconds: float = DEFAULT_POLL_SECONDS) -> Stopper | None:
+    """Serve the subresource API if ``--apiservice`` names one; returns the stopper of the ConfigMap follower.
+
+    The front-proxy CA and names come from ``kube-system/extension-apiserver-authentication``, followed
+    for rotations: the TLS port then requests client certificates signed by that CA (and still
+    accepts connections without one), and the authenticator believes only those certificates.
+    """
+    if not args.apiservice:
+        return None
+    if args.apiservice != APISERVICE:
+        log.warning("--apiservice %s: the subresources are served as %s whatever the APIService is named",
+                    args.apiservice, APISERVICE)
+    authenticator = FrontProxyAuthenticator()
+
+    def front_proxy_changed(data: Mapping[str, str] | None) -> None:
+        try:
+            authenticator.config = config_from_configmap(data)
+        except BadConfigMap as error:
+            log.error("%s/%s cannot be used (%s); the subresource API refuses every request until it changes",
+                      NAMESPACE, CONFIGMAP, error)
+            authenticator.config = None
+        if authenticator.config is None:
+            log.warning("%s/%s names no front-proxy CA: the subresource API answers 401 to every request",
+                        NAMESPACE, CONFIGMAP)
+        tls.trust_client_ca(authenticator.config.client_ca_pem if authenticator.config else None)
+
+    setup_subresources(app, api_client=api_client, authenticator=authenticator, cluster=cluster,
+                       migrate=not args.no_migrate)
+    follower = ConfigMapFollower(api_client, NAMESPACE, CONFIGMAP, front_proxy_changed, poll_seconds=poll_seconds)
+    await follower.start()
+    return follower.stop
 
 
 async def start_controller(api_client: ApiClient, cluster: ClusterView,
@@ -217,6 +262,9 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event, hurry: asyncio.Ev
         readiness.add("shutting down", lambda: not draining)
         app = build_webhook_app(view, synced=view.synced, tls=tls, readiness=readiness)
         setup_action_routes(app, api_client, args, view)
+        subresources_stopper = await start_subresources(app, api_client, args, view, tls)
+        if subresources_stopper is not None:
+            cleanups.append(subresources_stopper)
         controller_stopper = await start_controller(api_client, view, args)
         if controller_stopper is not None:
             cleanups.append(controller_stopper)
@@ -300,19 +348,9 @@ def run_until_signal(main: Callable[[asyncio.Event, asyncio.Event], Coroutine[An
         runner.run(wrapper())
 
 
-def _configure_logging(level: str) -> None:
-    """One line per record on stderr, stamped in UTC (ISO 8601 with milliseconds), whatever the node's zone."""
-    formatter = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s",
-                                  datefmt="%Y-%m-%dT%H:%M:%S")
-    formatter.converter = time.gmtime
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter)
-    logging.basicConfig(level=level, handlers=[handler])
-
-
 def run_serve(args: argparse.Namespace) -> int:
     """Entry point of ``nichotplug serve`` (see nichotplug.cli for the arguments)."""
-    _configure_logging(str(args.log_level).upper())
+    configure_logging(str(args.log_level).upper(), args.log_format)
     problem = _check_args(args)
     if problem:
         print(f"nichotplug serve: {problem}", file=sys.stderr)
@@ -326,4 +364,5 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["build_webhook_app", "run_serve", "serve", "setup_action_routes", "start_controller", "start_tls_runner"]
+__all__ = ["build_webhook_app", "run_serve", "serve", "setup_action_routes", "start_controller", "start_subresources",
+           "start_tls_runner"]

@@ -1,5 +1,6 @@
 """The commands of ``kubectl nichotplug`` (see :mod:`nichotplug.plugin`): load the user's kubeconfig,
-run the shared action flow, and print results and refusals a person can act on.
+call the subresource API when kube-apiserver serves it (:mod:`nichotplug.actions.remote`) or else run
+the shared action flow directly, and print results and refusals a person can act on.
 
 Kept apart from the argument parser so that ``--help`` and usage errors answer without importing
 the Kubernetes client.
@@ -18,17 +19,20 @@ from typing import TextIO
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.config import ConfigException, list_kube_config_contexts
 
+from nichotplug.actions import remote
+from nichotplug.actions.apidocs import GROUP_VERSION
 from nichotplug.actions.flow import (
     KUBEVIRT,
     VMS,
     ActionFailed,
-    ActionResult,
     HotplugFlow,
     VmState,
     admission_probe,
     is_missing_vm,
     read_vm_state,
 )
+from nichotplug.actions.report import print_written
+from nichotplug.actions.reports import report_usage_problem, report_wanted, run_report_command
 from nichotplug.kube.client import KubeConfigError, load_api_client
 from nichotplug.kube.events import EventRecorder
 from nichotplug.kube.lookup import namespace_exists, namespaces_holding
@@ -123,18 +127,6 @@ async def _explain_missing_vm(api: ApiClient, args: argparse.Namespace, namespac
         print(f"hint: a VM named {args.vm} is in {where}: run '{command_line(args, elsewhere[0])}'", file=err)
 
 
-def _report_migration(result: ActionResult, out: TextIO, err: TextIO) -> None:
-    if result.migration_pending:
-        print(f"live migration {result.migration} is already pending and applies this change too; "
-              "no other was requested", file=out)
-    elif result.migration:
-        print(f"live migration {result.migration} requested to apply it now", file=out)
-    elif result.migration_error:
-        print(f"warning: {result.migration_error}", file=err)
-    else:
-        print("no migration requested: KubeVirt applies the change at its next rollout or restart", file=out)
-
-
 def _network_text(vm: VmView, name: str) -> str:
     network = vm.network(name)
     if network is None:
@@ -213,24 +205,31 @@ async def _check(api: ApiClient, namespace: str, name: str, out: TextIO, err: Te
     return EXIT_OK if eligible else EXIT_REFUSED
 
 
-def _print_added(result: ActionResult, vm_ref: str, out: TextIO) -> None:
-    if result.stopped:
-        print(f"interface {result.interface} (MAC {result.mac}) added to the spec of VM {vm_ref}; the VM is "
-              "stopped, so nothing is hot-plugged: it has the interface from its next start", file=out)
-    else:
-        print(f"interface {result.interface} (MAC {result.mac}) added to VM {vm_ref}", file=out)
-
-
-def _print_removed(result: ActionResult, vm_ref: str, out: TextIO) -> None:
-    if result.stopped:
-        print(f"interface {result.interface} and its network removed from the spec of VM {vm_ref}; the VM is "
-              "stopped, so nothing is unplugged: it starts without them", file=out)
-    else:
-        print(f"interface {result.interface} of VM {vm_ref} set to state absent (unplug requested)", file=out)
+async def _subresources_unavailable(args: argparse.Namespace, api: ApiClient) -> str | None:
+    """None when the command goes through the subresource API, else why it goes directly (for ``-v``)."""
+    if getattr(args, "no_migrate", False):
+        return "--no-migrate is only possible with the user's own rights on the VM"
+    why_not = await remote.availability(api)
+    return None if why_not is None else f"the subresource API {GROUP_VERSION} is not available ({why_not})"
 
 
 async def _run_command(args: argparse.Namespace, api: ApiClient, namespace: str, out: TextIO, err: TextIO) -> int:
+    verbose = getattr(args, "verbose", False)
+    direct_because = await _subresources_unavailable(args, api)
+    if direct_because is None:
+        if verbose:
+            print(f"using the subresource API {GROUP_VERSION} through kube-apiserver", file=err)
+        done = await remote.run_remote(args.command, api, namespace, args.vm, vars(args), out, err)
+        return EXIT_OK if done else EXIT_REFUSED
+    if verbose:
+        print(f"using the Kubernetes API directly: {direct_because}", file=err)
+    return await _run_directly(args, api, namespace, out, err)
+
+
+async def _run_directly(args: argparse.Namespace, api: ApiClient, namespace: str, out: TextIO, err: TextIO) -> int:
     vm_ref = f"{namespace}/{args.vm}"
+    if args.command == "guest-config" or (args.command == "check" and report_wanted(args)):
+        return await run_report_command(args, api, namespace, out, err)
     if args.command == "list":
         print_interfaces(await read_vm_state(api, namespace, args.vm), out)
         return EXIT_OK
@@ -240,18 +239,18 @@ async def _run_command(args: argparse.Namespace, api: ApiClient, namespace: str,
     if args.command == "add-nic":
         body = {"interfaceName": args.interface or "", "networkName": args.network, "macAddress": args.mac or ""}
         result = await flow.add_nic(namespace, args.vm, body, name_optional=not args.interface)
-        _print_added(result, vm_ref, out)
     else:
         result = await flow.remove_nic(namespace, args.vm, {"interfaceName": args.interface})
-        _print_removed(result, vm_ref, out)
-    if not result.stopped:
-        _report_migration(result, out, err)
+    print_written(result, vm_ref, out, err, added=args.command == "add-nic")
     return EXIT_OK
 
 
 async def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Run one parsed command; returns the exit code."""
     try:
+        problem = report_usage_problem(args)
+        if problem:
+            raise UsageError(problem)
         namespace = args.namespace or default_namespace(args.kubeconfig, args.context)
         api = await load_api_client(args.kubeconfig, args.context)
     except (UsageError, KubeConfigError) as error:

@@ -57,6 +57,8 @@ NAD_API: Final = ("k8s.cni.cncf.io", "v1")
 NADS: Final = "network-attachment-definitions"
 
 MIGRATION_FAILED_REASON: Final = "HotplugMigrationFailed"
+ADDED_REASON: Final = "NicHotplugRequested"
+UNPLUGGED_REASON: Final = "NicHotunplugRequested"
 ADMISSION_DENIED: Final = "AdmissionDenied"
 CLUSTER_UNAVAILABLE: Final = "ClusterUnavailable"
 WEBHOOK_UNAVAILABLE: Final = "WebhookUnavailable"
@@ -85,7 +87,8 @@ class ActionResult:
 
     interfaces: tuple[str, ...] = ()
     interface: str = ""  # the interface added or unplugged
-    mac: str = ""  # the MAC of the interface added
+    mac: str = ""  # the MAC of the interface added or unplugged
+    network: str = ""  # the NAD (``ns/name``) of that interface's multus network, "" for another kind
     migration: str | None = None  # name of the VirtualMachineInstanceMigration created (or found pending)
     migration_pending: bool = False  # ``migration`` was already pending: none was created
     migration_error: str | None = None  # set when the spec changed but no migration could be created
@@ -241,13 +244,15 @@ async def read_vm_state(
     return VmState(vm=vm, vmi=vmi, cluster=FreshCluster(cluster, (namespace, name), frozenset(wanted), known_macs))
 
 
-def _spec_mac(vm: Mapping[str, Any], interface: str) -> str:
-    """The ``macAddress`` the stored VM has for ``interface`` ("" if none)."""
+def _spec_mac_and_network(vm: Mapping[str, Any], interface: str) -> tuple[str, str]:
+    """The ``macAddress`` and the multus NAD (``ns/name``) the VM has for ``interface`` ("" if none)."""
     try:
-        found = VmView.from_dict(vm).interface(interface)
+        view = VmView.from_dict(vm)
     except ValueError:
-        return ""
-    return found.mac if found is not None else ""
+        return "", ""
+    found, network = view.interface(interface), view.network(interface)
+    nad = network.nad if network is not None else None
+    return (found.mac if found is not None else ""), (f"{nad[0]}/{nad[1]}" if nad is not None else "")
 
 
 def _planned(result: list[plan.JsonPatchOp] | ActionRefusal) -> list[plan.JsonPatchOp]:
@@ -275,15 +280,36 @@ async def admission_probe(api: ApiClient, vm: Mapping[str, Any]) -> ActionRefusa
     return None
 
 
+def _change_message(reason: str, user: str, result: ActionResult) -> str:
+    """The Event text for a change written for ``user``: what changed, and how it is applied."""
+    verb = "hot-plugged" if reason == ADDED_REASON else "hot-unplugged"
+    what = f"interface {result.interface} (MAC {result.mac or 'none'}, network {result.network or 'none'})"
+    if result.stopped:
+        applied = "the VM is stopped: its next start uses the new spec"
+    elif result.migration_pending:
+        applied = f"live migration {result.migration} was already pending"
+    elif result.migration:
+        applied = f"live migration {result.migration} requested"
+    elif result.migration_error:
+        applied = "the live migration could not be requested"
+    else:
+        applied = "no migration requested"
+    return f"{user} {verb} {what}; {applied}"
+
+
 class HotplugFlow:
     """Runs the actions against one API client (the caller's credentials)."""
 
     def __init__(self, api: ApiClient, *, migrate: bool = True, events: EventSink | None = None,
-                 known_macs: ClusterState | None = None) -> None:
+                 known_macs: ClusterState | None = None, requested_by: str | None = None) -> None:
+        """``requested_by``: the user this flow acts for with the service's own credentials (the
+        subresource API); each change it writes is then recorded in an Event on the VM naming them,
+        since the API server's own record of the write names only the service."""
         self._api = api
         self._migrate = migrate
         self._events = events
         self._known_macs = known_macs
+        self._requested_by = requested_by
 
     async def add_nic(
         self, namespace: str, name: str, body: Mapping[str, Any], *, name_optional: bool = False,
@@ -298,18 +324,26 @@ class HotplugFlow:
         state = await read_vm_state(self._api, namespace, name, ((request.nad_namespace, request.nad_name),),
                                     known_macs=self._known_macs)
         ops = _planned(plan.plan_add_nic(state.vm, state.vmi, body, state.cluster, name_optional=name_optional))
-        return await self._write_and_migrate(state, ops, "")
+        return await self._write_and_migrate(state, ops, "", ADDED_REASON)
 
     async def remove_nic(self, namespace: str, name: str, body: Mapping[str, Any]) -> ActionResult:
         """Hot-unplug the named interface (``state: absent``); on a stopped VM, delete it from the spec."""
         state = await read_vm_state(self._api, namespace, name, known_macs=self._known_macs)
         ops = _planned(plan.plan_remove_nic(state.vm, state.vmi, body))
-        return await self._write_and_migrate(state, ops, str(body.get("interfaceName", "")))
+        return await self._write_and_migrate(state, ops, str(body.get("interfaceName", "")), UNPLUGGED_REASON)
 
     async def find_hotunpluggable_nics(self, namespace: str, name: str) -> ActionResult:
         """The interfaces that may be unplugged now ([] when the VM is not eligible)."""
         state = await read_vm_state(self._api, namespace, name)
         return ActionResult(interfaces=tuple(plan.find_hotunpluggable(state.vm, state.vmi)))
+
+    async def check_hotplug(self, namespace: str, name: str) -> plan.HotplugCheck:
+        """Whether the VM is eligible now, every reason it is not, and its hot-plug port room."""
+        state = await read_vm_state(self._api, namespace, name)
+        checked = plan.hotplug_check(state.vm, state.vmi)
+        if isinstance(checked, ActionRefusal):
+            raise ActionFailed(checked)
+        return checked
 
     async def run(self, action: str, namespace: str, name: str, body: Mapping[str, Any]) -> ActionResult:
         """Dispatch by action name; an unknown action is a 400."""
@@ -323,19 +357,29 @@ class HotplugFlow:
             400, plan.INVALID_ACTION, f"unknown action {action!r}: use one of {', '.join(plan.ACTIONS)}",
         ))
 
-    async def _write_and_migrate(self, state: VmState, ops: list[plan.JsonPatchOp], interface: str) -> ActionResult:
+    async def _write_and_migrate(
+        self, state: VmState, ops: list[plan.JsonPatchOp], interface: str, done_reason: str,
+    ) -> ActionResult:
         vm = state.vm
         namespace, name = vm["metadata"]["namespace"], vm["metadata"]["name"]
         patched: dict[str, Any] = await _guard(
             f"VM {namespace}/{name}", json_patch(self._api, *KUBEVIRT, VMS, namespace, name, ops))
         if not interface:  # addNic: the one interface name the patched VM has and the read one had not
             interface = next(iter(sorted(plan.used_names(patched) - plan.used_names(vm))), "")
-        written = ActionResult(interface=interface, mac=_spec_mac(patched, interface) or _spec_mac(vm, interface))
+        # A cold removeNic deletes the interface from the spec: then the read VM still says what it was.
+        mac, network = _spec_mac_and_network(patched, interface)
+        if not mac:
+            mac, network = _spec_mac_and_network(vm, interface)
+        written = ActionResult(interface=interface, mac=mac, network=network)
         if plan.stopped_vm(vm, state.vmi):  # nothing runs: the next start boots with the edited spec
-            return replace(written, stopped=True)
-        if not self._migrate:
-            return written
-        return replace(await self._migration_for(patched), interface=written.interface, mac=written.mac)
+            result = replace(written, stopped=True)
+        elif self._migrate:
+            result = replace(await self._migration_for(patched), interface=interface, mac=mac, network=network)
+        else:
+            result = written
+        if self._requested_by is not None:
+            await self._report(patched, "Normal", done_reason, _change_message(done_reason, self._requested_by, result))
+        return result
 
     async def _migration_for(self, vm: Mapping[str, Any]) -> ActionResult:
         """The pending migration of the VM's VMI if there is one, else a new one."""
@@ -376,6 +420,8 @@ class HotplugFlow:
             message = (f"the interface change of VM {namespace}/{name} is saved, but the live migration that "
                        f"applies it could not be created ({failure.refusal.message}); migrate or restart the VM "
                        "to apply it")
+            if self._requested_by is not None:
+                message += f" (change requested by {self._requested_by})"
             log.warning("%s", message)
             await self._report(vm, "Warning", MIGRATION_FAILED_REASON, message)
             return ActionResult(migration_error=message)

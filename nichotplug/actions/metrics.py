@@ -24,6 +24,17 @@ ACTION_LATENCY = Histogram(
     ["action"],
 )
 
+SUBRESOURCE_REQUESTS = Counter(
+    "nichotplug_subresource_requests_total",
+    "Subresource API requests (subresources.nichotplug.io) by subresource (or unknown) and HTTP status.",
+    ["subresource", "code"],
+)
+
+
+def observe_subresource(subresource: str, known: bool, status: int) -> None:
+    """Count one answered subresource request (``known``: one we serve; other names count as unknown)."""
+    SUBRESOURCE_REQUESTS.labels(subresource=subresource if known else UNKNOWN_ACTION, code=str(status)).inc()
+
 
 def action_label(action: str) -> str:
     """The metric label for a requested action name."""

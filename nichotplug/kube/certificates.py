@@ -7,8 +7,9 @@ Every replica runs one :class:`CertificateManager`. It keeps three things in ste
   of the ``409 AlreadyExists`` reads and uses the winner's;
 * the certificate files the HTTPS server reloads from (written only when they change, key before
   certificate; the reloader keeps its old context if it catches the pair half-written);
-* the ``caBundle`` of both webhook configurations (patched only when it differs, with a JSON Patch that
-  tests ``metadata.resourceVersion`` so a concurrent edit of the webhook list is never overwritten).
+* the ``caBundle`` of both webhook configurations and, when the subresource API is served, of its
+  APIService (patched only when it differs, with a JSON Patch that tests ``metadata.resourceVersion``
+  so a concurrent edit is never overwritten).
 
 Rotation: when less than ``rotate_fraction`` of the serving certificate's validity remains, a replica
 signs a new one with the same CA and updates the Secret with its ``resourceVersion``; a replica that
@@ -39,7 +40,7 @@ from typing import Any
 import orjson
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from kubernetes_asyncio.client import AdmissionregistrationV1Api, ApiClient, CoreV1Api
+from kubernetes_asyncio.client import AdmissionregistrationV1Api, ApiClient, ApiregistrationV1Api, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import Counter
 
@@ -96,6 +97,7 @@ class CertificateSettings:
     rotate_fraction: float = 1 / 3  # rotate when less than this share of the validity remains
     check_interval: float = 30.0  # seconds between polls of the Secret and the caBundles
     extra_names: tuple[str, ...] = ()  # more DNS names or IP addresses for the serving certificate
+    apiservice: str = ""  # the APIService whose caBundle is kept in step too ("" = none)
 
     def __post_init__(self) -> None:
         for label, value in (("namespace", self.namespace), ("TLS Secret name", self.secret_name),
@@ -159,6 +161,7 @@ def settings_from_args(args: argparse.Namespace) -> CertificateSettings:
         validity=parse_duration(args.cert_validity),
         check_interval=parse_duration(args.cert_check_interval).total_seconds(),
         extra_names=tuple(args.cert_extra_name),
+        apiservice=getattr(args, "apiservice", "") or "",
     )
 
 
@@ -308,6 +311,7 @@ class CertificateManager:
         # and name the PATCH content type, which the runtime accepts but the shipped stubs leave out.
         self._core: Any = CoreV1Api(self.api)
         self._admission: Any = AdmissionregistrationV1Api(self.api)
+        self._registration: Any = ApiregistrationV1Api(self.api)
 
     @property
     def cert_file(self) -> Path:
@@ -438,11 +442,31 @@ class CertificateManager:
     # -- the webhook configurations --------------------------------------------------------------------
 
     async def _sync_ca_bundles(self, ca_bundle_b64: str) -> bool:
-        """Patch both webhook configurations' caBundles; whether both now hold ``ca_bundle_b64``."""
+        """Patch both webhook configurations' caBundles (and the APIService's, if any); whether all
+        now hold ``ca_bundle_b64``."""
         in_place = [await self._sync_ca_bundle(kind, name, ca_bundle_b64)
                     for kind, name in (("mutating", self.settings.mutating_webhook),
                                        ("validating", self.settings.validating_webhook))]
+        if self.settings.apiservice:
+            in_place.append(await self._sync_apiservice_ca_bundle(self.settings.apiservice, ca_bundle_b64))
         return all(in_place)
+
+    async def _sync_apiservice_ca_bundle(self, name: str, ca_bundle_b64: str) -> bool:
+        try:
+            service = await _json_call(self._registration.read_api_service(name, _preload_content=False))
+            ops = apiservice_ca_bundle_patch(service, ca_bundle_b64)
+            if ops:
+                await _json_call(self._registration.patch_api_service(
+                    name, ops, _content_type=_JSON_PATCH, _preload_content=False))
+                log.info("set the caBundle of APIService %s", name)
+        except ApiException as exc:
+            if exc.status in (404, 409, 422):  # not there yet, or changed under us: the next pass retries
+                log.warning("APIService %s: HTTP %s %s; retrying in %.0f s", name, exc.status,
+                            _status_message(exc), CA_BUNDLE_RETRY_SECONDS)
+                return False
+            raise CertificateError(f"cannot update the caBundle of APIService {name}: "
+                                   f"HTTP {exc.status} {_status_message(exc)}") from exc
+        return True
 
     async def _sync_ca_bundle(self, kind: str, name: str, ca_bundle_b64: str) -> bool:
         read = (self._admission.read_mutating_webhook_configuration if kind == "mutating"
@@ -475,6 +499,15 @@ def ca_bundle_patch(config: Mapping[str, Any], ca_bundle_b64: str) -> list[dict[
         return []
     version = (config.get("metadata") or {}).get("resourceVersion")
     return [{"op": "test", "path": "/metadata/resourceVersion", "value": version}, *ops]
+
+
+def apiservice_ca_bundle_patch(service: Mapping[str, Any], ca_bundle_b64: str) -> list[dict[str, Any]]:
+    """JSON Patch ops setting an APIService's ``spec.caBundle``, guarded by the resourceVersion; [] if it matches."""
+    if (service.get("spec") or {}).get("caBundle") == ca_bundle_b64:
+        return []
+    version = (service.get("metadata") or {}).get("resourceVersion")
+    return [{"op": "test", "path": "/metadata/resourceVersion", "value": version},
+            {"op": "add", "path": "/spec/caBundle", "value": ca_bundle_b64}]
 
 
 async def _json_call(request: Awaitable[Any]) -> dict[str, Any]:

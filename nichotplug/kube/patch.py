@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import jsonpatch
@@ -272,3 +273,42 @@ async def create_custom_object(
     except ApiException as exc:
         raise as_kube_error(exc) from exc
     return created
+
+
+@dataclass(frozen=True, slots=True)
+class RawAnswer:
+    """An API server's answer to :func:`request_json`: the HTTP status and the decoded JSON body."""
+
+    status: int
+    body: Any  # None when the body is empty or not JSON
+
+
+async def request_json(
+    api: ApiClient, method: str, path: str, body: Any = None,
+    *, request_timeout: float = DEFAULT_TIMEOUT_SECONDS,
+) -> RawAnswer:
+    """One request to an API path the generated client has no method for (an aggregated API's subresource).
+
+    Every HTTP status is an answer, so the caller can read the ``metav1.Status`` of a refusal itself;
+    only a transport failure raises (``aiohttp.ClientError``, ``TimeoutError``).
+    """
+    headers = {"Accept": "application/json", "Content-Type": "application/json"}
+    try:
+        response = await api.call_api(path, method, header_params=headers, body=body, auth_settings=["BearerToken"],
+                                      _preload_content=False, _request_timeout=request_timeout)
+    except ApiException as exc:
+        return RawAnswer(int(exc.status or 0), _decoded(exc.body))
+    try:
+        raw = await response.read()
+    finally:
+        response.release()
+    return RawAnswer(int(response.status), _decoded(raw))
+
+
+def _decoded(raw: Any) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, TypeError):
+        return None

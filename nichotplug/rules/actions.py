@@ -26,8 +26,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
+from nichotplug.rules.admission import hotplug_port_budget
 from nichotplug.rules.cluster import ClusterState, owner_scope
-from nichotplug.rules.eligibility import eligibility_problems, hotunpluggable_interfaces, unplug_problem
+from nichotplug.rules.eligibility import (
+    Finding,
+    active_interface_count,
+    eligibility_findings,
+    eligibility_problems,
+    hotunpluggable_interfaces,
+    unplug_problem,
+)
 from nichotplug.rules.mac import InvalidMac, check_unicast_mac, generate_mac
 from nichotplug.rules.nad import nad_verdict
 from nichotplug.rules.views import InvalidObject, VmiView, VmView
@@ -421,3 +429,27 @@ def find_hotunpluggable(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None) ->
     if eligibility_problems(vm_view, vmi_view):
         return []
     return list(hotunpluggable_interfaces(vm_view))
+
+
+@dataclass(frozen=True, slots=True)
+class HotplugCheck:
+    """Whether the VM may have NICs hot-plugged now, every reason why not, and its hot-plug port room.
+
+    ``ports_left`` is KubeVirt's hot-plug port budget for the VM's active interfaces (the figure the
+    validating webhook warns against), so a caller can tell before it hot-plugs past it.
+    """
+
+    eligible: bool
+    reasons: tuple[Finding, ...]
+    ports_left: int
+
+
+def hotplug_check(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None) -> HotplugCheck | ActionRefusal:
+    """The eligibility verdict of SPEC "VM eligibility" for one VM, as data."""
+    views = _views(vm, vmi)
+    if isinstance(views, ActionRefusal):
+        return views
+    vm_view, vmi_view = views
+    findings = eligibility_findings(vm_view, vmi_view)
+    ports_left = hotplug_port_budget(active_interface_count(vm_view), vm_view.guest_memory_bytes)
+    return HotplugCheck(eligible=not findings, reasons=findings, ports_left=ports_left)

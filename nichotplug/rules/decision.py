@@ -14,7 +14,7 @@ from typing import Any
 
 from nichotplug.rules.eligibility import ELIGIBILITY_REASONS, UNPLUG_REASONS
 
-__all__ = ["ALLOW_REASONS", "DENY_REASONS", "HOTPLUG_REASONS", "REASONS", "Decision", "JsonPatchOp"]
+__all__ = ["ALLOW_REASONS", "DENY_REASONS", "HOTPLUG_REASONS", "REASONS", "Decision", "JsonPatchOp", "status_reason"]
 
 JsonPatchOp = dict[str, Any]
 
@@ -36,6 +36,29 @@ DENY_REASONS = (
     *ELIGIBILITY_REASONS, *HOTPLUG_REASONS, *UNPLUG_REASONS, "internal-error",
 )
 REASONS = ALLOW_REASONS + DENY_REASONS
+
+# metav1.StatusReason for the HTTP codes this service answers with (webhook Statuses and denials,
+# the subresource API's errors): one table, so every face names a code the same way.
+_STATUS_REASONS = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    409: "Conflict",
+    413: "RequestEntityTooLarge",
+    415: "UnsupportedMediaType",
+    422: "Invalid",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+    504: "Timeout",
+}
+
+
+def status_reason(code: int) -> str | None:
+    """The metav1.StatusReason for an HTTP code, if it has a well-known one."""
+    return _STATUS_REASONS.get(code)
 
 
 @dataclass(frozen=True, slots=True)

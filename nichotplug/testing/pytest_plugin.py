@@ -116,14 +116,13 @@ def server_kind() -> str:
     return "inprocess"
 
 
-@pytest.fixture
-def cluster_server(request: pytest.FixtureRequest, server_kind: str) -> Iterator[ApiServer | RealApiServer]:
-    """The API server of ``kubeconfig``: the in-process one (``apiserver``) or the session's real one.
+def _server_of_kind(request: pytest.FixtureRequest, kind: str) -> Iterator[ApiServer | RealApiServer]:
+    """The in-process ``apiserver`` of this test, or the session's real one (reset after the test).
 
-    A plain fixture on purpose: it asks for the asynchronous ``apiserver`` by name, which pytest-asyncio
-    can only start from outside a running event loop.
+    Used by plain fixtures on purpose: they ask for the asynchronous ``apiserver`` by name, which
+    pytest-asyncio can only start from outside a running event loop.
     """
-    if server_kind != "real":
+    if kind != "real":
         yield request.getfixturevalue("apiserver")
         return
     real: RealApiServer = request.getfixturevalue("real_apiserver")
@@ -131,6 +130,12 @@ def cluster_server(request: pytest.FixtureRequest, server_kind: str) -> Iterator
         yield real
     finally:
         real.reset()
+
+
+@pytest.fixture
+def cluster_server(request: pytest.FixtureRequest, server_kind: str) -> Iterator[ApiServer | RealApiServer]:
+    """The API server of ``kubeconfig``: the in-process one, or (``server_kind`` "real") the real one."""
+    yield from _server_of_kind(request, server_kind)
 
 
 @pytest.fixture
@@ -177,18 +182,7 @@ def real_apiserver() -> Iterator[RealApiServer]:
         server.stop()
 
 
-@pytest_asyncio.fixture(params=["inprocess", pytest.param("real", marks=pytest.mark.real)])
-async def any_apiserver(request: pytest.FixtureRequest) -> AsyncIterator[ApiServer | RealApiServer]:
-    if request.param == "inprocess":
-        server = ApiServer()
-        await server.start()
-        try:
-            yield server
-        finally:
-            await server.stop()
-        return
-    real: RealApiServer = request.getfixturevalue("real_apiserver")
-    try:
-        yield real
-    finally:
-        real.reset()
+@pytest.fixture(params=["inprocess", pytest.param("real", marks=pytest.mark.real)])
+def any_apiserver(request: pytest.FixtureRequest) -> Iterator[ApiServer | RealApiServer]:
+    """The test on each server in turn."""
+    yield from _server_of_kind(request, request.param)

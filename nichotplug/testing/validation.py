@@ -51,6 +51,33 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
+_CASE_INSENSITIVE_FLAG = "(?i)"
+
+
+def _ecma_pattern(pattern: str) -> str:
+    """A Go (RE2) ``pattern`` in the ECMA dialect JSON Schema checks patterns by.
+
+    The API server compiles CRD patterns with Go's regexp, where ``(?i)`` may stand anywhere (the
+    PrometheusRule CRD has ``^(?i)(abort|warn)?$``); ECMA has no inline flags. Letters after the flag
+    become both-case classes (``a`` -> ``[aA]``); escapes and character classes are left as they are.
+    """
+    head, flag, tail = pattern.partition(_CASE_INSENSITIVE_FLAG)
+    if not flag:
+        return pattern
+    out, index, in_class = [head], 0, False
+    while index < len(tail):
+        char = tail[index]
+        if char == "\\":
+            out.append(tail[index:index + 2])
+            index += 2
+            continue
+        in_class = (in_class or char == "[") and char != "]"
+        out.append(f"[{char.lower()}{char.upper()}]" if char.isascii() and char.isalpha() and not in_class
+                   else char)
+        index += 1
+    return "".join(out)
+
+
 def to_json_schema(node: Any) -> Any:
     """Translate a Kubernetes structural schema node into plain JSON Schema (draft 4)."""
     if not isinstance(node, Mapping):
@@ -65,6 +92,8 @@ def to_json_schema(node: Any) -> Any:
             out[key] = to_json_schema(value)
         elif key in _NESTED_LIST and isinstance(value, list):
             out[key] = [to_json_schema(sub) for sub in value]
+        elif key == "pattern" and isinstance(value, str):
+            out[key] = _ecma_pattern(value)
         else:
             out[key] = value
     if node.get("format") in CHECKED_FORMATS:

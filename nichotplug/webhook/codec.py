@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import orjson
 
+from nichotplug.rules.decision import status_reason
 from nichotplug.webhook.review import (
     API_VERSION,
     KIND,
@@ -32,22 +33,6 @@ from nichotplug.webhook.review import (
 MAX_BODY_BYTES = 8 * 1024 * 1024
 JSON_CONTENT_TYPE = "application/json"
 
-# metav1.StatusReason for the HTTP codes this service answers with.
-_STATUS_REASONS = {
-    400: "BadRequest",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "NotFound",
-    409: "Conflict",
-    413: "RequestEntityTooLarge",
-    415: "UnsupportedMediaType",
-    422: "Invalid",
-    429: "TooManyRequests",
-    500: "InternalError",
-    503: "ServiceUnavailable",
-}
-
-
 class BadReview(Exception):
     """The webhook call itself is unusable; answered with ``http_status`` and ``message``.
 
@@ -59,11 +44,6 @@ class BadReview(Exception):
         self.http_status = http_status
         self.reason = reason
         self.message = message
-
-
-def status_reason(code: int) -> str | None:
-    """The metav1.StatusReason for an HTTP code, if it has a well-known one."""
-    return _STATUS_REASONS.get(code)
 
 
 def decode_review(body: bytes) -> AdmissionRequest:

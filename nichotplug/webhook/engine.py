@@ -17,11 +17,10 @@ import orjson
 
 from nichotplug.rules.admission import AdmissionInput, mutate_vm, validate_vm
 from nichotplug.rules.cluster import ClusterState
-from nichotplug.rules.decision import Decision
+from nichotplug.rules.decision import Decision, status_reason
 from nichotplug.rules.mac import InvalidMac
 from nichotplug.rules.views import InvalidObject
 from nichotplug.webhook import metrics
-from nichotplug.webhook.codec import status_reason
 from nichotplug.webhook.review import AdmissionRequest, AdmissionResponse, ResponseStatus, WebhookName
 
 log = logging.getLogger(__name__)
@@ -151,7 +150,7 @@ def _refused(
     return Verdict({"uid": uid, "allowed": False, "status": _status(code, message)}, result, reason)
 
 
-# The metav1.StatusReason of a denial is the code's usual one (``codec.status_reason``) but for 409:
+# The metav1.StatusReason of a denial is the code's usual one (``rules.decision.status_reason``) but for 409:
 # the API server hands the reason on to the client, and client code branches on it. A MAC collision
 # keeps its code 409 (SPEC) but not reason Conflict: client-go reads Conflict as a stale
 # resourceVersion, so RetryOnConflict, or a controller that requeues conflicts quietly, would send

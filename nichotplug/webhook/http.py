@@ -102,7 +102,7 @@ class WebhookHandler:
             else:
                 verdict = not_synced(self.webhook, admission)
             body = encode_review(verdict.response)
-            self._count(admission, verdict)
+            self._count(admission, verdict, time.perf_counter() - started)
             stats.count_code("200")
             return web.Response(body=body, headers=_JSON_HEADERS)
         except ConnectionResetError:
@@ -171,7 +171,7 @@ class WebhookHandler:
         )
         return web.Response(status=error.http_status, body=encode_error(error), headers=_JSON_HEADERS)
 
-    def _count(self, admission: AdmissionRequest, verdict: Verdict) -> None:
+    def _count(self, admission: AdmissionRequest, verdict: Verdict, seconds: float) -> None:
         reason = verdict.reason if verdict.reason in _KNOWN_REASONS else metrics.REASON_OTHER
         # Bounded: operations, results and reasons are all closed sets.
         self._stats.count_decision((admission["operation"], verdict.result, reason))
@@ -180,10 +180,11 @@ class WebhookHandler:
         quiet = verdict.result == metrics.RESULT_ALLOWED and verdict.reason != REASON_HOTPLUG_ALLOWED
         level = logging.DEBUG if quiet else logging.INFO
         if log.isEnabledFor(level):
-            _log_verdict(level, self.webhook, admission, verdict)
+            _log_verdict(level, self.webhook, admission, verdict, seconds)
 
 
-def _log_verdict(level: int, webhook: WebhookName, admission: AdmissionRequest, verdict: Verdict) -> None:
+def _log_verdict(level: int, webhook: WebhookName, admission: AdmissionRequest, verdict: Verdict,
+                 seconds: float) -> None:
     kind = admission["kind"]["kind"]
     namespace, name = admission.get("namespace", ""), admission.get("name", "")
     user = admission.get("userInfo", {}).get("username", "")
@@ -195,7 +196,9 @@ def _log_verdict(level: int, webhook: WebhookName, admission: AdmissionRequest, 
         verdict.result, verdict.reason, detail,
         # For structured log handlers; prefixed because LogRecord already owns "name".
         extra={"admission_webhook": webhook, "admission_object": kind, "admission_namespace": namespace,
-               "admission_name": name, "admission_user": user, "admission_uid": admission["uid"]},
+               "admission_name": name, "admission_user": user, "admission_uid": admission["uid"],
+               "admission_operation": admission["operation"], "admission_decision": verdict.result,
+               "admission_reason": verdict.reason, "admission_latency_seconds": seconds},
     )
 
 

@@ -12,8 +12,10 @@ and patches VMs and writes Events, leader election and certificates. The
 action API reads VMs, VMIs and NADs, patches VMs and creates migrations with
 the caller's own token, so none of that is here (its failure Events are ours).
 Permissions marked ``by_name`` are granted only for the one object the service owns (its Lease, its TLS Secret, its two
-webhook configurations); ``create`` can never be limited by name in
-Kubernetes RBAC, so it is a separate entry.
+webhook configurations, its APIService); ``create`` can never be limited by name in
+Kubernetes RBAC, so it is a separate entry. The subresource API also reads the
+``kube-system/extension-apiserver-authentication`` ConfigMap, granted by binding the
+``extension-apiserver-authentication-reader`` Role every cluster has (not listed here: no rule of ours).
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ class Permission:
     why: str
     by_name: bool = False  # granted only for the named object the service owns
     needed: Needed = Needed.ALWAYS
+    subresources_only: bool = False  # only when the subresource API is served (``serve --apiservice``)
 
 
 def _verbs(*names: str) -> frozenset[str]:
@@ -158,13 +161,23 @@ REQUIRED_RBAC: tuple[Permission, ...] = (
     Permission("admissionregistration.k8s.io", "validatingwebhookconfigurations", _verbs("get", "patch"),
                Scope.CLUSTER, "keep the caBundle equal to our CA", by_name=True,
                needed=Needed.SELF_MANAGED_CERTS),
+    Permission("kubevirt.io", "virtualmachineinstances", _verbs("get"), Scope.CLUSTER,
+               "the subresource API reads the VMI fresh before it judges a hot-plug", subresources_only=True),
+    Permission("k8s.cni.cncf.io", "network-attachment-definitions", _verbs("get"), Scope.CLUSTER,
+               "the subresource API reads the NADs a hot-plug names fresh", subresources_only=True),
+    Permission("kubevirt.io", "virtualmachineinstancemigrations", _verbs("create"), Scope.CLUSTER,
+               "the subresource API requests the live migration that applies a hot-plug", subresources_only=True),
+    Permission("apiregistration.k8s.io", "apiservices", _verbs("get", "patch"),
+               Scope.CLUSTER, "keep the subresource APIService's caBundle equal to our CA", by_name=True,
+               needed=Needed.SELF_MANAGED_CERTS, subresources_only=True),
 )
 
 
-def required_permissions(*, self_managed_certs: bool) -> tuple[Permission, ...]:
-    """The permissions a deployment in the given certificate mode needs."""
+def required_permissions(*, self_managed_certs: bool, subresources: bool = True) -> tuple[Permission, ...]:
+    """The permissions a deployment in the given certificate mode, with or without the subresource API, needs."""
     return tuple(
-        perm for perm in REQUIRED_RBAC if perm.needed is Needed.ALWAYS or self_managed_certs
+        perm for perm in REQUIRED_RBAC
+        if (perm.needed is Needed.ALWAYS or self_managed_certs) and (subresources or not perm.subresources_only)
     )
 
 

@@ -31,10 +31,22 @@ log = logging.getLogger(__name__)
 DEFAULT_POLL_SECONDS = 5.0
 
 
-def _server_context() -> ssl.SSLContext:
+def _server_context(client_ca_pem: str | None = None) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if client_ca_pem:
+        _request_client_certificates(context, client_ca_pem)
     return context
+
+
+def _request_client_certificates(context: ssl.SSLContext, client_ca_pem: str) -> None:
+    """Ask every client for a certificate signed by ``client_ca_pem``, and accept one that sends none.
+
+    The subresource API needs kube-apiserver's front-proxy certificate; the webhooks, probes and
+    action API on the same port are called without one and must keep working.
+    """
+    context.load_verify_locations(cadata=client_ca_pem)
+    context.verify_mode = ssl.CERT_OPTIONAL
 
 
 def _expiry(cert_file: Path) -> float:
@@ -59,6 +71,7 @@ class CertReloader:
         self.context.sni_callback = self._choose_context
         self.generation = 0  # how many pairs were loaded so far (0: none, not ready)
         self._current: ssl.SSLContext | None = None
+        self._client_ca_pem: str | None = None
         self._digest: bytes | None = None
         self._last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
@@ -86,7 +99,7 @@ class CertReloader:
         if digest == self._digest:
             return False
         try:
-            fresh = _server_context()
+            fresh = _server_context(self._client_ca_pem)
             fresh.load_cert_chain(self.cert_file, self.key_file)
         except (OSError, ssl.SSLError, ValueError) as error:
             self._note_failure(f"new certificate/key in {self.cert_file} / {self.key_file} do not load: {error}")
@@ -102,6 +115,25 @@ class CertReloader:
         metrics.CERT_EXPIRY.set(_expiry(self.cert_file))
         log.info("serving certificate loaded from %s (generation %d)", self.cert_file, self.generation)
         return True
+
+    def trust_client_ca(self, client_ca_pem: str | None) -> None:
+        """Request client certificates signed by this CA from the next handshake on (None: by none).
+
+        The listening context only ever gains CAs (OpenSSL cannot forget one); the context each
+        handshake is handed holds exactly the current ones. Whoever reads the certificate checks it
+        against the current CA again (``actions.frontproxy``), so a CA dropped here is not trusted.
+        """
+        if client_ca_pem == self._client_ca_pem:
+            return
+        self._client_ca_pem = client_ca_pem
+        if client_ca_pem:
+            _request_client_certificates(self.context, client_ca_pem)
+        else:  # each new connection takes its verify mode from the listening context
+            self.context.verify_mode = ssl.CERT_NONE
+        if self._current is not None:
+            self._digest = None  # rebuild the handshake context from the same files with the new CA
+            self.reload()
+        log.info("client certificates %s", "requested (front-proxy CA loaded)" if client_ca_pem else "not requested")
 
     def _read_digest(self) -> bytes:
         hasher = hashlib.sha256(self.cert_file.read_bytes())

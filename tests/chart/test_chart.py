@@ -7,6 +7,7 @@ from typing import Any
 import helm_python as helm
 import pytest
 
+from nichotplug.actions.apidocs import APISERVICE, GROUP, SUBRESOURCES, VERSION
 from nichotplug.cli import build_parser
 from nichotplug.controller.scope import ControllerScope
 from nichotplug.kube.certificates import parse_duration, settings_from_args
@@ -35,7 +36,13 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "one-replica": {"replicaCount": 1},
     "three-replicas-hard": {"replicaCount": 3, "podAntiAffinity": "hard"},
     "no-controller": {"controller": {"enabled": False}, "actions": {"migrate": False}},
+    "no-subresources": {"subresources": {"enabled": False}},
+    "not-aggregated": {"subresources": {"aggregateToAdmin": False, "aggregateToEdit": False}},
+    "alerts-and-dashboard": {"metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
+                                         "grafanaDashboard": {"enabled": True}}},
 }
+NIC_OPERATOR = f"{RELEASE}-nic-operator"
+AUTH_READER = f"{RELEASE}-auth-reader"
 
 
 def container(rendered: Rendered) -> dict[str, Any]:
@@ -255,7 +262,7 @@ def test_webhooks_call_the_rendered_service(default_chart: Rendered) -> None:
 def _granted(rendered: Rendered) -> set[tuple[str, str, str, Scope, tuple[str, ...]]]:
     grants: set[tuple[str, str, str, Scope, tuple[str, ...]]] = set()
     for kind, scope in (("ClusterRole", Scope.CLUSTER), ("Role", Scope.OWN_NAMESPACE)):
-        for rule in rendered.one(kind)["rules"]:
+        for rule in rendered.named(kind, RELEASE)["rules"]:
             names = tuple(sorted(rule.get("resourceNames", ())))
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
@@ -268,16 +275,24 @@ def _needed(rendered: Rendered, *, self_managed: bool) -> set[tuple[str, str, st
     lease = ControllerScope.of(args.controller_namespace).lease_name
     owned_names = {"leases": (lease,), "secrets": (args.tls_secret,),
                    "mutatingwebhookconfigurations": (args.mutating_webhook,),
-                   "validatingwebhookconfigurations": (args.validating_webhook,)}
+                   "validatingwebhookconfigurations": (args.validating_webhook,),
+                   "apiservices": (args.apiservice,)}
     return {
         (perm.api_group, perm.resource, verb, perm.scope, owned_names[perm.resource] if perm.by_name else ())
-        for perm in required_permissions(self_managed_certs=self_managed)
+        for perm in required_permissions(self_managed_certs=self_managed, subresources=bool(args.apiservice))
         for verb in perm.verbs
     }
 
 
 def test_rbac_grants_exactly_what_self_managed_mode_uses(default_chart: Rendered) -> None:
     assert _granted(default_chart) == _needed(default_chart, self_managed=True)
+
+
+def test_rbac_without_the_subresource_api_has_no_apiservice_rights() -> None:
+    rendered = render_chart(OPTIONS["no-subresources"])
+    granted = _granted(rendered)
+    assert granted == _needed(rendered, self_managed=True)
+    assert not {g for g in granted if g[1] == "apiservices"}
 
 
 def test_rbac_in_cert_manager_mode_has_no_secret_or_webhook_rights() -> None:
@@ -292,9 +307,9 @@ def test_rbac_binds_the_pods_service_account(default_chart: Rendered) -> None:
     pod_account = default_chart.one("Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
     assert pod_account == account["name"]
     for kind, role_kind in (("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")):
-        binding = default_chart.one(kind)
+        binding = default_chart.named(kind, RELEASE)
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind,
-                                      "name": default_chart.one(role_kind)["metadata"]["name"]}
+                                      "name": default_chart.named(role_kind, RELEASE)["metadata"]["name"]}
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["name"],
                                         "namespace": account["namespace"]}]
     assert default_chart.one("Role")["metadata"]["namespace"] == NAMESPACE
@@ -387,6 +402,75 @@ def test_controller_and_migration_switches_reach_serve() -> None:
     assert args.no_migrate is True
 
 
+# -- the subresource API ---------------------------------------------------------------------------------
+
+
+def test_the_apiservice_reaches_the_serving_port_through_the_service(default_chart: Rendered) -> None:
+    service = default_chart.named("APIService", APISERVICE)
+    assert serve_args(default_chart).apiservice == APISERVICE
+    assert (service["spec"]["group"], service["spec"]["version"]) == (GROUP, VERSION)
+    rendered_service = default_chart.one("Service")
+    https = next(port for port in rendered_service["spec"]["ports"] if port["name"] == "https")
+    assert service["spec"]["service"] == {"namespace": NAMESPACE, "name": rendered_service["metadata"]["name"],
+                                          "port": https["port"]}
+    assert port_number(default_chart, https["targetPort"]) == serve_args(default_chart).port
+    # self-managed: nichotplug patches the caBundle at runtime, so the manifest must not hold one
+    assert "caBundle" not in service["spec"]
+    assert not service["spec"].get("insecureSkipTLSVerify")
+
+
+def test_cert_manager_injects_the_apiservice_ca() -> None:
+    rendered = render_chart(OPTIONS["cert-manager"])
+    annotations = rendered.named("APIService", APISERVICE)["metadata"]["annotations"]
+    certificate = rendered.named("Certificate", f"{RELEASE}-serving")
+    assert certificate["spec"]["dnsNames"][2] == f"{RELEASE}.{NAMESPACE}.svc"  # the name the aggregator checks
+    assert annotations == {"cert-manager.io/inject-ca-from": f"{NAMESPACE}/{RELEASE}-serving"}
+
+
+def test_the_service_may_read_the_front_proxy_configmap(default_chart: Rendered) -> None:
+    binding = default_chart.named("RoleBinding", AUTH_READER)
+    assert binding["metadata"]["namespace"] == "kube-system"
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "extension-apiserver-authentication-reader"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": default_chart.one("ServiceAccount")["metadata"]
+                                    ["name"], "namespace": NAMESPACE}]
+
+
+def test_the_nic_operator_role_grants_the_four_subresources_and_nothing_else(default_chart: Rendered) -> None:
+    role = default_chart.named("ClusterRole", NIC_OPERATOR)
+    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    assert granted == {(GROUP, f"virtualmachines/{item.name}", item.verb) for item in SUBRESOURCES.values()}
+    labels = role["metadata"]["labels"]
+    assert labels["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+
+
+def test_aggregation_into_admin_and_edit_can_be_switched_off() -> None:
+    labels = render_chart(OPTIONS["not-aggregated"]).named("ClusterRole", NIC_OPERATOR)["metadata"]["labels"]
+    assert not {key for key in labels if key.startswith("rbac.authorization.k8s.io/aggregate-to-")}
+
+
+def test_without_the_subresource_api_nothing_of_it_is_rendered() -> None:
+    rendered = render_chart(OPTIONS["no-subresources"])
+    assert rendered.all("APIService") == []
+    assert [r["metadata"]["name"] for r in rendered.all("ClusterRole")] == [RELEASE]
+    assert [r["metadata"]["name"] for r in rendered.all("RoleBinding")] == [RELEASE]
+    assert serve_args(rendered).apiservice == ""
+
+
+def test_log_format_reaches_serve_and_text_is_the_default(default_chart: Rendered) -> None:
+    assert serve_args(default_chart).log_format == "text"
+    assert serve_args(render_chart({"logFormat": "json"})).log_format == "json"
+
+
+def test_pods_run_at_system_cluster_critical_priority_unless_cleared(default_chart: Rendered) -> None:
+    pod = default_chart.one("Deployment")["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    cleared = render_chart({"priorityClassName": ""}).one("Deployment")["spec"]["template"]["spec"]
+    assert "priorityClassName" not in cleared
+
+
 def test_release_name_and_namespace_flow_everywhere() -> None:
     rendered = render_chart(release="hotplug", namespace="nic-system")
     args = serve_args(rendered)
@@ -416,6 +500,10 @@ def test_notes_tell_how_to_check_the_install(default_chart: Rendered) -> None:
     ({"replicas": 2}, "replicas"),
     ({"shutdownDelaySeconds": -1}, "/shutdownDelaySeconds"),
     ({"terminationGracePeriodSeconds": 5}, "/terminationGracePeriodSeconds"),
+    ({"logFormat": "xml"}, "/logFormat"),
+    ({"metrics": {"prometheusRule": {"errorRatio": 2}}}, "/metrics/prometheusRule/errorRatio"),
+    ({"metrics": {"prometheusRule": {"runbookBaseUrl": "README.md#x"}}}, "/metrics/prometheusRule/runbookBaseUrl"),
+    ({"metrics": {"grafanaDashboard": {"namespace": "Cattle Dashboards"}}}, "/metrics/grafanaDashboard/namespace"),
     ({"controller": {"namespaces": ["Team_A"]}}, "/controller/namespaces/0"),
     ({"controller": {"namespaces": ["a", "a"]}}, "/controller/namespaces"),
 ])

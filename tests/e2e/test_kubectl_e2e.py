@@ -10,7 +10,6 @@ the refusal kubectl prints, and that a refused edit changed nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -59,13 +58,6 @@ class Cluster:
     server: ApiServer | RealApiServer
     kubeconfig: Path
     workdir: Path
-    url: str = ""  # where nichotplug serves
-    ca_bundle: bytes = b""
-
-    async def register_webhooks(self) -> None:
-        for config in webhook_configurations("nichotplug", url=self.url, ca_bundle=self.ca_bundle):
-            applied = await self.apply(config)
-            assert applied.returncode == 0, applied.stderr
 
     async def kubectl(self, *args: str, env: dict[str, str] | None = None) -> Done:
         return await run("kubectl", "--kubeconfig", str(self.kubeconfig),
@@ -129,11 +121,10 @@ async def wait_ready(url: str, ca_file: Path, process: asyncio.subprocess.Proces
     raise AssertionError("nichotplug serve did not become ready in 30 s")
 
 
-@contextlib.asynccontextmanager
-async def serving(server: ApiServer | RealApiServer, workdir: Path, *, controller: bool = False,
-                  ) -> AsyncIterator[Cluster]:
-    """``nichotplug serve`` running as a process against ``server`` (webhooks not registered yet)."""
-    kubeconfig = server.write_kubeconfig(workdir / "kubeconfig")
+async def start_serve(kubeconfig: Path, workdir: Path, *, controller: bool = False,
+                      ) -> tuple[str, Path, asyncio.subprocess.Process]:
+    """``nichotplug serve`` (``--no-controller`` unless ``controller``) as a process with certificates
+    from ``nichotplug certs``, once ready: (its URL, the CA file, the process). The caller stops it."""
     certs = workdir / "certs"
     made = await run(sys.executable, "-m", "nichotplug", "certs", "--out", str(certs), "--ip", "127.0.0.1")
     assert made.returncode == 0, made.stderr
@@ -144,27 +135,48 @@ async def serving(server: ApiServer | RealApiServer, workdir: Path, *, controlle
         "--tls-key-file", str(certs / "tls.key"), "--namespace", "default",
         *(() if controller else ("--no-controller",)),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    url = f"https://127.0.0.1:{port}"
     try:
-        url = f"https://127.0.0.1:{port}"
         await wait_ready(url, certs / "ca.crt", process)
-        yield Cluster(server, kubeconfig, workdir, url, (certs / "ca.crt").read_bytes())
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        _, stderr = await asyncio.wait_for(process.communicate(), 30)
-        # SIGTERM drains and exits cleanly: anything else is a crash worth seeing.
-        assert process.returncode == 0, stderr.decode()[-3000:]
+    except BaseException:
+        process.kill()
+        await process.wait()
+        raise
+    return url, certs / "ca.crt", process
+
+
+async def register_webhooks(kubeconfig: Path, workdir: Path, url: str, ca_file: Path) -> None:
+    """Our two webhook configurations, calling ``url``, applied with kubectl."""
+    ca_bundle = await asyncio.to_thread(ca_file.read_bytes)
+    for config in webhook_configurations("nichotplug", url=url, ca_bundle=ca_bundle):
+        path = workdir / f"{config['kind']}.yaml"
+        await asyncio.to_thread(path.write_text, yaml.safe_dump(config))
+        applied = await run("kubectl", "--kubeconfig", str(kubeconfig), "apply", "-f", str(path))
+        assert applied.returncode == 0, applied.stderr
 
 
 @pytest_asyncio.fixture
 async def cluster(any_apiserver: ApiServer | RealApiServer, tmp_path: Path) -> AsyncIterator[Cluster]:
     """The API server with nichotplug serving (as a process) and registered, plus two networks."""
-    async with serving(any_apiserver, tmp_path) as state:
-        await state.register_webhooks()
+    kubeconfig = any_apiserver.write_kubeconfig(tmp_path / "kubeconfig")
+    url, ca_file, process = await start_serve(kubeconfig, tmp_path)
+    try:
+        state = Cluster(any_apiserver, kubeconfig, tmp_path)
+        await register_webhooks(kubeconfig, tmp_path, url, ca_file)
         for nad in (bridge_nad("vlan1", "bridge"), bridge_nad("overlay", "kube-ovn")):
             applied = await state.apply(nad)
             assert applied.returncode == 0, applied.stderr
         yield state
+    finally:
+        await stop_serve(process)
+
+
+async def stop_serve(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    # SIGTERM drains and exits cleanly: anything else is a crash worth seeing.
+    assert process.returncode == 0, stderr.decode()[-3000:]
 
 
 def bridge_nad(name: str, cni_type: str) -> dict[str, Any]:
@@ -405,24 +417,25 @@ async def ns_vm_macs(cluster: Cluster, name: str) -> dict[str, str | None]:
 
 async def test_a_mac_another_vm_holds_is_neither_backfilled_nor_written_by_anyone(
         any_apiserver: ApiServer | RealApiServer, tmp_path: Path) -> None:
-    before = Cluster(any_apiserver, any_apiserver.write_kubeconfig(tmp_path / "kubeconfig"), tmp_path)
-    created = await before.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns"}})
+    cluster = Cluster(any_apiserver, any_apiserver.write_kubeconfig(tmp_path / "kubeconfig"), tmp_path)
+    created = await cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns"}})
     assert created.returncode == 0, created.stderr  # apply: the real server keeps namespaces between tests
     nad = bridge_nad("vlan1", "bridge")
     nad["metadata"]["namespace"] = "ns"
     for manifest in (nad, stopped_in_ns("old-owner", {"default": "52:54:00:00:02:01", "nic-1": CLASH_MAC}),
                      stopped_in_ns("old-clash", {}, f'{{"default": "52:54:00:00:03:01", "nic-1": "{CLASH_MAC}"}}')):
-        applied = await before.apply(manifest)
+        applied = await cluster.apply(manifest)
         assert applied.returncode == 0, applied.stderr
 
-    async with serving(any_apiserver, tmp_path, controller=True) as cluster:
+    url, ca_file, process = await start_serve(cluster.kubeconfig, tmp_path, controller=True)
+    try:
         for _ in range(150):  # nichotplug starts: the controller backfills what is free, webhooks not yet there
             if (await ns_vm_macs(cluster, "old-clash"))["default"]:
                 break
             await asyncio.sleep(0.2)
         assert await ns_vm_macs(cluster, "old-clash") == {"default": "52:54:00:00:03:01", "nic-1": None}
 
-        await cluster.register_webhooks()
+        await register_webhooks(cluster.kubeconfig, tmp_path, url, ca_file)
         write_clash = ("patch", "vm", "old-clash", "-n", "ns", "--type=json", "-p", json.dumps(
             [{"op": "add", "path": "/spec/template/spec/domain/devices/interfaces/1/macAddress", "value": CLASH_MAC}]))
         for _ in range(50):  # the API server picks the new webhook configuration up within moments
@@ -446,3 +459,5 @@ async def test_a_mac_another_vm_holds_is_neither_backfilled_nor_written_by_anyon
         macs = await ns_vm_macs(cluster, "old-clash")
         assert macs["default"] == "52:54:00:00:03:01"
         assert macs["nic-1"] not in (None, CLASH_MAC)
+    finally:
+        await stop_serve(process)

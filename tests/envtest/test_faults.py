@@ -8,7 +8,6 @@ edit overwritten, no write admitted unchecked.
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import sys
 import textwrap
@@ -20,13 +19,12 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from controller.conftest import Cluster, running_controller, started_view, vm_body, wait_for
-from e2e.test_kubectl_e2e import free_port, run, wait_ready
+from e2e.test_kubectl_e2e import register_webhooks, start_serve
 from kubernetes_asyncio.client import ApiClient, CoordinationV1Api, CustomObjectsApi
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from nichotplug.kube.client import load_api_client
 from nichotplug.testing.envtest import RealApiServer
-from nichotplug.webhook.registration import webhook_configurations
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -199,24 +197,10 @@ async def _spec_mac_is(cluster: Cluster, name: str, wanted: str) -> bool:
 async def test_a_killed_webhook_admits_no_write_unchecked(
         real_apiserver: RealApiServer, real_api: ApiClient, tmp_path: Path) -> None:
     kubeconfig = real_apiserver.write_kubeconfig(tmp_path / "kubeconfig")
-    certs = tmp_path / "certs"
-    made = await run(sys.executable, "-m", "nichotplug", "certs", "--out", str(certs), "--ip", "127.0.0.1")
-    assert made.returncode == 0, made.stderr
-    port = free_port()
-    serve = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nichotplug", "serve", "--kubeconfig", str(kubeconfig), "--host", "127.0.0.1",
-        "--port", str(port), "--metrics-port", "0", "--tls-cert-file", str(certs / "tls.crt"),
-        "--tls-key-file", str(certs / "tls.key"), "--namespace", "default", "--no-controller",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    url, ca_file, serve = await start_serve(kubeconfig, tmp_path)
     cluster = Cluster(real_api)
     try:
-        url = f"https://127.0.0.1:{port}"
-        await wait_ready(url, certs / "ca.crt", serve)
-        for config in webhook_configurations("nichotplug", url=url, ca_bundle=(certs / "ca.crt").read_bytes()):
-            path = tmp_path / f"{config['kind']}.json"
-            path.write_text(json.dumps(config))
-            applied = await run("kubectl", "--kubeconfig", str(kubeconfig), "apply", "-f", str(path))
-            assert applied.returncode == 0, applied.stderr
+        await register_webhooks(kubeconfig, tmp_path, url, ca_file)
         owner = await cluster.create_vm(vm_body("owner", macs={"default": None}))
         taken = owner["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"][0]["macAddress"]
 

@@ -208,3 +208,19 @@ async def test_failed_migration_request_is_a_warning_and_the_change_stays(
     assert "warning: the interface change of VM default/vm1 is saved" in result.err
     assert "migration controller unavailable" in result.err
     assert spec_interfaces(await read_vm(api_client, "default", "vm1"))[1]["state"] == "absent"
+
+
+async def test_verbose_says_the_direct_path_is_used_when_no_subresource_api_is_served(
+        kubeconfig: Path, running_vm: dict[str, Any]) -> None:
+    done = await plugin("check", "vm1", "-v", kubeconfig=kubeconfig)
+    assert done.code == 0, done.err
+    assert ("using the Kubernetes API directly: the subresource API subresources.nichotplug.io/v1 is not available "
+            "(HTTP 404 for /apis/subresources.nichotplug.io/v1)") in done.err
+    assert "is eligible for NIC hot-plug" in done.out
+
+
+async def test_no_migrate_takes_the_direct_path_and_verbose_says_why(
+        kubeconfig: Path, running_vm: dict[str, Any]) -> None:
+    done = await plugin("-v", "remove-nic", "vm1", "--interface", "nic-1", "--no-migrate", kubeconfig=kubeconfig)
+    assert done.code == 0, done.err
+    assert "using the Kubernetes API directly: --no-migrate" in done.err

@@ -454,3 +454,33 @@ def test_remove_of_an_unknown_interface_names_those_the_vm_has() -> None:
     machine = vm()
     result = refusal(plan_remove_nic(machine, vmi(), {"interfaceName": "nosuch"}))
     assert result.message == "VM default/vm1 has no interface named 'nosuch'; its interfaces: default, nic-1"
+
+
+# -- hotplug_check (the subresource API's hotplugcheck) ------------------------------------------------
+
+
+@pytest.mark.parametrize(("memory", "interfaces", "ports_left"), [
+    ("1Gi", [iface("default", binding="masquerade", mac="02:00:00:00:00:01")], 7),  # max(8 - 1, 3)
+    ("1Gi", [iface(f"nic-{n}", mac=f"02:00:00:00:00:{n:02x}") for n in range(7)], 3),  # never below 3
+    ("4Gi", [iface("default", binding="masquerade", mac="02:00:00:00:00:01")], 15),  # above 2 GiB: max(16 - 1, 6)
+    ("4Gi", [iface("default", binding="masquerade", mac="02:00:00:00:00:01"),
+             iface("gone", mac="02:00:00:00:00:02", state="absent")], 15),  # an unplugged interface is no port
+])
+def test_hotplug_check_gives_kubevirts_port_room(memory: str, interfaces: list[dict[str, Any]],
+                                                 ports_left: int) -> None:
+    checked = actions.hotplug_check(vm(interfaces=interfaces, memory=memory), vmi())
+    assert checked == actions.HotplugCheck(eligible=True, reasons=(), ports_left=ports_left)
+
+
+def test_hotplug_check_of_a_stopped_vm_says_why_with_codes() -> None:
+    checked = actions.hotplug_check(vm(run_strategy="Halted", printable_status="Stopped"), None)
+    assert isinstance(checked, actions.HotplugCheck)
+    assert checked.eligible is False
+    assert {reason.reason for reason in checked.reasons} == {"vm-not-running"}  # no VMI, and not Running
+    assert all("default/vm1" in reason.message for reason in checked.reasons)
+
+
+def test_hotplug_check_of_an_unreadable_vm_is_a_refusal() -> None:
+    broken = vm()
+    broken["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"] = "not a list"
+    assert isinstance(actions.hotplug_check(broken, vmi()), ActionRefusal)

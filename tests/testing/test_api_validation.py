@@ -54,6 +54,15 @@ def test_schema_violations_become_field_causes(spec: dict[str, Any], field: str,
     assert [(c["field"], c["reason"]) for c in causes] == [(field, reason)]
 
 
+def test_go_inline_case_flag_in_a_pattern_is_honoured() -> None:
+    # Go's regexp takes "(?i)" mid-pattern (the PrometheusRule CRD has one); the API server accepts the CRD.
+    schema = {"type": "object", "properties": {"mode": {"type": "string", "pattern": "^(?i)(abort|warn)?$"}}}
+    validator = SchemaValidator(schema)
+    assert validator.causes({"mode": "ABORT"}) == []
+    assert validator.causes({"mode": "Warn"}) == []
+    assert [cause["field"] for cause in validator.causes({"mode": "maybe"})] == ["mode"]
+
+
 def test_valid_values_pass() -> None:
     spec = {"size": 2, "mode": "a", "port": "http", "note": None, "free": {"x": [1]}, "tags": {"a": "b"},
             "since": "2026-11-28T06:00:00Z", "count": 3}

@@ -54,6 +54,11 @@ nichotplug-controller
 {{- end -}}
 {{- end }}
 
+{{/* The APIService of the subresource API; its name is fixed by the API group it serves. */}}
+{{- define "nichotplug.apiServiceName" -}}
+v1.subresources.nichotplug.io
+{{- end }}
+
 {{- define "nichotplug.selfManagedCerts" -}}
 {{- if eq .Values.certificates.mode "self-managed" }}true{{ end }}
 {{- end }}
