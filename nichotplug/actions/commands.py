@@ -37,7 +37,7 @@ from nichotplug.kube.client import KubeConfigError, load_api_client
 from nichotplug.kube.events import EventRecorder
 from nichotplug.kube.lookup import namespace_exists, namespaces_holding
 from nichotplug.rules import actions as plan
-from nichotplug.rules.eligibility import eligibility_problems
+from nichotplug.rules.eligibility import eligibility_problems, unplug_network_note
 from nichotplug.rules.views import VmiView, VmView
 
 EXIT_OK = 0
@@ -139,8 +139,11 @@ def _network_text(vm: VmView, name: str) -> str:
 def _unplug_text(vm: VmView, name: str, state: VmState, ineligible: bool) -> str:
     if ineligible:
         return "no: the VM is not eligible (see 'check')"
-    problem = plan.interface_unplug_problem(vm, name, state.cluster)
-    return "yes" if problem is None else f"no: {problem}"
+    problem = plan.interface_unplug_problem(vm, name)
+    if problem is not None:
+        return f"no: {problem}"
+    note = unplug_network_note(vm, name, state.cluster)
+    return "yes" if note is None else f"yes ({note})"
 
 
 def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:

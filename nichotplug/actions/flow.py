@@ -329,13 +329,13 @@ class HotplugFlow:
     async def remove_nic(self, namespace: str, name: str, body: Mapping[str, Any]) -> ActionResult:
         """Hot-unplug the named interface (``state: absent``); on a stopped VM, delete it from the spec."""
         state = await read_vm_state(self._api, namespace, name, known_macs=self._known_macs)
-        ops = _planned(plan.plan_remove_nic(state.vm, state.vmi, body, state.cluster))
+        ops = _planned(plan.plan_remove_nic(state.vm, state.vmi, body))
         return await self._write_and_migrate(state, ops, str(body.get("interfaceName", "")), UNPLUGGED_REASON)
 
     async def find_hotunpluggable_nics(self, namespace: str, name: str) -> ActionResult:
         """The interfaces that may be unplugged now ([] when the VM is not eligible)."""
         state = await read_vm_state(self._api, namespace, name)
-        return ActionResult(interfaces=tuple(plan.find_hotunpluggable(state.vm, state.vmi, state.cluster)))
+        return ActionResult(interfaces=tuple(plan.find_hotunpluggable(state.vm, state.vmi)))
 
     async def check_hotplug(self, namespace: str, name: str) -> plan.HotplugCheck:
         """Whether the VM is eligible now, every reason it is not, and its hot-plug port room."""

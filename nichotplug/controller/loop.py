@@ -62,7 +62,7 @@ class MacController:
             raise ValueError("the controller needs at least one worker")
         self._cache = cache
         self._events = events or EventRecorder(api)
-        self.reconciler = MacReconciler(api, cache, self._events, denied_backoff=denied_backoff)
+        self.reconciler = MacReconciler(api, cache, self._events, denied_backoff=denied_backoff, scope=scope)
         self.auditor = DuplicateMacAuditor(cache, self._events, scope=scope)
         self.scope = scope
         self.name = name

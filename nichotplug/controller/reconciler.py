@@ -6,7 +6,12 @@ converges on the next pass. One reconcile makes at most one write:
 
 - a VMI exists -> record its interface MACs in the VM's observed-MAC annotation (if that changes it);
 - the VM is halted and its VMI is gone -> write the recorded MACs into interfaces lacking one
-  (waiting for the VMI to go is the level-triggered form of Harvester's VMI finalizer, without one).
+  (waiting for the VMI to go is the level-triggered form of Harvester's VMI finalizer, without one),
+  except a MAC another VM holds on the interface's cluster network: that interface stays empty (the
+  mutating webhook gives it a fresh MAC at the VM's next write, its start at the latest) and a
+  ``MacNotBackfilled`` Event on both VMs (the other one only when it is in the controller's scope)
+  names the MAC, the interface and the other VM. The check is ours, not left to the validating
+  webhook: the controller may write before the webhook configurations exist (a first install).
 
 Writes go through ``kube.patch.json_patch`` with a ``test`` of the resourceVersion the plan was made
 from. What happens next is an :class:`Outcome` the worker turns into queue calls: a conflict is
@@ -31,15 +36,18 @@ import aiohttp
 from kubernetes_asyncio.client import ApiClient
 
 from nichotplug.controller import metrics
+from nichotplug.controller.scope import EVERYWHERE, ControllerScope
 from nichotplug.kube.events import EventRecorder, ObjectRef
 from nichotplug.kube.patch import Conflict, Denied, KubeError, NotFound, get_custom_object, json_patch
 from nichotplug.rules.backfill import (
     MAC_ANNOTATION,
     BackfillPlan,
+    WithheldMac,
     annotation_patch,
     observed_macs,
     plan_backfill,
 )
+from nichotplug.rules.cluster import other_holder_of, owner_scope
 from nichotplug.rules.macindex import MacOwner
 from nichotplug.rules.views import NadView, VmiView, VmView
 
@@ -133,6 +141,7 @@ class MacReconciler:
     def __init__(
         self, api: ApiClient, cache: VmCache, events: EventRecorder, *,
         denied_backoff: float = 300.0, clock: Callable[[], float] = time.monotonic,
+        scope: ControllerScope = EVERYWHERE,
     ) -> None:
         self._api = api
         self._cache = cache
@@ -141,6 +150,7 @@ class MacReconciler:
         self._clock = clock
         self._denied: dict[str, _DeniedWrite] = {}
         self._reported: dict[str, set[tuple[str, str]]] = {}
+        self._scope = scope  # the namespaces whose VMs it may write, Events included
         self.failures = FailureBurst(clock)
 
     def denied_retry_in(self, key: str) -> float:
@@ -159,7 +169,7 @@ class MacReconciler:
         vmi = self._cache.get_vmi(namespace, name)
         if vmi is not None:
             return await self._record(key, vm, vmi)
-        plan = plan_backfill(vm)
+        plan = plan_backfill(vm, other_holder_of(vm, self._cache))
         await self._report(key, vm, plan)
         if not plan.ops:
             return Outcome.SUCCESS if vm.run_strategy == "Halted" else Outcome.SKIPPED
@@ -169,6 +179,26 @@ class MacReconciler:
             log.info("backfilled MACs of VM %s: %s", key,
                      ", ".join(f"{iface}={mac}" for iface, mac in plan.backfilled))
         return outcome
+
+    def _scope_text(self, owner: MacOwner) -> str:
+        scope = owner_scope(owner.nad, self._cache)
+        return f"cluster network {scope}" if scope else "the pod network / unlabelled networks"
+
+    def _withheld_reports(self, vm: VmView, withheld: WithheldMac) -> list[tuple[ObjectRef, str, str, str]]:
+        """The ``MacNotBackfilled`` Events of one withheld MAC: on ``vm`` and on the VM holding it."""
+        holder = withheld.holder
+        where = self._scope_text(holder)
+        reports = [(vm_ref(vm), "Warning", "MacNotBackfilled",
+                    f"interface {withheld.interface} keeps no MAC in the spec: its observed MAC {withheld.mac} is held "
+                    f"by VM {holder.namespace}/{holder.vm} interface {holder.interface} on {where}; it gets a new MAC "
+                    "at the VM's next write (its start at the latest)")]
+        holding_vm = self._cache.get_vm(holder.namespace, holder.vm) if self._scope.covers(holder.namespace) else None
+        if holding_vm is not None:
+            reports.append((vm_ref(holding_vm), "Warning", "MacNotBackfilled",
+                            f"MAC {withheld.mac} of interface {holder.interface} is also recorded for VM {vm.ref} "
+                            f"interface {withheld.interface} on {where}; it was not written into that VM's spec, "
+                            "which gets a new MAC at its next write (its start at the latest)"))
+        return reports
 
     async def _record(self, key: str, vm: VmView, vmi: VmiView) -> Outcome:
         """Write the VMI's MACs into the annotation when that changes it."""
@@ -239,26 +269,30 @@ class MacReconciler:
 
     async def _report(self, key: str, vm: VmView, plan: BackfillPlan) -> None:
         """Turn what the plan found into Events (and metrics), each once while it stays true."""
-        reports: list[tuple[str, str, str]] = []
+        here = vm_ref(vm)
+        reports: list[tuple[ObjectRef, str, str, str]] = []
         if plan.annotation_error:
             metrics.ANNOTATION_ERRORS.inc()
-            reports.append(("Warning", "InvalidMacAnnotation",
+            reports.append((here, "Warning", "InvalidMacAnnotation",
                             f"{plan.annotation_error}; MACs are not backfilled until it is fixed or the VM runs again"))
         for mismatch in plan.kept_mismatches:
-            reports.append(("Warning", "MacMismatch",
+            reports.append((here, "Warning", "MacMismatch",
                             f"interface {mismatch.interface} keeps its spec MAC {mismatch.spec_mac}; the guest "
                             f"was last seen with {mismatch.observed_mac}"))
         if plan.not_observed:
-            reports.append(("Normal", "MacNotObserved",
+            reports.append((here, "Normal", "MacNotObserved",
                             f"interface(s) {', '.join(plan.not_observed)} have no MAC in the spec and none was "
                             "observed yet; start the VM once so their MACs can be recorded"))
+        for withheld in plan.withheld:
+            reports += self._withheld_reports(vm, withheld)
         # Remember only what is still true, so a problem that was fixed and comes back is told again.
         previous = self._reported.pop(key, set())
-        current = {(reason, message) for _, reason, message in reports}
+        current = {(reason, message) for _, _, reason, message in reports}
         if current:
             self._reported[key] = current
-        for type_, reason, message in reports:
+        for about, type_, reason, message in reports:
             if (reason, message) in previous:
                 continue
-            (log.warning if type_ == "Warning" else log.info)("VM %s: %s: %s", key, reason, message)
-            await self._events.emit(vm_ref(vm), type_, reason, message)
+            (log.warning if type_ == "Warning" else log.info)("VM %s/%s: %s: %s", about.namespace, about.name,
+                                                              reason, message)
+            await self._events.emit(about, type_, reason, message)

@@ -14,6 +14,8 @@ from nichotplug.rules.eligibility import (
     eligibility_problems,
     hotunpluggable_interfaces,
     unplug_finding,
+    unplug_findings,
+    unplug_network_note,
     unplug_problem,
 )
 from nichotplug.rules.mac import InvalidMac, check_unicast_mac, generate_mac, normalize_mac
@@ -51,6 +53,8 @@ __all__ = [
     "normalize_mac",
     "owner_scope",
     "unplug_finding",
+    "unplug_findings",
+    "unplug_network_note",
     "unplug_problem",
     "validate_vm",
 ]

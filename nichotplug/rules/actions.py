@@ -342,19 +342,19 @@ def _interface_index(vm: Mapping[str, Any], name: str) -> int | None:
     return None
 
 
-def interface_unplug_problem(vm: VmView, name: str, cluster: ClusterState) -> str | None:
+def interface_unplug_problem(vm: VmView, name: str) -> str | None:
     """Why the named interface cannot be hot-unplugged (VM eligibility aside), or None if it can.
 
-    Unknown, already absent, the last interface, not bridge/virtio, not on a hot-pluggable NAD.
+    Unknown, already absent, the last interface, not bridge/virtio, not multus (every reason at
+    once). Its NAD is not asked: a NIC whose network was deleted or changed stays removable.
     """
-    return unplug_problem(vm, name, cluster)
+    return unplug_problem(vm, name)
 
 
 def plan_remove_nic(
     vm: Mapping[str, Any],
     vmi: Mapping[str, Any] | None,
     body: Mapping[str, Any],
-    cluster: ClusterState,
 ) -> list[JsonPatchOp] | ActionRefusal:
     """The JSON Patch that sets the named interface ``state: absent``, or why it is refused.
 
@@ -378,7 +378,7 @@ def plan_remove_nic(
         return _unknown_interface(vm_view, name)
     if stopped:
         return _plan_cold_remove(vm, vm_view, name, index)
-    problem = interface_unplug_problem(vm_view, name, cluster)
+    problem = interface_unplug_problem(vm_view, name)
     if problem is not None:
         return ActionRefusal(409, NOT_HOTUNPLUGGABLE, problem)
     state_path = "/" + "/".join((*_INTERFACES_PATH, str(index), "state"))
@@ -420,7 +420,7 @@ def _plan_cold_remove(
     return ops
 
 
-def find_hotunpluggable(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None, cluster: ClusterState) -> list[str]:
+def find_hotunpluggable(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None) -> list[str]:
     """Names of the interfaces the UI may offer to unplug: [] when the VM is not eligible."""
     views = _views(vm, vmi)
     if isinstance(views, ActionRefusal):
@@ -428,7 +428,7 @@ def find_hotunpluggable(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None, cl
     vm_view, vmi_view = views
     if eligibility_problems(vm_view, vmi_view):
         return []
-    return list(hotunpluggable_interfaces(vm_view, cluster))
+    return list(hotunpluggable_interfaces(vm_view))
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,9 @@ Validation (SPEC "Validating webhook"), first failure wins:
    count (409, naming both VMs, the interfaces, the MAC and the scope);
 5. an UPDATE of a running VM that adds interfaces or sets ``state: absent`` must follow the hot-plug
    rules: the VM is eligible, each added interface is virtio + bridge on a hot-pluggable NAD, each
-   unplugged interface is hot-unpluggable (403 each, naming the VM, the interface and what to do).
+   unplugged interface is hot-unpluggable (judged by the interface alone: its NAD may be gone). One
+   403 lists every problem of the VM and of every added or unplugged interface, each naming the VM,
+   the interface and what to do, so a user fixes them all in one go.
 
 Rules 2 to 4 judge only the interfaces this request adds or whose MAC (rule 2: MAC as written) or
 network it changes: an unusable MAC or a collision that predates the webhook must not block unrelated
@@ -41,7 +43,8 @@ that changes none of them (``webhook/registration.py``; ARCHITECTURE.md lists wh
 same reason, and because it is the most frequent write, an UPDATE that leaves ``spec`` exactly as
 it was is judged on its metadata only (readable, annotation parses), without building the views.
 Objects being deleted are allowed as they are. Warnings: more hot-plugged interfaces than KubeVirt v1.6's
-hot-plug port budget, and an observed-MAC annotation that does not parse.
+hot-plug port budget, an unplugged interface whose network is gone or no longer a bridge, and an
+observed-MAC annotation that does not parse.
 
 Speed: both webhooks answer every VM write of the cluster, so each first tries a fast path over
 ``rules.facts`` (plain tuples of just what the MAC rules read, no views): validation when no hot-plug
@@ -56,7 +59,7 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
-from nichotplug.rules.cluster import ClusterState, MacOwner, owner_scope
+from nichotplug.rules.cluster import ClusterState, MacOwner, other_holder, owner_scope
 from nichotplug.rules.decision import Decision, JsonPatchOp
 from nichotplug.rules.diff import InterfaceDiff, diff_interfaces
 from nichotplug.rules.eligibility import (
@@ -64,7 +67,8 @@ from nichotplug.rules.eligibility import (
     Finding,
     active_interface_count,
     edit_eligibility_findings,
-    unplug_finding,
+    unplug_findings,
+    unplug_network_note,
 )
 from nichotplug.rules.facts import VmFacts, read_vm_facts
 from nichotplug.rules.mac import (
@@ -330,15 +334,7 @@ def _check_duplicates(vm: MacClaimant, claims: list[MacClaim], changed: set[str]
 
 
 def _colliding_owner(vm: MacClaimant, mac: str, scope: str, cluster: ClusterState) -> MacOwner | None:
-    owners = cluster.owners_of_mac(mac)
-    if not owners:
-        return None
-    for owner in sorted(owners):  # sorted: the same request always names the same owner
-        if (owner.namespace, owner.vm) == (vm.namespace, vm.name):
-            continue  # the index holds this VM's previous state; the request object supersedes it
-        if owner_scope(owner.nad, cluster) == scope:
-            return owner
-    return None
+    return other_holder(vm.namespace, vm.name, mac, scope, cluster)
 
 
 def _check_collisions(vm: MacClaimant, claims: list[MacClaim], changed: set[str],
@@ -387,14 +383,24 @@ def _check_macs(vm: MacClaimant, old: MacClaimant | None, cluster: ClusterState)
 # -- validation: hot-plug rules -------------------------------------------------------------------
 
 
-def _hotplug_finding(vm: VmView, iface: InterfaceView, cluster: ClusterState) -> Finding | None:
+def _hotplug_findings(vm: VmView, iface: InterfaceView, cluster: ClusterState) -> list[Finding]:
+    """Every reason ``iface`` cannot be hot-plugged into ``vm``: its model, its binding and its network
+    are judged apart, so one denial names all that must change."""
     where = f"cannot hot-plug interface {iface.name} into running VM {vm.ref}"
+    found: list[Finding] = []
     if iface.model not in HOTPLUG_MODELS:
-        return Finding("hotplug-not-virtio", f"{where}: its model is {iface.model}; hot-plugged interfaces must "
-                                             "use model virtio (or leave model unset)")
+        found.append(Finding("hotplug-not-virtio", f"{where}: its model is {iface.model}; hot-plugged interfaces "
+                                                   "must use model virtio (or leave model unset)"))
     if iface.binding != "bridge":
-        return Finding("hotplug-not-bridge", f"{where}: it uses {iface.binding or 'no'} binding; hot-plugged "
-                                             "interfaces must use bridge binding (bridge: {})")
+        found.append(Finding("hotplug-not-bridge", f"{where}: it uses {iface.binding or 'no'} binding; hot-plugged "
+                                                   "interfaces must use bridge binding (bridge: {})"))
+    network_finding = _hotplug_network_finding(vm, iface, cluster, where)
+    if network_finding is not None:
+        found.append(network_finding)
+    return found
+
+
+def _hotplug_network_finding(vm: VmView, iface: InterfaceView, cluster: ClusterState, where: str) -> Finding | None:
     network = vm.network(iface.name)
     if network is None:
         return Finding("hotplug-missing-network", f"{where}: spec.template.spec.networks has no entry named "
@@ -429,23 +435,38 @@ def _port_budget_warning(vm: VmView, old: VmView, diff: InterfaceDiff) -> str | 
             f"hot-plug ports for a VM with {in_use} interfaces; the others may not attach until the VM restarts")
 
 
-def _check_hotplug(vm: VmView, old: VmView, diff: InterfaceDiff, cluster: ClusterState) -> Decision | None:
-    findings = edit_eligibility_findings(old, vm, cluster.get_vmi(vm.namespace, vm.name))
-    if findings:
-        return Decision.deny(403, "NIC hot-plug refused: " + "; ".join(found.message for found in findings),
-                             findings[0].reason)
+def _hotplug_edit_findings(vm: VmView, old: VmView, diff: InterfaceDiff, cluster: ClusterState) -> list[Finding]:
+    """Every reason the hot-plug edit is refused: the VM's eligibility, then each added interface's
+    problems, then each unplugged interface's, so one denial says all that must change."""
+    found = list(edit_eligibility_findings(old, vm, cluster.get_vmi(vm.namespace, vm.name)))
     for iface in diff.added:
-        finding = _hotplug_finding(vm, iface, cluster)
-        if finding is not None:
-            return Decision.deny(403, finding.message, finding.reason)
+        found += _hotplug_findings(vm, iface, cluster)
     for iface in diff.unplugged:
-        finding = unplug_finding(old, iface.name, cluster)
-        if finding is not None:
-            return Decision.deny(403, f"cannot hot-unplug: {finding.message}", finding.reason)
-    if diff.unplugged and active_interface_count(vm) == 0:
-        return Decision.deny(403, f"cannot hot-unplug every interface of VM {vm.ref}; a VM keeps at least one",
-                             "unplug-last-interface")
-    return None
+        found += [Finding(finding.reason, f"cannot hot-unplug: {finding.message}")
+                  for finding in unplug_findings(old, iface.name)]
+    if diff.unplugged and active_interface_count(vm) == 0 and all(f.reason != "unplug-last-interface" for f in found):
+        found.append(Finding("unplug-last-interface", f"cannot hot-unplug every interface of VM {vm.ref}; a VM "
+                                                      "keeps at least one"))
+    return found
+
+
+def _check_hotplug(vm: VmView, old: VmView, diff: InterfaceDiff, cluster: ClusterState) -> Decision | None:
+    findings = _distinct(_hotplug_edit_findings(vm, old, diff, cluster))
+    if not findings:
+        return None
+    return Decision.deny(403, "NIC hot-plug refused: " + "; ".join(found.message for found in findings),
+                         findings[0].reason)
+
+
+def _distinct(findings: list[Finding]) -> list[Finding]:
+    """``findings`` without repeats, in order."""
+    return list(dict.fromkeys(findings))
+
+
+def _unplug_warnings(old: VmView, diff: InterfaceDiff, cluster: ClusterState) -> list[str]:
+    """A note for each unplugged interface whose network is gone or no longer a bridge (allowed)."""
+    notes = (unplug_network_note(old, iface.name, cluster) for iface in diff.unplugged)
+    return [note for note in notes if note]
 
 
 # -- validation -----------------------------------------------------------------------------------
@@ -580,6 +601,7 @@ def validate_vm_fully(req: AdmissionInput, cluster: ClusterState) -> Decision:
             if denial is not None:
                 return denial
             reason = "hotplug-allowed"
+            warnings += _unplug_warnings(old, diff, cluster)
             budget_warning = _port_budget_warning(vm, old, diff)
             if budget_warning:
                 warnings.append(budget_warning)

@@ -10,9 +10,12 @@ that in two steps, both planned here as JSON Patch ops (data, never text):
    report (a guest that has not brought every NIC up yet) are kept while the VM spec still has that
    interface, so a partial status never erases what was learnt.
 2. Once the VM is halted, :func:`plan_backfill` writes the recorded MAC into every interface that
-   lacks one. A MAC already in the spec is never overwritten; a different recorded MAC is reported
-   as a mismatch, a name with no recorded MAC as "not observed", an annotation that does not parse as
-   an error — all data for the caller to log and turn into Events.
+   lacks one — unless another VM holds that MAC on the interface's cluster network (in its spec or
+   its annotation: a clash that predates nichotplug, or a copied annotation). Such an interface is
+   *withheld*: it stays empty, so the mutating webhook gives it a fresh MAC at the next start, and
+   the other interfaces are still written. A MAC already in the spec is never overwritten; a
+   different recorded MAC is reported as a mismatch, a name with no recorded MAC as "not observed",
+   an annotation that does not parse as an error — all data for the caller to log and turn into Events.
 
 Every write starts with a ``test`` of ``/metadata/resourceVersion`` (so a concurrent edit makes the
 write fail instead of being overwritten), and backfill ops also ``test`` the interface name at the
@@ -26,17 +29,20 @@ The functions take a VM as a plain Kubernetes dict or as any view with the attri
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nichotplug.rules.mac import InvalidMac, normalize_mac
+from nichotplug.rules.macindex import MacOwner
 
 __all__ = [
     "MAC_ANNOTATION",
     "BackfillPlan",
+    "MacHolder",
     "MacMismatch",
     "VmFacts",
+    "WithheldMac",
     "annotation_patch",
     "encode_observed_macs",
     "is_halted",
@@ -99,6 +105,24 @@ class MacMismatch:
 
 
 @dataclass(frozen=True, slots=True)
+class WithheldMac:
+    """A recorded MAC not written into the spec because another VM holds it on the same cluster network."""
+
+    interface: str
+    mac: str
+    holder: MacOwner  # the other VM's interface that holds it
+
+
+# (interface name, normalised MAC) -> the other VM's interface holding that MAC on the interface's
+# cluster network (spec MAC or recorded MAC), or None when no other VM does.
+MacHolder = Callable[[str, str], MacOwner | None]
+
+
+def _nobody(_interface: str, _mac: str) -> MacOwner | None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
 class BackfillPlan:
     """What backfilling one halted VM means: the ops to send and what to report."""
 
@@ -107,6 +131,7 @@ class BackfillPlan:
     kept_mismatches: tuple[MacMismatch, ...]     # spec MACs kept although the annotation differs
     not_observed: tuple[str, ...]                # interfaces lacking a MAC that the annotation lacks
     annotation_error: str | None                 # why the annotation does not parse, if it does not
+    withheld: tuple[WithheldMac, ...] = ()       # recorded MACs another VM holds: left out of the ops
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
@@ -265,11 +290,13 @@ def _empty_plan(annotation_error: str | None = None) -> BackfillPlan:
                         annotation_error=annotation_error)
 
 
-def plan_backfill(vm: Mapping[str, Any] | VmLike | VmFacts) -> BackfillPlan:
+def plan_backfill(vm: Mapping[str, Any] | VmLike | VmFacts, holder: MacHolder = _nobody) -> BackfillPlan:
     """The backfill of a halted VM; an empty plan for a VM that is not halted.
 
-    Only interfaces without a spec MAC are written. The ops are ``test`` resourceVersion, then per
-    written interface a ``test`` of its name and an ``add`` of its ``macAddress``.
+    Only interfaces without a spec MAC are written, each with its recorded MAC unless ``holder``
+    names another VM holding that MAC on the interface's cluster network (then it is withheld). The
+    ops are ``test`` resourceVersion, then per written interface a ``test`` of its name and an
+    ``add`` of its ``macAddress``.
     """
     facts = vm_facts(vm)
     if not facts.halted:
@@ -282,6 +309,7 @@ def plan_backfill(vm: Mapping[str, Any] | VmLike | VmFacts) -> BackfillPlan:
     backfilled: list[tuple[str, str]] = []
     mismatches: list[MacMismatch] = []
     not_observed: list[str] = []
+    withheld: list[WithheldMac] = []
     for index, (name, spec_mac) in enumerate(facts.interfaces):
         if not name:
             continue  # KubeVirt rejects nameless interfaces; nothing can be recorded for one
@@ -293,6 +321,10 @@ def plan_backfill(vm: Mapping[str, Any] | VmLike | VmFacts) -> BackfillPlan:
         if observed is None:
             not_observed.append(name)
             continue
+        other = holder(name, observed)
+        if other is not None:
+            withheld.append(WithheldMac(name, observed, other))
+            continue
         pointer = f"{_INTERFACES_POINTER}/{index}"
         ops.append({"op": "test", "path": f"{pointer}/name", "value": name})
         ops.append({"op": "add", "path": f"{pointer}/macAddress", "value": observed})
@@ -302,4 +334,4 @@ def plan_backfill(vm: Mapping[str, Any] | VmLike | VmFacts) -> BackfillPlan:
     else:
         ops, backfilled = [], []  # no resourceVersion to guard the write with: write nothing
     return BackfillPlan(ops=tuple(ops), backfilled=tuple(backfilled), kept_mismatches=tuple(mismatches),
-                        not_observed=tuple(not_observed), annotation_error=None)
+                        not_observed=tuple(not_observed), annotation_error=None, withheld=tuple(withheld))

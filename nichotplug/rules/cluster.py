@@ -7,13 +7,13 @@ it from plain lists, for rule tests, the kubectl plugin and the action planning.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, Protocol
 
 from nichotplug.rules.macindex import MacIndex, MacOwner
 from nichotplug.rules.views import NadView, VmiView, VmView
 
-__all__ = ["ClusterState", "MacOwner", "StaticCluster", "owner_scope"]
+__all__ = ["ClusterState", "MacOwner", "StaticCluster", "other_holder", "other_holder_of", "owner_scope"]
 
 
 class ClusterState(Protocol):
@@ -40,6 +40,34 @@ def owner_scope(nad: tuple[str, str] | None, cluster: ClusterState) -> str:
         return ""
     view = cluster.get_nad(*nad)
     return view.cluster_network if view is not None else ""
+
+
+def other_holder(namespace: str, name: str, mac: str, scope: str, cluster: ClusterState) -> MacOwner | None:
+    """An interface of a VM other than ``namespace/name`` that uses ``mac`` (normalised) in ``scope``:
+    in its spec, or recorded by its observed-MAC annotation. None when no other VM does.
+
+    Owners are tried sorted, so the same question always names the same holder. The VM's own
+    entries are skipped: the index holds its state before the write being judged.
+    """
+    owners = cluster.owners_of_mac(mac)
+    if not owners:
+        return None  # the usual case: nobody uses it, whatever the scope
+    for owner in sorted(owners):
+        if (owner.namespace, owner.vm) == (namespace, name):
+            continue
+        if owner_scope(owner.nad, cluster) == scope:
+            return owner
+    return None
+
+
+def other_holder_of(vm: VmView, cluster: ClusterState) -> Callable[[str, str], MacOwner | None]:
+    """``(interface name, mac) -> other_holder`` in the scope of that interface of ``vm``: the
+    question the backfill asks before copying a recorded MAC into the spec."""
+    nads = vm.network_nads()
+
+    def holder(interface: str, mac: str) -> MacOwner | None:
+        return other_holder(vm.namespace, vm.name, mac, owner_scope(nads.get(interface), cluster), cluster)
+    return holder
 
 
 class StaticCluster:

@@ -2,9 +2,9 @@
 
 ``eligibility_findings`` checks SPEC "VM eligibility" in its order (guest cluster, running and
 stable, live-migratable, MACs in the spec) and reports every failed condition as a ``Finding``:
-a metric slug plus a message naming the VM and saying what to do. ``unplug_finding`` does the same
-for one interface. The ``*_problems`` / ``*_problem`` functions are the message-only forms the
-ARCHITECTURE contract names.
+a metric slug plus a message naming the VM and saying what to do. ``unplug_findings`` does the same
+for one interface (judged by the interface alone: its network may be gone). The ``*_problems`` /
+``*_problem`` functions are the message-only forms the ARCHITECTURE contract names.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ __all__ = [
     "eligibility_problems",
     "hotunpluggable_interfaces",
     "unplug_finding",
+    "unplug_findings",
+    "unplug_network_note",
     "unplug_problem",
 ]
 
@@ -36,7 +38,7 @@ HOTPLUG_MODELS = ("", "virtio")  # model unset means virtio
 ELIGIBILITY_REASONS = ("vm-guest-cluster", "vm-not-running", "vm-migrating", "vm-not-migratable", "vm-missing-macs")
 UNPLUG_REASONS = (
     "unplug-unknown-interface", "unplug-already-absent", "unplug-last-interface", "unplug-not-bridge",
-    "unplug-not-virtio", "unplug-not-multus", "unplug-network-not-hotpluggable",
+    "unplug-not-virtio", "unplug-not-multus",
 )
 
 
@@ -157,50 +159,72 @@ def active_interface_count(vm: VmView) -> int:
     return sum(1 for iface in vm.interfaces if iface.state != "absent")
 
 
-def _interface_shape_finding(vm: VmView, iface: InterfaceView) -> Finding | None:
+def _interface_shape_findings(vm: VmView, iface: InterfaceView) -> list[Finding]:
     where = f"interface {iface.name} of VM {vm.ref}"
+    found: list[Finding] = []
     if iface.binding != "bridge":
-        return Finding("unplug-not-bridge", f"{where} uses {iface.binding or 'no'} binding; only bridge "
-                                            "interfaces can be hot-unplugged")
+        found.append(Finding("unplug-not-bridge", f"{where} uses {iface.binding or 'no'} binding; only bridge "
+                                                  "interfaces can be hot-unplugged"))
     if iface.model not in HOTPLUG_MODELS:
-        return Finding("unplug-not-virtio", f"{where} has model {iface.model}; only virtio interfaces can be "
-                                            "hot-unplugged")
-    return None
+        found.append(Finding("unplug-not-virtio", f"{where} has model {iface.model}; only virtio interfaces can be "
+                                                  "hot-unplugged"))
+    network = vm.network(iface.name)
+    if network is None or network.nad is None:
+        on = "has no entry in spec.template.spec.networks" if network is None else "is not on a multus network"
+        found.append(Finding("unplug-not-multus", f"{where} {on}; only interfaces on multus networks can be "
+                                                  "hot-unplugged"))
+    return found
 
 
-def unplug_finding(vm: VmView, interface_name: str, cluster: ClusterState) -> Finding | None:
-    """Why the (still present) interface cannot be hot-unplugged from ``vm``; None if it can."""
+def unplug_findings(vm: VmView, interface_name: str) -> tuple[Finding, ...]:
+    """Every reason the (still present) interface cannot be hot-unplugged from ``vm``; empty if it can.
+
+    What KubeVirt requires of the interface itself (SPEC "VM eligibility"): not already absent, bridge
+    binding, virtio or no model, a multus network. The NAD it points at is not judged: the migration
+    target is built without the interface, so a NAD that is gone, being deleted or no longer a bridge
+    must not keep a NIC in the VM (harvester#8293). ``unplug_network_note`` says when it is gone.
+    """
     where = f"interface {interface_name} of VM {vm.ref}"
     iface = vm.interface(interface_name)
     if iface is None:
-        return Finding("unplug-unknown-interface", f"VM {vm.ref} has no interface named {interface_name}")
+        return (Finding("unplug-unknown-interface", f"VM {vm.ref} has no interface named {interface_name}"),)
     if iface.state == "absent":
-        return Finding("unplug-already-absent", f"{where} is already being unplugged (state: absent)")
+        return (Finding("unplug-already-absent", f"{where} is already being unplugged (state: absent)"),)
+    found = _interface_shape_findings(vm, iface)
     if active_interface_count(vm) <= 1:
-        return Finding("unplug-last-interface", f"{where} is the VM's only interface; a VM keeps at least one")
-    shape = _interface_shape_finding(vm, iface)
-    if shape is not None:
-        return shape
+        found.insert(0, Finding("unplug-last-interface", f"{where} is the VM's only interface; a VM keeps at "
+                                                         "least one"))
+    return tuple(found)
+
+
+def unplug_finding(vm: VmView, interface_name: str) -> Finding | None:
+    """The first of ``unplug_findings``; None if the interface can be hot-unplugged."""
+    found = unplug_findings(vm, interface_name)
+    return found[0] if found else None
+
+
+def unplug_problem(vm: VmView, interface_name: str) -> str | None:
+    """Every message of ``unplug_findings`` in one; None if the interface can be hot-unplugged."""
+    found = unplug_findings(vm, interface_name)
+    return "; ".join(finding.message for finding in found) if found else None
+
+
+def unplug_network_note(vm: VmView, interface_name: str, cluster: ClusterState) -> str | None:
+    """Why the NAD of an interface being unplugged could not carry it any more (gone, being deleted, not
+    a bridge...), for a warning; None when it still could, or the interface has no NAD."""
     network = vm.network(interface_name)
     if network is None or network.nad is None:
-        on = "has no entry in spec.template.spec.networks" if network is None else "is not on a multus network"
-        return Finding("unplug-not-multus", f"{where} {on}; only interfaces on bridge networks can be hot-unplugged")
+        return None
     verdict = nad_verdict(cluster.get_nad(*network.nad))
-    if not verdict.hotpluggable:
-        return Finding("unplug-network-not-hotpluggable", f"{where} is on network {network.nad_namespace}/"
-                                                          f"{network.nad_name}, which is not hot-pluggable: "
-                                                          f"{verdict.reason}")
-    return None
+    if verdict.hotpluggable:
+        return None
+    return (f"interface {interface_name} of VM {vm.ref} is on network {network.nad_namespace}/{network.nad_name}, "
+            f"which is gone or not a bridge network any more ({verdict.reason}); the interface can still be "
+            "unplugged")
 
 
-def unplug_problem(vm: VmView, interface_name: str, cluster: ClusterState) -> str | None:
-    """The message of ``unplug_finding``."""
-    finding = unplug_finding(vm, interface_name, cluster)
-    return finding.message if finding is not None else None
-
-
-def hotunpluggable_interfaces(vm: VmView, cluster: ClusterState) -> list[str]:
+def hotunpluggable_interfaces(vm: VmView) -> list[str]:
     """Names of the interfaces the UI may offer to unplug (none unless the VM has more than one)."""
     if active_interface_count(vm) <= 1:
         return []
-    return [iface.name for iface in vm.interfaces if unplug_finding(vm, iface.name, cluster) is None]
+    return [iface.name for iface in vm.interfaces if not unplug_findings(vm, iface.name)]

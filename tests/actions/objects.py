@@ -16,8 +16,9 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from rules.rules_factory import KUBE_OVN_CONFIG, iface, multus_net, nad, pod_net, vm, vmi
 
 __all__ = [
-    "KUBE_OVN_CONFIG", "create_nad", "create_running_vm", "events_about", "grant", "iface", "migrations",
-    "multus_net", "nad", "pod_net", "read_vm", "spec_interfaces", "spec_networks", "vm", "vmi",
+    "KUBE_OVN_CONFIG", "NETWORK_GONE", "create_nad", "create_running_vm", "events_about", "grant", "iface",
+    "migrations", "multus_net", "nad", "pod_net", "read_vm", "spec_interfaces", "spec_networks",
+    "take_network_away", "vm", "vmi",
 ]
 
 MERGE = "application/merge-patch+json"
@@ -109,3 +110,23 @@ async def ensure_namespace(api: ApiClient, name: str) -> None:
     except ApiException as error:
         if error.status != 409:
             raise
+
+
+NAD_API = ("k8s.cni.cncf.io", "v1")
+# How the network of a NIC can go away under a running VM (harvester#8293); see take_network_away.
+NETWORK_GONE = ("deleted", "being-deleted", "no-longer-a-bridge")
+
+
+async def take_network_away(api: ApiClient, how: str, namespace: str = "default", name: str = "vlan1") -> None:
+    """Delete the NAD, or leave it being deleted (held by a finalizer), or make it a kube-ovn network."""
+    custom = CustomObjectsApi(api)
+    plural = "network-attachment-definitions"
+    if how == "no-longer-a-bridge":
+        await custom.patch_namespaced_custom_object(*NAD_API, namespace, plural, name,
+                                                    {"spec": {"config": KUBE_OVN_CONFIG}}, _content_type=MERGE)
+        return
+    if how == "being-deleted":
+        await custom.patch_namespaced_custom_object(*NAD_API, namespace, plural, name,
+                                                    {"metadata": {"finalizers": ["example.com/hold"]}},
+                                                    _content_type=MERGE)
+    await custom.delete_namespaced_custom_object(*NAD_API, namespace, plural, name)

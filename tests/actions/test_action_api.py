@@ -19,6 +19,7 @@ from nichotplug.rules import actions as codes
 from .conftest import ActionClient, StartActions, server_context
 from .objects import (
     KUBE_OVN_CONFIG,
+    NETWORK_GONE,
     create_nad,
     create_running_vm,
     events_about,
@@ -31,6 +32,7 @@ from .objects import (
     read_vm,
     spec_interfaces,
     spec_networks,
+    take_network_away,
     vm,
     vmi,
     wait_for,
@@ -132,12 +134,26 @@ async def shapes_vm(api_client: ApiClient) -> None:
     await create_running_vm(api_client, vm("shapes", interfaces=interfaces, networks=networks), vmi("shapes"))
 
 
-async def test_find_hotunpluggable_nics_lists_only_bridge_virtio_on_bridge_networks(
+async def test_find_hotunpluggable_nics_lists_bridge_virtio_multus_nics_whatever_their_network(
         actions_client: ActionClient, api_client: ApiClient) -> None:
+    # "overlay" is a bridge interface on a NAD that is now kube-ovn: unplugging it needs no network.
     await shapes_vm(api_client)
     for short_path in (False, True):
         answer = await actions_client.post("default", "shapes", "findHotunpluggableNics", short_path=short_path)
-        assert (answer.status, answer.body) == (200, {"interfaces": ["br-virtio", "br-nomodel"]})
+        assert (answer.status, answer.body) == (200, {"interfaces": ["br-virtio", "br-nomodel", "overlay"]})
+
+
+@pytest.mark.parametrize("how", NETWORK_GONE)
+async def test_a_nic_whose_network_is_gone_is_listed_and_removed(
+        actions_client: ActionClient, api_client: ApiClient, running_vm: dict[str, Any], how: str) -> None:
+    # harvester#8293: the admin deleted (or changed) the NAD under a running VM; the NIC must stay removable.
+    await take_network_away(api_client, how)
+    listed = await actions_client.post("default", "vm1", "findHotunpluggableNics")
+    assert (listed.status, listed.body) == (200, {"interfaces": ["nic-1"]})
+    answer = await actions_client.post("default", "vm1", "removeNic", {"interfaceName": "nic-1"})
+    assert (answer.status, answer.body) == (204, None)
+    stored = await read_vm(api_client, "default", "vm1")
+    assert [(i["name"], i.get("state")) for i in spec_interfaces(stored)] == [("default", None), ("nic-1", "absent")]
 
 
 async def test_find_hotunpluggable_nics_of_a_one_nic_vm_is_empty(

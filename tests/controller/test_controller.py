@@ -275,30 +275,40 @@ async def test_it_converges_after_its_watch_expires(tmp_path: Path) -> None:
                 assert view.relists > 0
 
 
-async def test_our_validating_webhook_refusing_a_duplicate_mac_is_reported_once_not_retried(
+async def test_a_recorded_mac_another_vm_holds_is_not_even_sent_to_our_webhook(
     api_client: ApiClient, apiserver: Any, cluster: Cluster, tmp_path: Path,
 ) -> None:
     from nichotplug.controller import MacController
 
     from .conftest import serving_webhooks, started_view
 
-    # Both exist before nichotplug is installed: vm1's recorded MAC is now other's spec MAC.
+    # Both exist before nichotplug is installed: vm1's recorded MACs are other's spec MAC and a free one.
     await cluster.create_vm(vm_body("other", macs={"default": MAC_A}, run_strategy="Always"))
-    await cluster.create_vm(vm_body("vm1", macs={"default": None}, annotation={"default": MAC_A}))
+    await cluster.create_vm(vm_body("vm1", macs={"default": None, "nic2": None},
+                                    annotation={"default": MAC_A, "nic2": MAC_B}))
     patches = vm_patch_counter(apiserver, "vm1")
     async with started_view(api_client) as view, serving_webhooks(api_client, view, tmp_path):
         controller = MacController(api_client, view, workers=2, resync_period=0.3, audit_period=60.0)
         task = asyncio.create_task(controller.run())
         try:
-            events = await wait_for(lambda: _denials(cluster, "vm1"))
+            events = await wait_for(lambda: _reasons_of(cluster, "vm1", "MacNotBackfilled"))
             await asyncio.sleep(1.2)  # four resyncs
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+    # One write, of the free MAC only; no denial to report, no retries; the Event is not repeated. That
+    # write passes our mutating webhook as a cold edit, which gives the withheld interface a fresh MAC.
     assert patches.hits == 1
-    assert len(await _denials(cluster, "vm1")) == 1
-    assert "default/other" in events[0]
-    assert await cluster.spec_macs("vm1") == {"default": None}
+    assert await _denials(cluster, "vm1") == []
+    assert len(await _reasons_of(cluster, "vm1", "MacNotBackfilled")) == 1
+    assert "VM default/other interface default" in events[0]
+    macs = await cluster.spec_macs("vm1")
+    assert macs["nic2"] == MAC_B
+    assert macs["default"] not in (None, MAC_A)
+
+
+async def _reasons_of(cluster: Cluster, name: str, reason: str) -> list[str]:
+    return [event[2] for event in await cluster.events(name) if event[1] == reason]
 
 
 async def _denials(cluster: Cluster, name: str) -> list[str]:
@@ -355,8 +365,9 @@ async def test_an_outage_is_one_warning_and_one_recovery_line_not_one_per_vm(
     api_client: ApiClient, apiserver: Any, cluster: Cluster, caplog: pytest.LogCaptureFixture,
 ) -> None:
     names = [f"vm{number}" for number in range(6)]
-    for name in names:
-        await cluster.create_vm(vm_body(name, macs={"default": None}, annotation={"default": MAC_A}))
+    for number, name in enumerate(names):  # each its own recorded MAC: a shared one is not backfilled
+        recorded = {"default": f"02:11:22:33:46:{number:02x}"}
+        await cluster.create_vm(vm_body(name, macs={"default": None}, annotation=recorded))
     outage = apiserver.faults.add(method="PATCH", path_regex=r"/virtualmachines/", status=503, times=None,
                                   message="the API server is restarting")
     caplog.set_level(logging.DEBUG, logger="nichotplug.controller.reconciler")

@@ -45,12 +45,14 @@ async def backfilled(cluster: Cluster, name: str, mac: str) -> bool:
 async def test_two_replicas_exactly_one_reconciles_and_a_killed_leader_hands_over(
     api_client: ApiClient, apiserver: Any, cluster: Cluster,
 ) -> None:
+    # Each VM its own recorded MAC: a MAC recorded for two VMs on one network is not backfilled.
+    recorded = [f"02:11:22:33:45:{index:02x}" for index in range(3)]
     for index in range(3):
-        await cluster.create_vm(vm_body(f"vm{index}", macs={"default": None}, annotation={"default": MAC_A}))
+        await cluster.create_vm(vm_body(f"vm{index}", macs={"default": None}, annotation={"default": recorded[index]}))
     async with replica(api_client, "replica-a") as (first, first_task), \
             replica(api_client, "replica-b") as (second, second_task):
         for index in range(3):
-            await wait_for(lambda index=index: backfilled(cluster, f"vm{index}", MAC_A))  # type: ignore[misc]
+            await wait_for(lambda index=index: backfilled(cluster, f"vm{index}", recorded[index]))  # type: ignore[misc]
         await asyncio.sleep(0.5)  # resyncs: a follower that reconciled would show it now
         working = [c for c in (first, second) if c.reconciles]
         assert len(working) == 1

@@ -76,14 +76,24 @@ class Cluster:
 
     async def edit_vm(self, name: str, new_interface: dict[str, Any], network: dict[str, Any]) -> Done:
         """``kubectl edit vm`` with an EDITOR that appends an interface and its network to the file."""
+        return await self.edit_vm_with(name, f"spec['domain']['devices']['interfaces'].append({new_interface!r})\n"
+                                             f"spec['networks'].append({network!r})\n")
+
+    async def unplug_by_edit(self, name: str, interface: str) -> Done:
+        """``kubectl edit vm`` with an EDITOR that sets ``state: absent`` on one interface."""
+        return await self.edit_vm_with(name, "for item in spec['domain']['devices']['interfaces']:\n"
+                                             f"    if item['name'] == {interface!r}:\n"
+                                             "        item['state'] = 'absent'\n")
+
+    async def edit_vm_with(self, name: str, change: str) -> Done:
+        """``kubectl edit vm`` with an EDITOR running ``change`` on ``spec`` (the template spec) of the file."""
         editor = self.workdir / "editor.py"
         editor.write_text(
             "import sys, yaml\n"
             "path = sys.argv[-1]\n"
             "vm = yaml.safe_load(open(path))\n"
             "spec = vm['spec']['template']['spec']\n"
-            f"spec['domain']['devices']['interfaces'].append({new_interface!r})\n"
-            f"spec['networks'].append({network!r})\n"
+            f"{change}"
             "open(path, 'w').write(yaml.safe_dump(vm))\n"
         )
         return await self.kubectl("edit", "vm", name, env={"KUBE_EDITOR": f"{sys.executable} {editor}"})
@@ -111,9 +121,10 @@ async def wait_ready(url: str, ca_file: Path, process: asyncio.subprocess.Proces
     raise AssertionError("nichotplug serve did not become ready in 30 s")
 
 
-async def start_serve(kubeconfig: Path, workdir: Path) -> tuple[str, Path, asyncio.subprocess.Process]:
-    """``nichotplug serve --no-controller`` as a process with certificates from ``nichotplug certs``,
-    once ready: (its URL, the CA file, the process). The caller stops it."""
+async def start_serve(kubeconfig: Path, workdir: Path, *, controller: bool = False,
+                      ) -> tuple[str, Path, asyncio.subprocess.Process]:
+    """``nichotplug serve`` (``--no-controller`` unless ``controller``) as a process with certificates
+    from ``nichotplug certs``, once ready: (its URL, the CA file, the process). The caller stops it."""
     certs = workdir / "certs"
     made = await run(sys.executable, "-m", "nichotplug", "certs", "--out", str(certs), "--ip", "127.0.0.1")
     assert made.returncode == 0, made.stderr
@@ -121,7 +132,8 @@ async def start_serve(kubeconfig: Path, workdir: Path) -> tuple[str, Path, async
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "nichotplug", "serve", "--kubeconfig", str(kubeconfig), "--host", "127.0.0.1",
         "--port", str(port), "--metrics-port", "0", "--tls-cert-file", str(certs / "tls.crt"),
-        "--tls-key-file", str(certs / "tls.key"), "--namespace", "default", "--no-controller",
+        "--tls-key-file", str(certs / "tls.key"), "--namespace", "default",
+        *(() if controller else ("--no-controller",)),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     url = f"https://127.0.0.1:{port}"
     try:
@@ -156,11 +168,15 @@ async def cluster(any_apiserver: ApiServer | RealApiServer, tmp_path: Path) -> A
             assert applied.returncode == 0, applied.stderr
         yield state
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        _, stderr = await asyncio.wait_for(process.communicate(), 30)
-        # SIGTERM drains and exits cleanly: anything else is a crash worth seeing.
-        assert process.returncode == 0, stderr.decode()[-3000:]
+        await stop_serve(process)
+
+
+async def stop_serve(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    # SIGTERM drains and exits cleanly: anything else is a crash worth seeing.
+    assert process.returncode == 0, stderr.decode()[-3000:]
 
 
 def bridge_nad(name: str, cni_type: str) -> dict[str, Any]:
@@ -357,3 +373,119 @@ async def test_an_observed_mac_annotation_edit_is_judged(cluster: Cluster) -> No
 
     assert done.returncode == 0, done.stderr
     assert "Warning: VM default/noted: annotation harvesterhci.io/mac-address is not valid JSON" in done.stderr
+
+
+# -- issue 14: a NIC whose network is gone stays removable (harvester#8293) -------------------------
+
+GONE_NETWORK = {
+    "deleted": [("delete", "network-attachment-definitions", "vlan1")],
+    "being-deleted": [("patch", "network-attachment-definitions", "vlan1", "--type=merge",
+                       "-p", '{"metadata": {"finalizers": ["example.com/hold"]}}'),
+                      ("delete", "network-attachment-definitions", "vlan1", "--wait=false")],
+    "no-longer-a-bridge": [("apply-kube-ovn",)],
+}
+UNPLUG_NIC1 = '[{"op": "add", "path": "/spec/template/spec/domain/devices/interfaces/1/state", "value": "absent"}]'
+GONE_WARNING = ("Warning: interface nic-1 of VM default/runner is on network default/vlan1, which is gone or not a "
+                "bridge")
+
+
+@pytest.mark.parametrize("change", GONE_NETWORK.values(), ids=GONE_NETWORK.keys())
+async def test_kubectl_edit_unplugs_a_nic_whose_network_is_gone_with_a_warning(
+        cluster: Cluster, change: list[tuple[str, ...]]) -> None:
+    await start_running(cluster, "runner")
+    for step in change:
+        done = await (cluster.apply(bridge_nad("vlan1", "kube-ovn")) if step == ("apply-kube-ovn",)
+                      else cluster.kubectl(*step))
+        assert done.returncode == 0, done.stderr
+    for _ in range(50):  # the webhook hears of the NAD change through its watch
+        probe = await cluster.kubectl("patch", "vm", "runner", "--dry-run=server", "--type=json", "-p", UNPLUG_NIC1)
+        if GONE_WARNING in probe.stderr:
+            break
+        await asyncio.sleep(0.2)
+
+    done = await cluster.unplug_by_edit("runner", "nic-1")
+
+    assert done.returncode == 0, done.stderr
+    assert GONE_WARNING in done.stderr
+    interfaces = (await cluster.get_vm("runner"))["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"]
+    assert [(item["name"], item.get("state")) for item in interfaces] == [("default", None), ("nic-1", "absent")]
+
+
+async def test_kubectl_edit_lists_every_problem_of_a_refused_hotplug_at_once(cluster: Cluster) -> None:
+    await start_running(cluster, "runner")
+
+    done = await cluster.edit_vm("runner", {"name": "extra", "model": "e1000", "masquerade": {}},
+                                 {"name": "extra", "multus": {"networkName": "default/overlay"}})
+
+    assert done.returncode != 0
+    assert DENIED in done.stderr, done.stderr
+    for problem in ("its model is e1000", "it uses masquerade binding", "default/overlay is a kube-ovn network"):
+        assert problem in done.stderr
+
+
+# -- issue 14: the backfill meets a MAC another VM holds ---------------------------------------------
+
+CLASH_MAC = "02:12:34:56:78:9c"
+
+
+def stopped_in_ns(name: str, macs: dict[str, str], annotation: str | None = None) -> dict[str, Any]:
+    manifest = vm_manifest(name, macs=macs, run_strategy="Halted")
+    manifest["metadata"]["namespace"] = "ns"
+    manifest["spec"]["template"]["spec"]["networks"][1]["multus"]["networkName"] = "ns/vlan1"
+    if annotation is not None:
+        manifest["metadata"]["annotations"] = {"harvesterhci.io/mac-address": annotation}
+    return manifest
+
+
+async def ns_vm_macs(cluster: Cluster, name: str) -> dict[str, str | None]:
+    done = await cluster.kubectl("get", "vm", name, "-n", "ns", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    return macs_of(json.loads(done.stdout))
+
+
+async def test_a_mac_another_vm_holds_is_neither_backfilled_nor_written_by_anyone(
+        any_apiserver: ApiServer | RealApiServer, tmp_path: Path) -> None:
+    cluster = Cluster(any_apiserver, any_apiserver.write_kubeconfig(tmp_path / "kubeconfig"), tmp_path)
+    created = await cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns"}})
+    assert created.returncode == 0, created.stderr  # apply: the real server keeps namespaces between tests
+    nad = bridge_nad("vlan1", "bridge")
+    nad["metadata"]["namespace"] = "ns"
+    for manifest in (nad, stopped_in_ns("old-owner", {"default": "52:54:00:00:02:01", "nic-1": CLASH_MAC}),
+                     stopped_in_ns("old-clash", {}, f'{{"default": "52:54:00:00:03:01", "nic-1": "{CLASH_MAC}"}}')):
+        applied = await cluster.apply(manifest)
+        assert applied.returncode == 0, applied.stderr
+
+    url, ca_file, process = await start_serve(cluster.kubeconfig, tmp_path, controller=True)
+    try:
+        for _ in range(150):  # nichotplug starts: the controller backfills what is free, webhooks not yet there
+            if (await ns_vm_macs(cluster, "old-clash"))["default"]:
+                break
+            await asyncio.sleep(0.2)
+        assert await ns_vm_macs(cluster, "old-clash") == {"default": "52:54:00:00:03:01", "nic-1": None}
+
+        await register_webhooks(cluster.kubeconfig, tmp_path, url, ca_file)
+        write_clash = ("patch", "vm", "old-clash", "-n", "ns", "--type=json", "-p", json.dumps(
+            [{"op": "add", "path": "/spec/template/spec/domain/devices/interfaces/1/macAddress", "value": CLASH_MAC}]))
+        for _ in range(50):  # the API server picks the new webhook configuration up within moments
+            refused = await cluster.kubectl(*write_clash)
+            if refused.returncode != 0:
+                break
+            await asyncio.sleep(0.2)
+
+        assert DENIED in refused.stderr, refused.stderr
+        assert "Error from server (Forbidden)" in refused.stderr
+        assert (f"VM ns/old-clash: mac address {CLASH_MAC} of interface nic-1 is already used by ns/old-owner "
+                "interface nic-1 on cluster network mgmt") in refused.stderr
+        # Never stuck (harvester#9788). The next write of the stopped VM (a label here) passes the mutating
+        # webhook as a cold edit, which gives nic-1 a fresh MAC and says why; starting it is then plain.
+        labelled = await cluster.kubectl("label", "vm", "old-clash", "-n", "ns", "team=blue")
+        assert labelled.returncode == 0, labelled.stderr
+        assert f"records, {CLASH_MAC}, is used by ns/old-owner interface nic-1" in labelled.stderr
+        started = await cluster.kubectl("patch", "vm", "old-clash", "-n", "ns", "--type=merge",
+                                        "-p", '{"spec": {"runStrategy": "Always"}}')
+        assert started.returncode == 0, started.stderr
+        macs = await ns_vm_macs(cluster, "old-clash")
+        assert macs["default"] == "52:54:00:00:03:01"
+        assert macs["nic-1"] not in (None, CLASH_MAC)
+    finally:
+        await stop_serve(process)

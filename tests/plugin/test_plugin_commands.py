@@ -14,12 +14,14 @@ import pytest
 import yaml
 from actions.objects import (
     KUBE_OVN_CONFIG,
+    NETWORK_GONE,
     create_nad,
     create_running_vm,
     grant,
     nad,
     read_vm,
     spec_interfaces,
+    take_network_away,
     vm,
     vmi,
 )
@@ -92,6 +94,22 @@ async def test_list_shows_each_interface_and_whether_it_can_be_unplugged(
     assert nic1.split() == ["nic-1", "bridge", "virtio", "default/vlan1", "02:00:00:00:00:02", "up", "yes"]
 
 
+
+
+@pytest.mark.parametrize("how", NETWORK_GONE)
+async def test_a_nic_whose_network_is_gone_is_listed_as_removable_and_removed(
+        kubeconfig: Path, api_client: ApiClient, running_vm: dict[str, Any], how: str) -> None:
+    await take_network_away(api_client, how)
+    listed = await plugin("list", "vm1", kubeconfig=kubeconfig)
+    assert listed.code == 0, listed.err
+    nic1 = listed.out.strip().splitlines()[2]
+    assert nic1.split()[:7] == ["nic-1", "bridge", "virtio", "default/vlan1", "02:00:00:00:00:02", "up", "yes"]
+    assert "(interface nic-1 of VM default/vm1 is on network default/vlan1, which is gone or not a bridge" in nic1
+    checked = await plugin("check", "vm1", kubeconfig=kubeconfig)
+    assert (checked.code, checked.out.strip()) == (0, "VM default/vm1 is eligible for NIC hot-plug and hot-unplug")
+    removed = await plugin("remove-nic", "vm1", "--interface", "nic-1", kubeconfig=kubeconfig)
+    assert removed.code == 0, removed.err
+    assert spec_interfaces(await read_vm(api_client, "default", "vm1"))[1]["state"] == "absent"
 
 
 async def test_list_of_an_ineligible_vm_says_why(kubeconfig: Path, api_client: ApiClient) -> None:

@@ -246,12 +246,12 @@ def test_ineligible_vm_refuses_both_writes_with_409(machine: dict[str, Any], ins
                                                      words: str) -> None:
     state = StaticCluster(vms=[machine], vmis=[instance] if instance else [], nads=[nad()])
     added = refusal(plan_add_nic(machine, instance, {"interfaceName": "dynif1", "networkName": "vlan1"}, state))
-    removed = refusal(plan_remove_nic(machine, instance, {"interfaceName": "nic-1"}, state))
+    removed = refusal(plan_remove_nic(machine, instance, {"interfaceName": "nic-1"}))
     for result in (added, removed):
         assert (result.status, result.code) == (409, actions.NOT_ELIGIBLE)
         assert words in result.message
         assert "default/vm1" in result.message
-    assert actions.find_hotunpluggable(machine, instance, state) == []
+    assert actions.find_hotunpluggable(machine, instance) == []
 
 
 def test_every_ineligibility_reason_is_reported_at_once() -> None:
@@ -273,7 +273,7 @@ def test_bad_body_is_reported_before_ineligibility() -> None:
 
 def test_remove_nic_adds_state_absent() -> None:
     machine = vm()
-    patch = ops(plan_remove_nic(machine, vmi(), {"interfaceName": "nic-1"}, cluster(machine)))
+    patch = ops(plan_remove_nic(machine, vmi(), {"interfaceName": "nic-1"}))
     assert patch[0] == {"op": "test", "path": "/metadata/resourceVersion", "value": "100"}
     patched = jsonpatch.apply_patch(machine, patch)
     assert interfaces_of(patched)[1] == {**interfaces_of(machine)[1], "state": "absent"}
@@ -283,14 +283,14 @@ def test_remove_nic_adds_state_absent() -> None:
 
 def test_remove_nic_replaces_an_existing_state() -> None:
     machine = vm(interfaces=[*vm_interfaces()[:1], iface("nic-1", mac="02:00:00:00:00:02", state="up")])
-    patch = ops(plan_remove_nic(machine, vmi(), {"interfaceName": "nic-1"}, cluster(machine)))
+    patch = ops(plan_remove_nic(machine, vmi(), {"interfaceName": "nic-1"}))
     assert patch[1]["op"] == "replace"
     assert interfaces_of(jsonpatch.apply_patch(machine, patch))[1]["state"] == "absent"
 
 
 def test_remove_unknown_interface_is_404() -> None:
     machine = vm()
-    result = refusal(plan_remove_nic(machine, vmi(), {"interfaceName": "nic-9"}, cluster(machine)))
+    result = refusal(plan_remove_nic(machine, vmi(), {"interfaceName": "nic-9"}))
     assert (result.status, result.code) == (404, actions.NOT_FOUND)
 
 
@@ -300,7 +300,7 @@ def test_remove_unknown_interface_is_404() -> None:
 ])
 def test_bad_remove_nic_body_is_422(body: dict[str, Any], code: str) -> None:
     machine = vm()
-    result = refusal(plan_remove_nic(machine, vmi(), body, cluster(machine)))
+    result = refusal(plan_remove_nic(machine, vmi(), body))
     assert (result.status, result.code) == (422, code)
 
 
@@ -330,28 +330,38 @@ def shapes_cluster(machine: dict[str, Any]) -> StaticCluster:
     return StaticCluster(vms=[machine], vmis=[vmi()], nads=[nad(), nad("ovn1", config=KUBE_OVN_CONFIG)])
 
 
-def test_find_hotunpluggable_lists_only_bridge_virtio_on_bridge_nads() -> None:
+def test_find_hotunpluggable_lists_bridge_virtio_multus_nics_whatever_their_network_became() -> None:
+    # overlay (its NAD is now kube-ovn) and nonad (its NAD was deleted) stay removable: harvester#8293.
     machine = shapes_vm()
-    assert actions.find_hotunpluggable(machine, vmi(), shapes_cluster(machine)) == ["br-virtio", "br-nomodel"]
+    assert actions.find_hotunpluggable(machine, vmi()) == ["br-virtio", "br-nomodel", "overlay", "nonad"]
+
+
+@pytest.mark.parametrize("name", ["overlay", "nonad"])
+def test_remove_nic_of_an_interface_whose_network_is_gone_or_changed_is_planned(name: str) -> None:
+    machine = shapes_vm()
+    ops = plan_remove_nic(machine, vmi(), {"interfaceName": name})
+    interfaces = machine["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"]
+    index = [item["name"] for item in interfaces].index(name)
+    assert isinstance(ops, list)
+    assert ops[1:] == [{"op": "add", "path": f"/spec/template/spec/domain/devices/interfaces/{index}/state",
+                        "value": "absent"}]
 
 
 @pytest.mark.parametrize(("name", "words"), [
     ("default", "masquerade binding"), ("sriov1", "sriov binding"), ("e1000", "model e1000"),
-    ("gone", "already being unplugged"), ("podbr", "not on a multus network"), ("overlay", "kube-ovn"),
-    ("nonad", "does not exist"),
+    ("gone", "already being unplugged"), ("podbr", "not on a multus network"),
 ])
 def test_remove_nic_refuses_what_is_not_hotunpluggable_with_409(name: str, words: str) -> None:
     machine = shapes_vm()
-    result = refusal(plan_remove_nic(machine, vmi(), {"interfaceName": name}, shapes_cluster(machine)))
+    result = refusal(plan_remove_nic(machine, vmi(), {"interfaceName": name}))
     assert (result.status, result.code) == (409, actions.NOT_HOTUNPLUGGABLE)
     assert words in result.message
 
 
 def test_one_nic_vm_cannot_unplug_its_last_interface() -> None:
     machine = vm(interfaces=[iface("nic-1", mac="02:00:00:00:00:02")], networks=[multus_net("nic-1", "vlan1")])
-    state = cluster(machine)
-    assert actions.find_hotunpluggable(machine, vmi(), state) == []
-    result = refusal(plan_remove_nic(machine, vmi(), {"interfaceName": "nic-1"}, state))
+    assert actions.find_hotunpluggable(machine, vmi()) == []
+    result = refusal(plan_remove_nic(machine, vmi(), {"interfaceName": "nic-1"}))
     assert (result.status, result.code) == (409, actions.NOT_HOTUNPLUGGABLE)
     assert "only interface" in result.message
 
@@ -369,7 +379,7 @@ def test_unreadable_vm_is_refused_not_crashed() -> None:
                                   StaticCluster(nads=[nad()])))
     assert result.status == 409
     assert "interfaces must be an array" in result.message
-    assert actions.find_hotunpluggable(machine, vmi(), StaticCluster()) == []
+    assert actions.find_hotunpluggable(machine, vmi()) == []
 
 
 # -- arbitrary bodies -------------------------------------------------------------------------------
@@ -390,7 +400,7 @@ BODIES = st.dictionaries(
 def test_any_body_gives_a_patch_or_a_clear_refusal(body: dict[str, Any]) -> None:
     machine = vm()
     state = cluster(machine)
-    for result in (plan_add_nic(machine, vmi(), body, state), plan_remove_nic(machine, vmi(), body, state)):
+    for result in (plan_add_nic(machine, vmi(), body, state), plan_remove_nic(machine, vmi(), body)):
         if isinstance(result, ActionRefusal):
             assert result.status in (404, 409, 422)
             assert result.message
@@ -426,8 +436,7 @@ def test_add_nic_on_a_vm_starting_without_a_vmi_yet_is_not_a_cold_edit() -> None
 
 def test_remove_nic_on_a_stopped_vm_deletes_the_interface_and_its_network() -> None:
     machine = vm(run_strategy="Halted", printable_status="Stopped")
-    state = StaticCluster(vms=[machine], nads=[nad()])
-    patch = ops(plan_remove_nic(machine, None, {"interfaceName": "nic-1"}, state))
+    patch = ops(plan_remove_nic(machine, None, {"interfaceName": "nic-1"}))
     assert patch[0] == {"op": "test", "path": "/metadata/resourceVersion", "value": "100"}
     patched = jsonpatch.apply_patch(machine, patch)
     assert [item["name"] for item in interfaces_of(patched)] == ["default"]
@@ -436,14 +445,14 @@ def test_remove_nic_on_a_stopped_vm_deletes_the_interface_and_its_network() -> N
 
 def test_remove_nic_on_a_stopped_vm_keeps_its_last_interface() -> None:
     machine = vm(run_strategy="Halted", interfaces=vm_interfaces()[:1], networks=[pod_net()])
-    result = refusal(plan_remove_nic(machine, None, {"interfaceName": "default"}, StaticCluster(vms=[machine])))
+    result = refusal(plan_remove_nic(machine, None, {"interfaceName": "default"}))
     assert (result.status, result.code) == (409, actions.NOT_HOTUNPLUGGABLE)
     assert result.message == "'default' is the only interface of VM default/vm1; a VM keeps at least one"
 
 
 def test_remove_of_an_unknown_interface_names_those_the_vm_has() -> None:
     machine = vm()
-    result = refusal(plan_remove_nic(machine, vmi(), {"interfaceName": "nosuch"}, cluster(machine)))
+    result = refusal(plan_remove_nic(machine, vmi(), {"interfaceName": "nosuch"}))
     assert result.message == "VM default/vm1 has no interface named 'nosuch'; its interfaces: default, nic-1"
 
 

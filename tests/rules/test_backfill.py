@@ -12,12 +12,15 @@ import pytest
 from nichotplug.rules.backfill import (
     MAC_ANNOTATION,
     MacMismatch,
+    WithheldMac,
     annotation_patch,
     is_halted,
     observed_macs,
     parse_observed_macs,
     plan_backfill,
 )
+from nichotplug.rules.cluster import MacOwner, StaticCluster, other_holder_of
+from nichotplug.rules.views import VmView
 
 MAC_A = "be:40:c3:88:75:7c"
 MAC_B = "02:00:00:00:00:0b"
@@ -283,3 +286,60 @@ def test_a_view_without_our_annotation_never_replaces_the_whole_annotation_map()
     ops = annotation_patch(view, {"default": MAC_A})
     assert ops is not None
     assert apply(obj, ops)["metadata"]["annotations"]["team"] == "a"
+
+
+# --- a recorded MAC another VM holds (the clash predates nichotplug) ------------------------------
+
+CLASH_MAC = "02:12:34:56:78:9c"
+
+
+def halted_vm(name: str, macs: dict[str, str | None], nic1_network: str, annotation: str | None = None,
+              ) -> dict[str, Any]:
+    """A halted VM in namespace ns: ``default`` on the pod network, ``nic-1`` on ``nic1_network``."""
+    obj = vm(*(iface(iface_name, mac) for iface_name, mac in macs.items()), annotation=annotation)
+    obj["metadata"].update(name=name, namespace="ns")
+    obj["spec"]["template"]["spec"]["networks"] = [
+        {"name": "default", "pod": {}}, {"name": "nic-1", "multus": {"networkName": nic1_network}}]
+    return obj
+
+
+def bridge_nad(name: str, cluster_network: str) -> dict[str, Any]:
+    return {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+            "metadata": {"name": name, "namespace": "ns",
+                         "labels": {"network.harvesterhci.io/clusternetwork": cluster_network}},
+            "spec": {"config": '{"cniVersion":"0.3.1","type":"bridge","bridge":"br","vlan":1}'}}
+
+
+OLD_CLASH = halted_vm("old-clash", {"default": None, "nic-1": None}, "ns/vlan1",
+                      annotation=f'{{"default": "52:54:00:00:03:01", "nic-1": "{CLASH_MAC}"}}')
+
+
+def clash_plan(owner_nic1_network: str, *, owner_has_spec_mac: bool = True) -> Any:
+    owner_nic1 = CLASH_MAC if owner_has_spec_mac else None
+    owner_annotation = None if owner_has_spec_mac else f'{{"nic-1":"{CLASH_MAC}"}}'
+    owner = halted_vm("old-owner", {"default": "52:54:00:00:02:01", "nic-1": owner_nic1}, owner_nic1_network,
+                      annotation=owner_annotation)
+    cluster = StaticCluster(vms=[owner, OLD_CLASH], nads=[bridge_nad("vlan1", "mgmt"), bridge_nad("vlan2", "data")])
+    return plan_backfill(OLD_CLASH, other_holder_of(VmView.from_dict(OLD_CLASH), cluster))
+
+
+@pytest.mark.parametrize("owner_has_spec_mac", [True, False], ids=["owner-spec-mac", "owner-annotation"])
+def test_a_recorded_mac_another_vm_holds_on_the_network_is_withheld_and_the_free_ones_written(
+        owner_has_spec_mac: bool) -> None:
+    plan = clash_plan("ns/vlan1", owner_has_spec_mac=owner_has_spec_mac)
+    assert spec_macs(apply(OLD_CLASH, plan.ops)) == {"default": "52:54:00:00:03:01", "nic-1": None}
+    assert plan.backfilled == (("default", "52:54:00:00:03:01"),)
+    assert plan.withheld == (WithheldMac("nic-1", CLASH_MAC, MacOwner("ns", "old-owner", "nic-1", ("ns", "vlan1"))),)
+
+
+def test_a_recorded_mac_another_vm_holds_on_another_cluster_network_is_copied() -> None:
+    plan = clash_plan("ns/vlan2")  # cluster network data: another L2
+    assert spec_macs(apply(OLD_CLASH, plan.ops)) == {"default": "52:54:00:00:03:01", "nic-1": CLASH_MAC}
+    assert plan.withheld == ()
+
+
+def test_only_withheld_macs_means_no_write() -> None:
+    obj = halted_vm("old-clash", {"default": "52:54:00:00:03:01", "nic-1": None}, "ns/vlan1",
+                    annotation=f'{{"nic-1":"{CLASH_MAC}"}}')
+    plan = plan_backfill(obj, lambda _name, _mac: MacOwner("ns", "old-owner", "nic-1", ("ns", "vlan1")))
+    assert (plan.ops, plan.backfilled, len(plan.withheld)) == ((), (), 1)

@@ -13,6 +13,7 @@ from nichotplug.rules.eligibility import (
     eligibility_problems,
     hotunpluggable_interfaces,
     unplug_finding,
+    unplug_network_note,
     unplug_problem,
 )
 from nichotplug.rules.views import VmiView, VmView
@@ -103,10 +104,8 @@ def cluster_with(*nads: dict[str, Any]) -> StaticCluster:
     return StaticCluster(nads=list(nads) or [nad()])
 
 
-def unplug_reason(interfaces: list[dict[str, Any]], networks: list[dict[str, Any]], name: str,
-                  cluster: StaticCluster | None = None) -> str | None:
-    finding = unplug_finding(VmView.from_dict(vm(interfaces=interfaces, networks=networks)), name,
-                             cluster or cluster_with())
+def unplug_reason(interfaces: list[dict[str, Any]], networks: list[dict[str, Any]], name: str) -> str | None:
+    finding = unplug_finding(VmView.from_dict(vm(interfaces=interfaces, networks=networks)), name)
     return finding.reason if finding else None
 
 
@@ -114,7 +113,7 @@ BASE_IFACES = [iface("default", binding="masquerade", mac="02:00:00:00:00:01"), 
 BASE_NETS = [pod_net(), multus_net("nic-1", "default/vlan1")]
 
 
-def test_bridge_virtio_interface_on_a_bridge_nad_is_hotunpluggable() -> None:
+def test_bridge_virtio_interface_on_a_multus_network_is_hotunpluggable() -> None:
     assert unplug_reason(BASE_IFACES, BASE_NETS, "nic-1") is None
 
 
@@ -133,7 +132,6 @@ def test_interface_without_model_is_hotunpluggable() -> None:
         ([BASE_IFACES[0], iface("nic-1", model="e1000")], BASE_NETS, "nic-1", "unplug-not-virtio"),
         (BASE_IFACES, [pod_net(), pod_net("nic-1")], "nic-1", "unplug-not-multus"),
         (BASE_IFACES, [pod_net()], "nic-1", "unplug-not-multus"),
-        (BASE_IFACES, [pod_net(), multus_net("nic-1", "default/gone")], "nic-1", "unplug-network-not-hotpluggable"),
     ],
 )
 def test_unplug_refusals(interfaces: list[dict[str, Any]], networks: list[dict[str, Any]], name: str,
@@ -141,25 +139,51 @@ def test_unplug_refusals(interfaces: list[dict[str, Any]], networks: list[dict[s
     assert unplug_reason(interfaces, networks, name) == reason
 
 
-def test_unplug_from_an_overlay_network_names_the_network() -> None:
-    cluster = cluster_with(nad(config=KUBE_OVN_CONFIG))
-    assert unplug_problem(VmView.from_dict(vm()), "nic-1", cluster) == (
-        "interface nic-1 of VM default/vm1 is on network default/vlan1, which is not hot-pluggable: network "
-        "attachment definition default/vlan1 is a kube-ovn network; only bridge networks (untagged, VLAN, VLAN "
-        "trunk) can be hot-plugged")
+def test_every_reason_an_interface_cannot_be_unplugged_is_named() -> None:
+    view = VmView.from_dict(vm(interfaces=[BASE_IFACES[0], iface("nic-1", binding="sriov", model="e1000")],
+                               networks=[pod_net(), pod_net("nic-1")]))
+    assert unplug_problem(view, "nic-1") == (
+        "interface nic-1 of VM default/vm1 uses sriov binding; only bridge interfaces can be hot-unplugged; "
+        "interface nic-1 of VM default/vm1 has model e1000; only virtio interfaces can be hot-unplugged; "
+        "interface nic-1 of VM default/vm1 is not on a multus network; only interfaces on multus networks can be "
+        "hot-unplugged")
 
 
-def test_unplug_of_masquerade_interface_says_bridge_only() -> None:
-    assert unplug_problem(VmView.from_dict(vm()), "default", cluster_with()) == (
-        "interface default of VM default/vm1 uses masquerade binding; only bridge interfaces can be hot-unplugged")
+# harvester#8293: a NIC whose network was deleted (or changed) must stay removable.
+GONE_NETWORKS = {
+    "deleted": (),
+    "being-deleted": (nad(deleting=True),),
+    "no-longer-a-bridge": (nad(config=KUBE_OVN_CONFIG),),
+}
+
+
+@pytest.mark.parametrize("nads", GONE_NETWORKS.values(), ids=GONE_NETWORKS.keys())
+def test_an_interface_whose_network_is_gone_is_still_hotunpluggable(nads: tuple[dict[str, Any], ...]) -> None:
+    view = VmView.from_dict(vm())
+    assert (unplug_problem(view, "nic-1"), hotunpluggable_interfaces(view)) == (None, ["nic-1"])
+    note = unplug_network_note(view, "nic-1", StaticCluster(nads=list(nads)))
+    assert note is not None
+    assert note.startswith("interface nic-1 of VM default/vm1 is on network default/vlan1, which is gone or not a "
+                           "bridge network any more (")
+
+
+def test_an_interface_on_a_bridge_network_gets_no_note() -> None:
+    assert unplug_network_note(VmView.from_dict(vm()), "nic-1", cluster_with()) is None
+
+
+def test_unplug_of_the_pod_network_interface_says_bridge_and_multus_only() -> None:
+    assert unplug_problem(VmView.from_dict(vm()), "default") == (
+        "interface default of VM default/vm1 uses masquerade binding; only bridge interfaces can be hot-unplugged; "
+        "interface default of VM default/vm1 is not on a multus network; only interfaces on multus networks can be "
+        "hot-unplugged")
 
 
 def test_hotunpluggable_interfaces_lists_only_bridge_nics() -> None:
     view = VmView.from_dict(vm(interfaces=[*BASE_IFACES, iface("nic-2", mac="02:00:00:00:00:03")],
                                networks=[*BASE_NETS, multus_net("nic-2", "vlan1")]))
-    assert hotunpluggable_interfaces(view, cluster_with()) == ["nic-1", "nic-2"]
+    assert hotunpluggable_interfaces(view) == ["nic-1", "nic-2"]
 
 
 def test_a_vm_with_one_interface_offers_no_unplug() -> None:
     view = VmView.from_dict(vm(interfaces=[iface("nic-1", mac="02:00:00:00:00:02")], networks=BASE_NETS[1:]))
-    assert hotunpluggable_interfaces(view, cluster_with()) == []
+    assert hotunpluggable_interfaces(view) == []

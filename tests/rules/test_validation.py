@@ -196,7 +196,33 @@ def test_hotplug_on_a_nad_named_without_namespace_uses_the_vm_namespace() -> Non
 )
 def test_hotplug_refusals(new_iface: dict[str, Any], network: dict[str, Any] | None, reason: str,
                           message: str) -> None:
-    assert hotplug(new_iface, network) == Decision.deny(403, message, reason)
+    assert hotplug(new_iface, network) == Decision.deny(403, f"NIC hot-plug refused: {message}", reason)
+
+
+def test_a_hotplug_refusal_names_every_problem_of_every_interface_at_once() -> None:
+    # issue 19: a user fixing the model should not then learn about the binding, then the network.
+    old = vm(interfaces=[*BASE_IFACES, iface("nic-3", binding="sriov", mac="02:00:00:00:00:04")],
+             networks=[*BASE_NETS, multus_net("nic-3", "vlan2")])
+    new = vm(interfaces=[*BASE_IFACES, iface("nic-3", binding="sriov", mac="02:00:00:00:00:04", state="absent"),
+                         iface("nic-2", binding="masquerade", model="e1000", mac="02:00:00:00:00:03")],
+             networks=[*BASE_NETS, multus_net("nic-3", "vlan2"), multus_net("nic-2", "gone")])
+    where = "cannot hot-plug interface nic-2 into running VM default/vm1"
+    assert validate(new, old, cluster=RUNNING) == Decision.deny(
+        403, f"NIC hot-plug refused: {where}: its model is e1000; hot-plugged interfaces must use model virtio (or "
+             f"leave model unset); {where}: it uses masquerade binding; hot-plugged interfaces must use bridge "
+             f"binding (bridge: {{}}); {where}: network attachment definition default/gone does not exist; create "
+             "it first or fix multus.networkName; cannot hot-unplug: interface nic-3 of VM default/vm1 uses sriov "
+             "binding; only bridge interfaces can be hot-unplugged", "hotplug-not-virtio")
+
+
+def test_an_ineligible_vm_and_a_bad_interface_are_refused_together() -> None:
+    cluster = StaticCluster(vmis=[vmi(ready=False)], nads=NADS)
+    decision = hotplug(iface("nic-2", binding="masquerade", mac="02:00:00:00:00:03"), multus_net("nic-2", "vlan2"),
+                       cluster=cluster)
+    assert (decision.code, decision.reason) == (403, "vm-not-running")
+    assert decision.message.startswith("NIC hot-plug refused: VM default/vm1 is not ready")
+    assert decision.message.endswith("cannot hot-plug interface nic-2 into running VM default/vm1: it uses "
+                                     "masquerade binding; hot-plugged interfaces must use bridge binding (bridge: {})")
 
 
 def test_hotplug_onto_harvester_system_is_refused() -> None:
@@ -312,13 +338,32 @@ def test_unplug_of_a_bridge_nic_is_allowed() -> None:
 
 def test_unplug_of_the_masquerade_interface_is_refused() -> None:
     assert unplug("default") == Decision.deny(
-        403, "cannot hot-unplug: interface default of VM default/vm1 uses masquerade binding; only bridge interfaces "
-             "can be hot-unplugged", "unplug-not-bridge")
+        403, "NIC hot-plug refused: cannot hot-unplug: interface default of VM default/vm1 uses masquerade binding; "
+             "only bridge interfaces can be hot-unplugged; cannot hot-unplug: interface default of VM default/vm1 is "
+             "not on a multus network; only interfaces on multus networks can be hot-unplugged", "unplug-not-bridge")
 
 
-def test_unplug_from_an_overlay_nad_is_refused() -> None:
-    cluster = StaticCluster(vmis=[vmi()], nads=[nad("vlan1", config=KUBE_OVN_CONFIG), *NADS[1:]])
-    assert unplug("nic-1", cluster=cluster).reason == "unplug-network-not-hotpluggable"
+# harvester#8293: the NAD of the interface was deleted, is being deleted, or is no longer a bridge.
+GONE_VLAN1 = {
+    "deleted": NADS[1:],
+    "being-deleted": [nad("vlan1", cluster_network="mgmt", deleting=True), *NADS[1:]],
+    "no-longer-a-bridge": [nad("vlan1", config=KUBE_OVN_CONFIG), *NADS[1:]],
+}
+
+
+@pytest.mark.parametrize("nads", GONE_VLAN1.values(), ids=GONE_VLAN1.keys())
+def test_unplug_from_a_network_that_is_gone_is_allowed_with_a_warning(nads: list[dict[str, Any]]) -> None:
+    decision = unplug("nic-1", cluster=StaticCluster(vmis=[vmi()], nads=nads))
+    assert (decision.allowed, decision.reason, len(decision.warnings)) == (True, "hotplug-allowed", 1)
+    assert decision.warnings[0].startswith("interface nic-1 of VM default/vm1 is on network default/vlan1, which is "
+                                           "gone or not a bridge network any more (")
+    assert decision.warnings[0].endswith("); the interface can still be unplugged")
+
+
+def test_removing_the_interface_of_a_deleted_network_from_a_stopped_vm_is_allowed() -> None:
+    old = vm(run_strategy="Halted", printable_status="Stopped")
+    new = vm(run_strategy="Halted", printable_status="Stopped", interfaces=BASE_IFACES[:1], networks=BASE_NETS[:1])
+    assert validate(new, old, cluster=StaticCluster(nads=NADS[1:])) == Decision.allow()
 
 
 def test_unplug_of_an_ineligible_vm_is_refused() -> None:
@@ -524,3 +569,65 @@ def test_a_spec_edit_judges_only_the_macs_it_writes() -> None:
     rewritten = copy.deepcopy(old)
     rewritten["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"][0]["macAddress"] = "01:00:5e:00:00:02"
     assert validate(rewritten, old).reason == "invalid-mac"
+
+
+# -- a spec MAC outranks an annotation claim (issue 14, harvester#9788) ----------------------------
+
+CLASH_MAC = "02:12:34:56:78:9c"
+CLASH_NADS = [nad("vlan1", namespace="ns", cluster_network="mgmt"),
+              nad("vlan2", namespace="ns", cluster_network="data")]
+
+
+def stopped_vm(name: str, macs: dict[str, str | None], nic1_network: str = "ns/vlan1",
+               annotation: str | None = None, **kwargs: Any) -> dict[str, Any]:
+    return vm(name, "ns", interfaces=[iface("default", binding="masquerade", mac=macs["default"]),
+                                      iface("nic-1", mac=macs["nic-1"])],
+              networks=[pod_net(), multus_net("nic-1", nic1_network)], run_strategy="Halted",
+              printable_status="Stopped",
+              annotations={"harvesterhci.io/mac-address": annotation} if annotation else None, **kwargs)
+
+
+CLASH_ANNOTATION = f'{{"default": "52:54:00:00:03:01", "nic-1": "{CLASH_MAC}"}}'
+OLD_CLASH = stopped_vm("old-clash", {"default": None, "nic-1": None}, annotation=CLASH_ANNOTATION)
+
+
+def validate_clash(new: Any, old: Any, nic1_network_of_owner: str = "ns/vlan1") -> Decision:
+    owner = stopped_vm("old-owner", {"default": "52:54:00:00:02:01", "nic-1": CLASH_MAC}, nic1_network_of_owner)
+    cluster = StaticCluster(vms=[owner, old], nads=CLASH_NADS)
+    return validate_vm(AdmissionInput("UPDATE", "ns", "old-clash", new, old), cluster)
+
+
+def test_writing_a_mac_another_vm_holds_in_its_spec_is_denied_whatever_the_writers_annotation_says() -> None:
+    backfilled = stopped_vm("old-clash", {"default": "52:54:00:00:03:01", "nic-1": CLASH_MAC},
+                            annotation=CLASH_ANNOTATION)
+    assert validate_clash(backfilled, OLD_CLASH) == Decision.deny(
+        409, f"VM ns/old-clash: mac address {CLASH_MAC} of interface nic-1 is already used by ns/old-owner interface "
+             "nic-1 on cluster network mgmt", "mac-collision")
+
+
+def test_the_same_mac_on_another_cluster_network_may_be_written() -> None:
+    backfilled = stopped_vm("old-clash", {"default": "52:54:00:00:03:01", "nic-1": CLASH_MAC},
+                            annotation=CLASH_ANNOTATION)
+    assert validate_clash(backfilled, OLD_CLASH, nic1_network_of_owner="ns/vlan2").allowed
+
+
+def test_the_vm_whose_recorded_mac_is_taken_is_not_stuck() -> None:
+    relabelled = stopped_vm("old-clash", {"default": None, "nic-1": None}, annotation=CLASH_ANNOTATION,
+                            labels={"team": "blue"})
+    partly_backfilled = stopped_vm("old-clash", {"default": "52:54:00:00:03:01", "nic-1": None},
+                                   annotation=CLASH_ANNOTATION)
+    started = copy.deepcopy(partly_backfilled)
+    started["spec"]["runStrategy"] = "Always"
+    started["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"][1]["macAddress"] = "02:aa:bb:cc:dd:01"
+    assert [validate_clash(new, old).allowed for new, old in [
+        (relabelled, OLD_CLASH), (partly_backfilled, OLD_CLASH), (started, partly_backfilled)]] == [True, True, True]
+
+
+def test_unplugging_the_only_interface_is_refused_once() -> None:
+    only = [iface("nic-1", mac="02:00:00:00:00:02")]
+    networks = [multus_net("nic-1", "vlan1")]
+    decision = validate(vm(interfaces=[{**only[0], "state": "absent"}], networks=networks),
+                        vm(interfaces=only, networks=networks), cluster=RUNNING)
+    assert decision == Decision.deny(
+        403, "NIC hot-plug refused: cannot hot-unplug: interface nic-1 of VM default/vm1 is the VM's only interface; "
+             "a VM keeps at least one", "unplug-last-interface")
