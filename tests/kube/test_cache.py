@@ -497,6 +497,30 @@ async def test_an_expired_continue_token_restarts_the_paged_list(apiserver: ApiS
         await view.stop()
 
 
+async def test_the_first_watch_starts_from_the_resource_version_the_paged_list_ended_at(
+    apiserver: ApiServer, api_client: ApiClient,
+) -> None:
+    # In-process only: the faults (delay-only here) count the requests by their query.
+    for index in range(5):  # three pages of two
+        created = await create(api_client, vm(f"vm{index}", [("nic-1", f"02:00:00:00:02:{index:02x}", None)]))
+    listed_at = created["metadata"]["resourceVersion"]  # nothing is written after the last VM
+    from_the_list = apiserver.faults.add(
+        method="GET", path_regex=rf"virtualmachines\?(?=.*watch=)(?=.*resourceVersion={listed_at}(&|$))",
+        status=0, times=None)
+    any_other_watch = apiserver.faults.add(method="GET", path_regex=r"virtualmachines\?.*watch=", status=0,
+                                           times=None)
+    view = ClusterView(api_client, settings=FAST)
+    await view.start()
+    try:
+        await view.synced.wait()
+        await eventually(lambda: from_the_list.hits >= 1, "the VM watch started")
+        assert any_other_watch.hits == 0
+        await create(api_client, vm("late", [("nic-1", MAC_A, None)]))
+        await eventually(lambda: view.get_vm("default", "late") is not None, "a change after the list")
+    finally:
+        await view.stop()
+
+
 def test_shared_parts_of_deleted_vms_are_not_kept_forever() -> None:
     view = ClusterView()
     for index in range(5000):  # VMs come and go, each on its own NAD: nothing to share
