@@ -14,7 +14,18 @@ the growth over the process before the view existed, build CPU per object, and, 
 mode, ``owners_of_mac`` cost per lookup at 10 / 1,000 / N VMs (flat: one dict lookup). The issue's
 budget is the whole process under 300 MB (286 MiB) with 100,000 VMs.
 
-Run: ``.venv/bin/python benchmarks/cluster_view.py [--vms 100000] [--no-vmis] [--list [--page-size 500]]``.
+``--cold-start``: the fleet-scale cold start of ``nichotplug serve`` itself. A child process runs the
+in-process API server preloaded with N VMs (4 NICs, observed-MAC annotations), ``--vmis`` VMIs and
+``--nads`` NADs. Then, in interleaved rounds: a bare paginated list of the same three resources with
+the same client (a fresh process: kubernetes-asyncio's ``list_cluster_custom_object``, ``limit`` =
+the view's page size, each page parsed with orjson and dropped), and ``nichotplug serve
+--no-controller`` started as a process and polled on /readyz every 20 ms. Printed per round and as
+medians: seconds from process start to done (list) or to /readyz 200 (serve), their ratio (target
+< 1.5x), the process's peak RSS (VmHWM, read at ready: the initial list's peak; target < 400 MB) and
+its RSS 2 s after ready (target < 300 MB).
+
+Run: ``.venv/bin/python benchmarks/cluster_view.py [--vms 100000] [--no-vmis] [--list [--page-size 500]]``;
+``.venv/bin/python benchmarks/cluster_view.py --cold-start [--vms 100000 --vmis 100000 --nads 500 --rounds 3]``.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ import gc
 import json
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -189,20 +201,20 @@ def lookup_cost_ns(view: ClusterView, vm_count: int, lookups: int = 100_000, rep
     return best
 
 
-def objects(vm_count: int, with_vmis: bool) -> list[dict[str, Any]]:
-    """Everything the API server holds for the --list mode."""
-    found = [nad_object(name) for name in NADS] + [vm_object(index) for index in range(vm_count)]
-    if with_vmis:
-        found += [vmi_object(index) for index in range(vm_count)]
+def objects(vm_count: int, vmi_count: int, nad_count: int = 0) -> list[dict[str, Any]]:
+    """Everything the API server holds for the --list and --cold-start modes."""
+    found = [nad_object(name) for name in NADS] + [nad_object(f"extra-{i}") for i in range(nad_count - len(NADS))]
+    found += [vm_object(index) for index in range(vm_count)]
+    found += [vmi_object(index) for index in range(vmi_count)]
     return found
 
 
-async def serve(vm_count: int, with_vmis: bool) -> None:
-    """The child process of --list: an API server preloaded with the cluster; prints its kubeconfig."""
+async def serve(vm_count: int, vmi_count: int, nad_count: int = 0) -> None:
+    """The API server child process: preloaded with the cluster; prints its kubeconfig."""
     from nichotplug.testing.server import ApiServer
 
     server = ApiServer()
-    cluster = objects(vm_count, with_vmis)
+    cluster = objects(vm_count, vmi_count, nad_count)
     for obj in cluster:  # the server assigns these, as on a create
         for field in ("uid", "resourceVersion", "generation", "creationTimestamp"):
             obj["metadata"].pop(field, None)
@@ -245,25 +257,173 @@ def report(view: ClusterView, vm_count: int, baseline: int, seconds: float, even
     print(f"  build: {seconds:.2f} s CPU, {seconds / events * 1e6:.1f} us per object")
 
 
+def process_memory(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of a process in bytes."""
+    found = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                found[line.split(":")[0]] = int(line.split()[1]) * 1024
+    return found["VmRSS"], found["VmHWM"]
+
+
+BARE_LIST = """
+import asyncio, sys, orjson
+from kubernetes_asyncio.client import CustomObjectsApi
+from nichotplug.kube.client import load_api_client
+from nichotplug.kube.cache import RESOURCES
+
+async def main():
+    api = await load_api_client(sys.argv[1])
+    objects = CustomObjectsApi(api)
+    total = 0
+    for resource in RESOURCES:
+        token = None
+        while True:
+            params = {"limit": int(sys.argv[2])}
+            if token:
+                params["_continue"] = token
+            response = await objects.list_cluster_custom_object(
+                resource.group, resource.version, resource.plural, _preload_content=False, **params)
+            page = orjson.loads(await response.read())
+            response.release()
+            total += len(page["items"])
+            token = page["metadata"].get("continue")
+            if not token:
+                break
+    await api.close()
+    print(total, flush=True)
+    sys.stdin.read()  # the parent reads our memory, then closes stdin
+
+asyncio.run(main())
+"""
+
+
+def bare_list_round(kubeconfig: str, page_size: int) -> dict[str, float]:
+    started = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-c", BARE_LIST, kubeconfig, str(page_size)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    assert child.stdin is not None
+    listed = child.stdout.readline()
+    seconds = time.perf_counter() - started
+    if not listed.strip():
+        raise SystemExit("the bare list failed")
+    rss, peak = process_memory(child.pid)
+    child.stdin.close()
+    child.wait()
+    return {"seconds": seconds, "peak": peak, "synced": rss, "objects": int(listed)}
+
+
+def serve_round(kubeconfig: str, cert_dir: Path) -> dict[str, float]:
+    import socket
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = ssl.create_default_context(cafile=str(cert_dir / "ca.crt"))
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "nichotplug", "serve", "--kubeconfig", kubeconfig, "--host", "127.0.0.1",
+         "--port", str(port), "--metrics-port", "0", "--tls-cert-file", str(cert_dir / "tls.crt"),
+         "--tls-key-file", str(cert_dir / "tls.key"), "--namespace", "default", "--no-controller",
+         "--shutdown-delay", "0", "--log-level", "WARNING"], stdout=subprocess.DEVNULL)
+    try:
+        while True:
+            if child.poll() is not None:
+                raise SystemExit(f"nichotplug serve exited ({child.returncode}) before it was ready")
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{port}/readyz", context=context,
+                                            timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.02)
+        seconds = time.perf_counter() - started
+        _, peak = process_memory(child.pid)
+        time.sleep(2.0)  # synced: the list's pages are gone, the view stays
+        rss, _ = process_memory(child.pid)
+        return {"seconds": seconds, "peak": peak, "synced": rss}
+    finally:
+        child.terminate()
+        child.wait(timeout=60)
+
+
+def cold_start(args: argparse.Namespace) -> None:
+    from nichotplug.certs import make_bundle, write_bundle
+
+    cert_dir = Path(tempfile.mkdtemp(prefix="cluster-view-certs-"))
+    write_bundle(make_bundle(dns_names=["localhost"], ip_addresses=["127.0.0.1"]), cert_dir)
+    started = time.perf_counter()
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", f"--vms={args.vms}", f"--vmis={args.vmis}", f"--nads={args.nads}"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        kubeconfig = server.stdout.readline().strip()
+        if not kubeconfig:
+            raise SystemExit("the API server child process failed (see above)")
+        print(f"in-process API server: {args.vms:,} VMs ({INTERFACES_PER_VM} NICs, observed-MAC annotations), "
+              f"{args.vmis:,} VMIs, {args.nads} NADs, preloaded in {time.perf_counter() - started:.0f} s; "
+              f"page size {args.page_size}")
+        rounds: list[tuple[dict[str, float], dict[str, float]]] = []
+        for number in range(1, args.rounds + 1):
+            bare = bare_list_round(kubeconfig, args.page_size)
+            ours = serve_round(kubeconfig, cert_dir)
+            rounds.append((bare, ours))
+            print(f"round {number}: " + cold_line(bare, ours), flush=True)
+        medians = [{key: statistics.median(pair[side][key] for pair in rounds) for key in ("seconds", "peak", "synced")}
+                   for side in (0, 1)]
+        print(f"median of {len(rounds)} interleaved rounds: " + cold_line(*medians))
+        ratio = statistics.median(ours["seconds"] / bare["seconds"] for bare, ours in rounds)
+        ours_m = medians[1]
+        print(f"  targets: ready/list {ratio:.2f}x (< 1.5x: {'met' if ratio < 1.5 else 'MISSED'}), "
+              f"peak {ours_m['peak'] / 1e6:.0f} MB (< 400 MB: {'met' if ours_m['peak'] < 400e6 else 'MISSED'}), "
+              f"synced {ours_m['synced'] / 1e6:.0f} MB (< 300 MB: {'met' if ours_m['synced'] < 300e6 else 'MISSED'})")
+    finally:
+        assert server.stdin is not None
+        server.stdin.close()
+        server.wait()
+
+
+def cold_line(bare: dict[str, float], ours: dict[str, float]) -> str:
+    return (f"bare paginated list {bare['seconds']:.1f} s (peak {bare['peak'] / MIB:.0f} MiB); "
+            f"nichotplug serve ready {ours['seconds']:.1f} s = {ours['seconds'] / bare['seconds']:.2f}x, "
+            f"peak RSS {ours['peak'] / MIB:.0f} MiB, synced RSS {ours['synced'] / MIB:.0f} MiB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--vms", type=int, default=100_000)
     parser.add_argument("--no-vmis", action="store_true", help="VMs only (every VM stopped)")
     parser.add_argument("--list", action="store_true", help="list from an API server in a child process")
     parser.add_argument("--page-size", type=int, default=WatchSettings().page_size, help="list page size (--list)")
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the --list child
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the API server child
+    parser.add_argument("--cold-start", action="store_true", help="time nichotplug serve to /readyz (see above)")
+    parser.add_argument("--vmis", type=int, default=None, help="VMIs (--cold-start; default: one per VM)")
+    parser.add_argument("--nads", type=int, default=500, help="NADs (--cold-start)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (--cold-start)")
     args = parser.parse_args()
     with_vmis = not args.no_vmis
     events = args.vms * (2 if with_vmis else 1)
+    if args.vmis is None:
+        args.vmis = args.vms if with_vmis else 0
 
     if args.serve:
-        asyncio.run(serve(args.vms, with_vmis))
+        asyncio.run(serve(args.vms, args.vmis, args.nads))
+        return
+    if args.cold_start:
+        cold_start(args)
         return
     gc.collect()
     baseline = rss_bytes()
     if args.list:
         child = subprocess.Popen(
-            [sys.executable, __file__, "--serve", f"--vms={args.vms}", *(["--no-vmis"] if args.no_vmis else [])],
+            [sys.executable, __file__, "--serve", f"--vms={args.vms}", f"--vmis={args.vmis}", "--nads=0"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             assert child.stdout is not None
