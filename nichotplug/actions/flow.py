@@ -39,12 +39,13 @@ from nichotplug.kube.patch import (
     get_custom_object,
     json_patch,
     list_custom_objects,
+    merge_patch,
 )
 from nichotplug.rules import actions as plan
 from nichotplug.rules.actions import ActionRefusal
 from nichotplug.rules.cluster import ClusterState, MacOwner, StaticCluster
 from nichotplug.rules.mac import mac_text
-from nichotplug.rules.views import InvalidObject, NadView, VmiView, VmView
+from nichotplug.rules.views import OBSERVED_MACS_ANNOTATION, InvalidObject, NadView, VmiView, VmView
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -264,15 +265,20 @@ def _planned(result: list[plan.JsonPatchOp] | ActionRefusal) -> list[plan.JsonPa
 async def admission_probe(api: ApiClient, vm: Mapping[str, Any]) -> ActionRefusal | None:
     """Whether a write to ``vm`` would be refused because our webhook is not answering.
 
-    A dry run (``dryRun=All``) of a patch that changes nothing but goes through admission like any
-    write. None when it passes, and also when it fails for any other reason (RBAC, a concurrent
-    change): this only tells about the webhook.
+    A dry run (``dryRun=All``) of a write our validating webhook must judge: kube-apiserver sends it
+    only writes that change a field it judges (its match conditions), so the probe rewrites the
+    observed-MAC annotation (the same content and a trailing space, or ``{}``); nothing is stored.
+    None when it passes, and also when it fails for any other reason (RBAC, a concurrent change, a
+    refusal by the rules): this only tells whether the webhook answers.
     """
     metadata = vm.get("metadata") or {}
-    test = [{"op": "test", "path": "/metadata/resourceVersion", "value": metadata.get("resourceVersion", "")}]
+    current = (metadata.get("annotations") or {}).get(OBSERVED_MACS_ANNOTATION)
+    probe = f"{current} " if isinstance(current, str) and current else "{}"
+    patch = {"metadata": {"resourceVersion": metadata.get("resourceVersion", ""),
+                          "annotations": {OBSERVED_MACS_ANNOTATION: probe}}}
     try:
-        await json_patch(api, *KUBEVIRT, VMS, metadata.get("namespace", ""), metadata.get("name", ""), test,
-                         dry_run=True)
+        await merge_patch(api, *KUBEVIRT, VMS, metadata.get("namespace", ""), metadata.get("name", ""), patch,
+                          dry_run=True)
     except WebhookUnreachable as error:
         return webhook_unavailable(error) if error.webhook.endswith(OUR_WEBHOOK_SUFFIX) else None
     except (KubeError, ValueError, TimeoutError, aiohttp.ClientError):
