@@ -11,8 +11,9 @@ connection, alternating two kinds of write a user makes:
 Three configurations, interleaved round by round (order rotated every round, because the machine is
 shared): **none** (no webhooks registered), **bare** (an aiohttp server in its own process that parses
 the AdmissionReview and allows, registered as mutating and validating webhook for VMs without match
-conditions: the floor of any Python webhook called on every write), **nichotplug** (``nichotplug serve`` in its own process, registered with the
-configurations ``webhook.registration`` declares — the chart's, match conditions included). Printed
+conditions: the floor of any Python webhook called on every write), **nichotplug** (``nichotplug
+serve`` in its own process, registered with the configurations ``webhook.registration`` declares —
+the chart's, match conditions included). Printed
 per configuration and kind: p50 and p99 in milliseconds (medians over rounds), and what each adds
 over **none**.
 
