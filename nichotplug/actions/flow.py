@@ -43,6 +43,7 @@ from nichotplug.kube.patch import (
 from nichotplug.rules import actions as plan
 from nichotplug.rules.actions import ActionRefusal
 from nichotplug.rules.cluster import ClusterState, MacOwner, StaticCluster
+from nichotplug.rules.jsonpatch import JsonPatchOp, resource_version_test
 from nichotplug.rules.mac import mac_text
 from nichotplug.rules.views import InvalidObject, NadView, VmiView, VmView
 
@@ -255,7 +256,7 @@ def _spec_mac_and_network(vm: Mapping[str, Any], interface: str) -> tuple[str, s
     return (found.mac if found is not None else ""), (f"{nad[0]}/{nad[1]}" if nad is not None else "")
 
 
-def _planned(result: list[plan.JsonPatchOp] | ActionRefusal) -> list[plan.JsonPatchOp]:
+def _planned(result: list[JsonPatchOp] | ActionRefusal) -> list[JsonPatchOp]:
     if isinstance(result, ActionRefusal):
         raise ActionFailed(result)
     return result
@@ -269,7 +270,7 @@ async def admission_probe(api: ApiClient, vm: Mapping[str, Any]) -> ActionRefusa
     change): this only tells about the webhook.
     """
     metadata = vm.get("metadata") or {}
-    test = [{"op": "test", "path": "/metadata/resourceVersion", "value": metadata.get("resourceVersion", "")}]
+    test = [resource_version_test(metadata.get("resourceVersion", ""))]
     try:
         await json_patch(api, *KUBEVIRT, VMS, metadata.get("namespace", ""), metadata.get("name", ""), test,
                          dry_run=True)
@@ -358,7 +359,7 @@ class HotplugFlow:
         ))
 
     async def _write_and_migrate(
-        self, state: VmState, ops: list[plan.JsonPatchOp], interface: str, done_reason: str,
+        self, state: VmState, ops: list[JsonPatchOp], interface: str, done_reason: str,
     ) -> ActionResult:
         vm = state.vm
         namespace, name = vm["metadata"]["namespace"], vm["metadata"]["name"]

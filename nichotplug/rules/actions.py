@@ -36,11 +36,11 @@ from nichotplug.rules.eligibility import (
     hotunpluggable_interfaces,
     unplug_problem,
 )
+from nichotplug.rules.jsonpatch import JsonPatchOp, append_op, pointer, resource_version_test
 from nichotplug.rules.mac import InvalidMac, check_unicast_mac, generate_mac
 from nichotplug.rules.nad import nad_verdict
 from nichotplug.rules.views import InvalidObject, VmiView, VmView
-
-JsonPatchOp = dict[str, Any]
+from nichotplug.rules.vm_object import INTERFACES_PATH, NETWORKS_PATH
 
 ADD_NIC: Final = "addNic"
 REMOVE_NIC: Final = "removeNic"
@@ -60,8 +60,6 @@ NETWORK_NOT_HOTPLUGGABLE: Final = "NetworkNotHotpluggable"  # 409
 NOT_HOTUNPLUGGABLE: Final = "InterfaceNotHotunpluggable"  # 409
 CONCURRENT_CHANGE: Final = "ConcurrentChange"  # 409: the VM changed between our read and our write
 
-_INTERFACES_PATH: Final = ("spec", "template", "spec", "domain", "devices", "interfaces")
-_NETWORKS_PATH: Final = ("spec", "template", "spec", "networks")
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
@@ -104,7 +102,7 @@ def _names(items: list[Any]) -> set[str]:
 
 def used_names(vm: Mapping[str, Any]) -> set[str]:
     """Every name used by an interface or a network of the VM (a new interface may use none of them)."""
-    return _names(_raw_list(vm, _INTERFACES_PATH)) | _names(_raw_list(vm, _NETWORKS_PATH))
+    return _names(_raw_list(vm, INTERFACES_PATH)) | _names(_raw_list(vm, NETWORKS_PATH))
 
 
 def next_interface_name(vm: Mapping[str, Any]) -> str:
@@ -114,28 +112,6 @@ def next_interface_name(vm: Mapping[str, Any]) -> str:
     while f"nic-{number}" in taken:
         number += 1
     return f"nic-{number}"
-
-
-def _test_resource_version(vm: VmView) -> JsonPatchOp:
-    return {"op": "test", "path": "/metadata/resourceVersion", "value": vm.resource_version}
-
-
-def _append_ops(obj: Mapping[str, Any], path: Sequence[str], value: Any) -> JsonPatchOp:
-    """One ``add`` op appending ``value`` to the list at ``path``, creating missing parents.
-
-    JSON Patch ``add`` cannot create intermediate objects, so the op targets the deepest existing
-    ancestor and carries the missing structure as its value.
-    """
-    node: Any = obj
-    for depth, key in enumerate(path):
-        child = node.get(key) if isinstance(node, Mapping) else None
-        if child is None:
-            nested: Any = [value]
-            for missing_key in reversed(path[depth + 1:]):
-                nested = {missing_key: nested}
-            return {"op": "add", "path": "/" + "/".join(path[: depth + 1]), "value": nested}
-        node = child
-    return {"op": "add", "path": "/" + "/".join(path) + "/-", "value": value}
 
 
 def _vm_label(vm: VmView) -> str:
@@ -329,14 +305,14 @@ def plan_add_nic(
     interface = {"name": request.interface_name, "model": "virtio", "bridge": {}, "macAddress": mac}
     network = {"name": request.interface_name, "multus": {"networkName": f"{request.nad_namespace}/{request.nad_name}"}}
     return [
-        _test_resource_version(vm_view),
-        _append_ops(vm, _INTERFACES_PATH, interface),
-        _append_ops(vm, _NETWORKS_PATH, network),
+        resource_version_test(vm_view.resource_version),
+        append_op(vm, INTERFACES_PATH, interface),
+        append_op(vm, NETWORKS_PATH, network),
     ]
 
 
 def _interface_index(vm: Mapping[str, Any], name: str) -> int | None:
-    for index, item in enumerate(_raw_list(vm, _INTERFACES_PATH)):
+    for index, item in enumerate(_raw_list(vm, INTERFACES_PATH)):
         if isinstance(item, Mapping) and item.get("name") == name:
             return index
     return None
@@ -381,10 +357,10 @@ def plan_remove_nic(
     problem = interface_unplug_problem(vm_view, name)
     if problem is not None:
         return ActionRefusal(409, NOT_HOTUNPLUGGABLE, problem)
-    state_path = "/" + "/".join((*_INTERFACES_PATH, str(index), "state"))
-    has_state = "state" in _raw_list(vm, _INTERFACES_PATH)[index]
+    state_path = pointer((*INTERFACES_PATH, index, "state"))
+    has_state = "state" in _raw_list(vm, INTERFACES_PATH)[index]
     return [
-        _test_resource_version(vm_view),
+        resource_version_test(vm_view.resource_version),
         {"op": "replace" if has_state else "add", "path": state_path, "value": "absent"},
     ]
 
@@ -395,7 +371,7 @@ def _unknown_interface(vm: VmView, name: str) -> ActionRefusal:
 
 
 def _network_index(vm: Mapping[str, Any], name: str) -> int | None:
-    for index, item in enumerate(_raw_list(vm, _NETWORKS_PATH)):
+    for index, item in enumerate(_raw_list(vm, NETWORKS_PATH)):
         if isinstance(item, Mapping) and item.get("name") == name:
             return index
     return None
@@ -409,14 +385,14 @@ def _plan_cold_remove(
     Any interface may go but the last one: a VM left without interfaces gets KubeVirt's default pod
     interface at its next start, which is not what removing a NIC means.
     """
-    if len(_raw_list(vm, _INTERFACES_PATH)) == 1:
+    if len(_raw_list(vm, INTERFACES_PATH)) == 1:
         return ActionRefusal(409, NOT_HOTUNPLUGGABLE,
                              f"{name!r} is the only interface of {_vm_label(vm_view)}; a VM keeps at least one")
-    ops = [_test_resource_version(vm_view),
-           {"op": "remove", "path": "/" + "/".join((*_INTERFACES_PATH, str(index)))}]
+    ops = [resource_version_test(vm_view.resource_version),
+           {"op": "remove", "path": pointer((*INTERFACES_PATH, index))}]
     network_index = _network_index(vm, name)
     if network_index is not None:
-        ops.append({"op": "remove", "path": "/" + "/".join((*_NETWORKS_PATH, str(network_index)))})
+        ops.append({"op": "remove", "path": pointer((*NETWORKS_PATH, network_index))})
     return ops
 
 

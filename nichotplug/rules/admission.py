@@ -60,7 +60,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 from nichotplug.rules.cluster import ClusterState, MacOwner, other_holder, owner_scope
-from nichotplug.rules.decision import Decision, JsonPatchOp
+from nichotplug.rules.decision import Decision
 from nichotplug.rules.diff import InterfaceDiff, diff_interfaces
 from nichotplug.rules.eligibility import (
     HOTPLUG_MODELS,
@@ -71,6 +71,7 @@ from nichotplug.rules.eligibility import (
     unplug_network_note,
 )
 from nichotplug.rules.facts import VmFacts, read_vm_facts
+from nichotplug.rules.jsonpatch import JsonPatchOp
 from nichotplug.rules.mac import (
     InvalidMac,
     MacGenerationError,
@@ -80,14 +81,9 @@ from nichotplug.rules.mac import (
     plain_mac_numbers,
 )
 from nichotplug.rules.nad import nad_verdict
-from nichotplug.rules.views import (
-    OBSERVED_MACS_ANNOTATION,
-    InterfaceView,
-    InvalidObject,
-    VmView,
-    observed_macs_error,
-    read_vm_metadata,
-)
+from nichotplug.rules.observed_macs import observed_macs_error
+from nichotplug.rules.views import InterfaceView, InvalidObject, VmView, read_vm_metadata
+from nichotplug.rules.vm_object import INTERFACES_POINTER, OBSERVED_MACS_ANNOTATION
 
 __all__ = [
     "AdmissionInput",
@@ -98,7 +94,6 @@ __all__ = [
 ]
 
 _JUDGED_OPERATIONS = frozenset({"CREATE", "UPDATE"})
-_INTERFACES_POINTER = "/spec/template/spec/domain/devices/interfaces"
 _TWO_GIB = 2 * 2**30
 
 
@@ -248,7 +243,7 @@ def mutate_vm_fully(
                             f"records, {known}, is used by {owner.namespace}/{owner.vm} interface {owner.interface} "
                             f"on the same network; the interface gets the new MAC {mac} instead")
         used.add(mac)
-        ops.append({"op": "add", "path": f"{_INTERFACES_POINTER}/{index}/macAddress", "value": mac})
+        ops.append({"op": "add", "path": f"{INTERFACES_POINTER}/{index}/macAddress", "value": mac})
     return Decision.patched(ops, warnings=warnings)
 
 

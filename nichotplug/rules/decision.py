@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from nichotplug.rules.eligibility import ELIGIBILITY_REASONS, UNPLUG_REASONS
+from nichotplug.rules.jsonpatch import JsonPatchOp
 
-__all__ = ["ALLOW_REASONS", "DENY_REASONS", "HOTPLUG_REASONS", "REASONS", "Decision", "JsonPatchOp", "status_reason"]
-
-JsonPatchOp = dict[str, Any]
+__all__ = ["ALLOW_REASONS", "DENY_REASONS", "HOTPLUG_REASONS", "REASONS", "Decision", "status_reason"]
 
 ALLOW_REASONS = (
     "allowed",  # a VM write that passed every rule, no hot-plug involved

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rules_factory import iface, multus_net, nad, pod_net, vm, vmi
 
+from nichotplug.rules.observed_macs import observed_macs_error, parse_observed_macs
 from nichotplug.rules.views import (
     InterfaceView,
     InvalidObject,
@@ -18,8 +19,6 @@ from nichotplug.rules.views import (
     NetworkView,
     VmiView,
     VmView,
-    observed_macs_error,
-    parse_observed_macs,
     parse_quantity,
 )
 
