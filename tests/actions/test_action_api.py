@@ -14,7 +14,7 @@ from kubernetes_asyncio.client import AdmissionregistrationV1Api, ApiClient, Cus
 from prometheus_client import REGISTRY
 
 from nichotplug.certs import CertBundle
-from nichotplug.rules import actions as codes
+from nichotplug.rules import nic_plans as codes
 
 from .conftest import ActionClient, StartActions, server_context
 from .objects import (

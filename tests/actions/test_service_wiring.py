@@ -18,7 +18,7 @@ from kubernetes_asyncio.client import AdmissionregistrationV1Api, ApiClient
 from nichotplug.actions.http import setup_actions
 from nichotplug.certs import CertBundle
 from nichotplug.kube.cache import ClusterView, WatchSettings
-from nichotplug.rules import actions as codes
+from nichotplug.rules import nic_plans as codes
 from nichotplug.service import build_webhook_app, setup_action_routes
 from nichotplug.webhook.registration import webhook_configurations
 

@@ -1,10 +1,11 @@
 """Planning of the hot-plug actions (addNic, removeNic, findHotunpluggableNics): pure, no I/O.
 
 The action API and the ``kubectl nichotplug`` plugin both fetch the VM, its VMI and the NADs it
-needs, then ask this module what to write. The answer is either the JSON Patch to send (always
-starting with a ``test`` on ``metadata.resourceVersion``, so a concurrent edit fails the write
-instead of being overwritten) or an :class:`ActionRefusal` carrying the HTTP status, a stable
-machine-readable code and a message a person can act on.
+needs into a :class:`VmState` (the views built once), then ask this module what to write. The
+answer is either a :class:`NicPlan` — the JSON Patch to send (always starting with a ``test`` on
+``metadata.resourceVersion``, so a concurrent edit fails the write instead of being overwritten)
+and the interface it adds or unplugs, with its MAC and network — or an :class:`ActionRefusal`
+carrying the HTTP status, a stable machine-readable code and a message a person can act on.
 
 Status codes (SPEC "Action API"): 422 the request body is wrong (the caller must fix the request);
 404 the VM, the NAD or the named interface does not exist; 409 the request is well formed but the
@@ -23,11 +24,11 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from nichotplug.rules.admission import hotplug_port_budget
-from nichotplug.rules.cluster import ClusterState, owner_scope
+from nichotplug.rules.cluster import ClusterState, StaticCluster, owner_scope
 from nichotplug.rules.eligibility import (
     Finding,
     active_interface_count,
@@ -118,25 +119,56 @@ def _vm_label(vm: VmView) -> str:
     return f"VM {vm.namespace}/{vm.name}"
 
 
-def _views(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None) -> tuple[VmView, VmiView | None] | ActionRefusal:
-    try:
-        vm_view = VmView.from_dict(vm)
-        vmi_view = VmiView.from_dict(vmi) if vmi is not None else None
-    except InvalidObject as error:
-        return ActionRefusal(409, NOT_ELIGIBLE, f"cannot read the VM or its VMI: {error}")
-    return vm_view, vmi_view
-
-
 def is_stopped(vm: VmView, vmi: VmiView | None) -> bool:
     """No guest runs and none is on the way: no VMI and a spec that does not ask to run, or a VMI that
     has finished. Exactly when the admission webhooks judge a write to the VM as a cold edit."""
     return vmi.finished if vmi is not None else not vm.running
 
 
-def stopped_vm(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None) -> bool:
-    """:func:`is_stopped` of the objects as read (False when they cannot be read: the planner refuses)."""
-    views = _views(vm, vmi)
-    return not isinstance(views, ActionRefusal) and is_stopped(*views)
+@dataclass(frozen=True, slots=True)
+class VmState:
+    """A VM as just read, for planning: the object (the ops' indexes point into it), its view, its
+    VMI's view (None: no VMI) and the cluster around it (NADs, other VMs' MACs)."""
+
+    vm: Mapping[str, Any]
+    view: VmView
+    vmi: VmiView | None
+    cluster: ClusterState = field(default_factory=StaticCluster)
+
+    @property
+    def stopped(self) -> bool:
+        return is_stopped(self.view, self.vmi)
+
+
+def vm_state(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None,
+             cluster: ClusterState | None = None) -> VmState | ActionRefusal:
+    """The :class:`VmState` of the objects as read, or a 409 when they cannot be read."""
+    try:
+        vm_view = VmView.from_dict(vm)
+        vmi_view = VmiView.from_dict(vmi) if vmi is not None else None
+    except InvalidObject as error:
+        return ActionRefusal(409, NOT_ELIGIBLE, f"cannot read the VM or its VMI: {error}")
+    return VmState(vm, vm_view, vmi_view, cluster if cluster is not None else StaticCluster())
+
+
+@dataclass(frozen=True, slots=True)
+class NicPlan:
+    """What an addNic or removeNic writes, and the interface it adds or unplugs.
+
+    ``mac`` is the interface's MAC ("" when its spec has none); ``network`` is its multus NAD as
+    ``ns/name`` ("" for another kind of network).
+    """
+
+    ops: tuple[JsonPatchOp, ...]
+    interface: str
+    mac: str
+    network: str
+
+
+def _network_of(vm: VmView, interface: str) -> str:
+    network = vm.network(interface)
+    nad = network.nad if network is not None else None
+    return f"{nad[0]}/{nad[1]}" if nad is not None else ""
 
 
 def _eligibility_refusal(vm: VmView, vmi: VmiView | None) -> ActionRefusal | None:
@@ -266,30 +298,18 @@ def _choose_mac(
 
 
 def plan_add_nic(
-    vm: Mapping[str, Any],
-    vmi: Mapping[str, Any] | None,
-    body: Mapping[str, Any],
-    cluster: ClusterState,
-    *,
-    name_optional: bool = False,
-    random_bytes: Callable[[int], bytes] = secrets.token_bytes,
-) -> list[JsonPatchOp] | ActionRefusal:
-    """The JSON Patch that hot-plugs the interface ``body`` asks for, or why it is refused.
+    request: AddNicRequest, state: VmState, *, random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+) -> NicPlan | ActionRefusal:
+    """The plan that hot-plugs the interface ``request`` (see :func:`parse_add_nic`) asks for, or why not.
 
-    Checks, in order: the body (422), the VM's eligibility (409, every reason; not for a stopped VM),
-    the name (409), the NAD (404 missing, 409 not hot-pluggable), the MAC (409 if used in the same scope).
-    ``name_optional``: a missing ``interfaceName`` gets the first free ``nic-<n>``.
+    Checks, in order: the VM's eligibility (409, every reason; not for a stopped VM), the name (409),
+    the NAD (404 missing, 409 not hot-pluggable), the MAC (409 if used in the same scope). A request
+    without ``interface_name`` gets the first free ``nic-<n>``.
     """
-    views = _views(vm, vmi)
-    if isinstance(views, ActionRefusal):
-        return views
-    vm_view, vmi_view = views
-    request = parse_add_nic(body, vm_view.namespace, name_optional=name_optional)
-    if isinstance(request, ActionRefusal):
-        return request
+    vm, vm_view, cluster = state.vm, state.view, state.cluster
     if not request.interface_name:
         request = replace(request, interface_name=next_interface_name(vm))
-    refusal = None if is_stopped(vm_view, vmi_view) else _eligibility_refusal(vm_view, vmi_view)
+    refusal = None if state.stopped else _eligibility_refusal(vm_view, state.vmi)
     if refusal is None and request.interface_name in used_names(vm):
         refusal = ActionRefusal(
             409, NAME_IN_USE,
@@ -302,13 +322,13 @@ def plan_add_nic(
     mac = _choose_mac(request, vm_view, cluster, random_bytes)
     if isinstance(mac, ActionRefusal):
         return mac
+    nad = f"{request.nad_namespace}/{request.nad_name}"
     interface = {"name": request.interface_name, "model": "virtio", "bridge": {}, "macAddress": mac}
-    network = {"name": request.interface_name, "multus": {"networkName": f"{request.nad_namespace}/{request.nad_name}"}}
-    return [
-        resource_version_test(vm_view.resource_version),
-        append_op(vm, INTERFACES_PATH, interface),
-        append_op(vm, NETWORKS_PATH, network),
-    ]
+    network = {"name": request.interface_name, "multus": {"networkName": nad}}
+    ops = (resource_version_test(vm_view.resource_version),
+           append_op(vm, INTERFACES_PATH, interface),
+           append_op(vm, NETWORKS_PATH, network))
+    return NicPlan(ops, request.interface_name, mac, nad)
 
 
 def _interface_index(vm: Mapping[str, Any], name: str) -> int | None:
@@ -327,42 +347,41 @@ def interface_unplug_problem(vm: VmView, name: str) -> str | None:
     return unplug_problem(vm, name)
 
 
-def plan_remove_nic(
-    vm: Mapping[str, Any],
-    vmi: Mapping[str, Any] | None,
-    body: Mapping[str, Any],
-) -> list[JsonPatchOp] | ActionRefusal:
-    """The JSON Patch that sets the named interface ``state: absent``, or why it is refused.
+def parse_remove_nic(body: Mapping[str, Any]) -> str | ActionRefusal:
+    """The ``interfaceName`` of a removeNic body (unknown fields are ignored), or a 422."""
+    return _interface_name(body)
 
-    Checks, in order: the body (422), the VM's eligibility (409), the interface exists (404, naming
-    those the VM has), it is not the VM's last interface and it is hot-unpluggable (409). A stopped
-    VM skips eligibility and hot-unpluggability: see :func:`_plan_cold_remove`.
+
+def plan_remove_nic(name: str, state: VmState) -> NicPlan | ActionRefusal:
+    """The plan that sets interface ``name`` to ``state: absent``, or why it is refused.
+
+    Checks, in order: the VM's eligibility (409), the interface exists (404, naming those the VM
+    has), it is not the VM's last interface and it is hot-unpluggable (409). A stopped VM skips
+    eligibility and hot-unpluggability: see :func:`_cold_remove_ops`.
     """
-    views = _views(vm, vmi)
-    if isinstance(views, ActionRefusal):
-        return views
-    vm_view, vmi_view = views
-    name = _interface_name(body)
-    if isinstance(name, ActionRefusal):
-        return name
-    stopped = is_stopped(vm_view, vmi_view)
-    refusal = None if stopped else _eligibility_refusal(vm_view, vmi_view)
+    vm, vm_view = state.vm, state.view
+    refusal = None if state.stopped else _eligibility_refusal(vm_view, state.vmi)
     if refusal is not None:
         return refusal
     index = _interface_index(vm, name)
     if index is None:
         return _unknown_interface(vm_view, name)
-    if stopped:
-        return _plan_cold_remove(vm, vm_view, name, index)
+    ops = _cold_remove_ops(vm, vm_view, name, index) if state.stopped else _unplug_ops(vm, vm_view, name, index)
+    if isinstance(ops, ActionRefusal):
+        return ops
+    found = vm_view.interface(name)
+    return NicPlan(ops, name, found.mac if found is not None else "", _network_of(vm_view, name))
+
+
+def _unplug_ops(vm: Mapping[str, Any], vm_view: VmView, name: str,
+                index: int) -> tuple[JsonPatchOp, ...] | ActionRefusal:
     problem = interface_unplug_problem(vm_view, name)
     if problem is not None:
         return ActionRefusal(409, NOT_HOTUNPLUGGABLE, problem)
     state_path = pointer((*INTERFACES_PATH, index, "state"))
     has_state = "state" in _raw_list(vm, INTERFACES_PATH)[index]
-    return [
-        resource_version_test(vm_view.resource_version),
-        {"op": "replace" if has_state else "add", "path": state_path, "value": "absent"},
-    ]
+    return (resource_version_test(vm_view.resource_version),
+            {"op": "replace" if has_state else "add", "path": state_path, "value": "absent"})
 
 
 def _unknown_interface(vm: VmView, name: str) -> ActionRefusal:
@@ -377,9 +396,9 @@ def _network_index(vm: Mapping[str, Any], name: str) -> int | None:
     return None
 
 
-def _plan_cold_remove(
+def _cold_remove_ops(
     vm: Mapping[str, Any], vm_view: VmView, name: str, index: int,
-) -> list[JsonPatchOp] | ActionRefusal:
+) -> tuple[JsonPatchOp, ...] | ActionRefusal:
     """Delete the interface and its network from a stopped VM's spec (its next start boots without them).
 
     Any interface may go but the last one: a VM left without interfaces gets KubeVirt's default pod
@@ -393,18 +412,14 @@ def _plan_cold_remove(
     network_index = _network_index(vm, name)
     if network_index is not None:
         ops.append({"op": "remove", "path": pointer((*NETWORKS_PATH, network_index))})
-    return ops
+    return tuple(ops)
 
 
-def find_hotunpluggable(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None) -> list[str]:
+def find_hotunpluggable(state: VmState) -> list[str]:
     """Names of the interfaces the UI may offer to unplug: [] when the VM is not eligible."""
-    views = _views(vm, vmi)
-    if isinstance(views, ActionRefusal):
+    if eligibility_problems(state.view, state.vmi):
         return []
-    vm_view, vmi_view = views
-    if eligibility_problems(vm_view, vmi_view):
-        return []
-    return list(hotunpluggable_interfaces(vm_view))
+    return list(hotunpluggable_interfaces(state.view))
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,12 +435,9 @@ class HotplugCheck:
     ports_left: int
 
 
-def hotplug_check(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None) -> HotplugCheck | ActionRefusal:
+def hotplug_check(state: VmState) -> HotplugCheck:
     """The eligibility verdict of SPEC "VM eligibility" for one VM, as data."""
-    views = _views(vm, vmi)
-    if isinstance(views, ActionRefusal):
-        return views
-    vm_view, vmi_view = views
-    findings = eligibility_findings(vm_view, vmi_view)
+    vm_view = state.view
+    findings = eligibility_findings(vm_view, state.vmi)
     ports_left = hotplug_port_budget(active_interface_count(vm_view), vm_view.guest_memory_bytes)
     return HotplugCheck(eligible=not findings, reasons=findings, ports_left=ports_left)
