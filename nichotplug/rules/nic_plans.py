@@ -61,9 +61,6 @@ NETWORK_NOT_HOTPLUGGABLE: Final = "NetworkNotHotpluggable"  # 409
 NOT_HOTUNPLUGGABLE: Final = "InterfaceNotHotunpluggable"  # 409
 CONCURRENT_CHANGE: Final = "ConcurrentChange"  # 409: the VM changed between our read and our write
 
-_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-
 
 @dataclass(frozen=True, slots=True)
 class ActionRefusal:
@@ -72,6 +69,11 @@ class ActionRefusal:
     status: int
     code: str
     message: str
+
+
+_LABEL_PATTERN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"  # Kubernetes' DNS-1123 label
+_DNS1123_LABEL = re.compile(_LABEL_PATTERN)
+_DNS1123_SUBDOMAIN = re.compile(rf"{_LABEL_PATTERN}(\.{_LABEL_PATTERN})*")
 
 
 def is_dns1123_label(text: str) -> bool:
