@@ -11,7 +11,7 @@ the wrong type with a message, and the fast path must never allow what the gener
 So it checks the JSON type of every field ``VmView.from_dict`` checks, and gives up (returns None)
 on anything it cannot vouch for: a wrong type, an interface or network without a name, a
 non-``dict`` mapping, an object being deleted. The caller then takes the general path, which
-decides as before and words any refusal. Hence the rule: **None means "ask the general path",
+decides and words any refusal. Hence the rule: **None means "ask the general path",
 never "invalid"**. ``tests/rules/test_fast_path.py`` checks on generated VMs that both paths decide
 alike.
 """

@@ -1,7 +1,7 @@
 """The fast paths of both webhooks: they answer every VM write of the cluster, so each first tries
 to decide from ``rules.facts`` (plain tuples of just what the MAC rules read, no views): validation
 when no hot-plug rule applies, mutation when every interface already has a MAC. Whatever the facts
-cannot vouch for goes the general path (``validation`` / ``mutation``), which decides as before;
+cannot vouch for goes the general path (``validation`` / ``mutation``), which decides it;
 ``tests/rules/test_fast_path.py`` checks on generated VMs that both paths decide alike."""
 
 from __future__ import annotations

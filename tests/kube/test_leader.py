@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from kube_support import client_for, eventually
 from kubernetes_asyncio.client import ApiClient, CoordinationV1Api
 
 from nichotplug.kube.leader import LeaderElector
 from nichotplug.testing.server import ApiServer
+
+from .kube_support import client_for, eventually
 
 # Short terms so take-overs happen within a test: a lease of 2 s, renewed every 0.2 s.
 TERMS = {"lease_duration": 2.0, "renew_deadline": 1.5, "retry_period": 0.2}

@@ -10,11 +10,12 @@ import jsonpatch
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rules_factory import KUBE_OVN_CONFIG, iface, multus_net, nad, pod_net, vm, vmi
 
 from nichotplug.rules import nic_plans
 from nichotplug.rules.cluster import ClusterState, StaticCluster
 from nichotplug.rules.nic_plans import ActionRefusal, NicPlan, VmState, parse_add_nic, parse_remove_nic, vm_state
+
+from .rules_support import KUBE_OVN_CONFIG, iface, multus_net, nad, pod_net, vm, vmi
 
 INTERFACES = ("spec", "template", "spec", "domain", "devices", "interfaces")
 

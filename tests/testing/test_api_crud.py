@@ -6,11 +6,12 @@ import json
 from typing import Any
 
 import pytest
-from api_helpers import MERGE, VMS, RawClient, vm
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from nichotplug.testing import ApiServer
+
+from .api_support import MERGE, VMS, RawClient, vm
 
 KV = ("kubevirt.io", "v1")
 

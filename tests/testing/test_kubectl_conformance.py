@@ -21,10 +21,11 @@ from typing import Any
 
 import pytest
 import yaml
-from admission_webhooks import ScriptedWebhook, configuration, tls_bundle, webhook
 
 from nichotplug.testing.fixtures import SHARED_FIXTURES
 from nichotplug.testing.server import ApiServer
+
+from .admission_support import ScriptedWebhook, configuration, tls_bundle, webhook
 
 pytestmark = [pytest.mark.kubectl,
               pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")]
