@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import ssl
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,24 +113,34 @@ def make_serving_cert(
     """A serving certificate for the given names, signed by the CA: (cert PEM, key PEM)."""
     if not dns_names and not ip_addresses:
         raise ValueError("a serving certificate needs at least one DNS name or IP address")
-    ca_cert, ca_key = _load_ca(ca_cert_pem, ca_key_pem)
-    key = _new_key()
     # Clients check the SANs; the CN only labels the certificate and may hold at most 64 characters.
     common_name = (dns_names[0] if dns_names else ip_addresses[0])[:64]
-    start = _now() - datetime.timedelta(minutes=5)
-    cert = (
+    return _signed_leaf(ca_cert_pem, ca_key_pem, [x509.NameAttribute(NameOID.COMMON_NAME, common_name)],
+                        ExtendedKeyUsageOID.SERVER_AUTH, valid_for, _subject_alt_names(dns_names, ip_addresses))
+
+
+def _signed_leaf(
+    ca_cert_pem: bytes, ca_key_pem: bytes, subject: list[x509.NameAttribute[str]], usage: x509.ObjectIdentifier,
+    valid_for: datetime.timedelta, alt_names: x509.SubjectAlternativeName | None = None,
+) -> tuple[bytes, bytes]:
+    """A fresh key and a non-CA certificate for it, signed by the CA, for ``usage`` (server or client)."""
+    ca_cert, ca_key = _load_ca(ca_cert_pem, ca_key_pem)
+    key = _new_key()
+    start = _now() - datetime.timedelta(minutes=5)  # tolerate clocks a little behind ours
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .subject_name(x509.Name(subject))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(start + valid_for)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(_subject_alt_names(dns_names, ip_addresses), critical=False)
-        .sign(ca_key, hashes.SHA256())
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     )
+    if alt_names is not None:
+        builder = builder.add_extension(alt_names, critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
     return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
 
@@ -145,24 +157,9 @@ def make_client_cert(
     Kubernetes reads the CN as the user name and each O as a group; a front-proxy (aggregation
     layer) client is recognised by its CN.
     """
-    ca_cert, ca_key = _load_ca(ca_cert_pem, ca_key_pem)
-    key = _new_key()
     subject = [x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64])]
     subject += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, group) for group in organizations]
-    start = _now() - datetime.timedelta(minutes=5)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name(subject))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + valid_for)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+    return _signed_leaf(ca_cert_pem, ca_key_pem, subject, ExtendedKeyUsageOID.CLIENT_AUTH, valid_for)
 
 
 def make_bundle(
@@ -177,6 +174,18 @@ def make_bundle(
         ca_cert, ca_key, dns_names=dns_names, ip_addresses=ip_addresses, valid_for=valid_for
     )
     return CertBundle(ca_cert_pem=ca_cert, cert_pem=cert, key_pem=key, ca_key_pem=ca_key)
+
+
+def server_ssl_context(bundle: CertBundle) -> ssl.SSLContext:
+    """A server-side TLS context presenting the bundle's certificate (``ssl`` reads keys only from
+    files, so they pass through a private temporary folder)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    with tempfile.TemporaryDirectory() as folder:
+        cert, key = Path(folder, CERT_FILE), Path(folder, KEY_FILE)
+        cert.write_bytes(bundle.cert_pem)
+        key.write_bytes(bundle.key_pem)
+        context.load_cert_chain(cert, key)
+    return context
 
 
 def write_bundle(bundle: CertBundle, out_dir: Path) -> dict[str, Path]:

@@ -34,7 +34,7 @@ def _mac(text: str) -> str:
 
 def _interface(text: str) -> str:
     """``--interface``: a name KubeVirt takes for an interface (a DNS-1123 label)."""
-    from nichotplug.rules.actions import is_dns1123_label
+    from nichotplug.rules.nic_plans import is_dns1123_label
 
     if not is_dns1123_label(text):
         raise argparse.ArgumentTypeError(
@@ -45,7 +45,7 @@ def _interface(text: str) -> str:
 
 def _network(text: str) -> str:
     """``--network``: NAMESPACE/NAME or NAME of a NetworkAttachmentDefinition."""
-    from nichotplug.rules.actions import ActionRefusal, parse_network_name
+    from nichotplug.rules.nic_plans import ActionRefusal, parse_network_name
 
     if isinstance(parse_network_name(text, "default"), ActionRefusal):
         raise argparse.ArgumentTypeError(

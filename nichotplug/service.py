@@ -43,8 +43,8 @@ from nichotplug.kube.certificates import start_certificate_manager
 from nichotplug.kube.configmaps import DEFAULT_POLL_SECONDS, ConfigMapFollower
 from nichotplug.kube.view_metrics import VIEW_METRICS
 from nichotplug.logs import configure_logging
-from nichotplug.rules.actions import is_dns1123_label
 from nichotplug.rules.cluster import ClusterState
+from nichotplug.rules.nic_plans import is_dns1123_label
 from nichotplug.serving import (
     DRAIN_SECONDS,
     Readiness,

@@ -32,9 +32,9 @@ from nichotplug.actions import apidocs, metrics
 from nichotplug.actions.flow import ActionFailed, ActionResult, EventSink, HotplugFlow
 from nichotplug.actions.frontproxy import FrontProxyAuthenticator, NotAuthenticated, RemoteUser
 from nichotplug.kube.events import EventRecorder
-from nichotplug.rules.actions import ActionRefusal, HotplugCheck
 from nichotplug.rules.cluster import ClusterState
 from nichotplug.rules.decision import status_reason
+from nichotplug.rules.nic_plans import ActionRefusal, HotplugCheck
 
 log = logging.getLogger(__name__)
 

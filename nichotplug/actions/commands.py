@@ -9,7 +9,6 @@ the Kubernetes client.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -26,19 +25,19 @@ from nichotplug.actions.flow import (
     VMS,
     ActionFailed,
     HotplugFlow,
-    VmState,
     admission_probe,
     is_missing_vm,
     read_vm_state,
 )
 from nichotplug.actions.report import print_written
 from nichotplug.actions.reports import report_usage_problem, report_wanted, run_report_command
-from nichotplug.kube.client import KubeConfigError, load_api_client
+from nichotplug.kube.client import KubeConfigError, find_kubeconfig, load_api_client
 from nichotplug.kube.events import EventRecorder
 from nichotplug.kube.lookup import namespace_exists, namespaces_holding
-from nichotplug.rules import actions as plan
+from nichotplug.rules import nic_plans as plan
 from nichotplug.rules.eligibility import eligibility_problems, unplug_network_note
-from nichotplug.rules.views import VmiView, VmView
+from nichotplug.rules.nic_plans import VmState
+from nichotplug.rules.views import VmView
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -62,13 +61,10 @@ class UsageError(Exception):
 
 def _kubeconfig_file(explicit: str | None) -> str | None:
     """The kubeconfig file kubectl would read first, or None when there is none."""
-    if explicit:
-        if not Path(explicit).is_file():
-            raise UsageError(f"kubeconfig {explicit} does not exist")
-        return explicit
-    candidates = [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
-    candidates.append(str(Path.home() / ".kube" / "config"))
-    return next((path for path in candidates if Path(path).is_file()), None)
+    if explicit and not Path(explicit).is_file():
+        raise UsageError(f"kubeconfig {explicit} does not exist")
+    found = find_kubeconfig(explicit)
+    return str(found) if found is not None else None
 
 
 def default_namespace(kubeconfig: str | None, context: str | None) -> str:
@@ -152,16 +148,9 @@ def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
             for row in rows]
 
 
-def _views(state: VmState) -> tuple[VmView, VmiView | None]:
-    try:
-        return VmView.from_dict(state.vm), VmiView.from_dict(state.vmi) if state.vmi is not None else None
-    except ValueError as error:
-        raise ActionFailed(plan.ActionRefusal(409, plan.NOT_ELIGIBLE, f"cannot read the VM: {error}")) from error
-
-
 def print_interfaces(state: VmState, out: TextIO) -> None:
     """The ``list`` output: one row per interface, then why hot-plug is unavailable (if it is)."""
-    vm, vmi = _views(state)
+    vm, vmi = state.view, state.vmi
     problems = eligibility_problems(vm, vmi)
     rows: list[tuple[str, ...]] = [("NAME", "BINDING", "MODEL", "NETWORK", "MAC", "STATE", "HOT-UNPLUG")]
     for interface in vm.interfaces:
@@ -181,8 +170,8 @@ def print_interfaces(state: VmState, out: TextIO) -> None:
 
 def print_check(state: VmState, out: TextIO) -> bool:
     """The ``check`` output; True when the VM is eligible."""
-    vm, vmi = _views(state)
-    problems = eligibility_problems(vm, vmi)
+    vm = state.view
+    problems = eligibility_problems(vm, state.vmi)
     if not problems:
         print(f"VM {vm.ref} is eligible for NIC hot-plug and hot-unplug", file=out)
         return True
@@ -196,7 +185,7 @@ async def _check(api: ApiClient, namespace: str, name: str, out: TextIO, err: Te
     """``check``: eligibility, and whether a write would get through our webhook at all right now."""
     state = await read_vm_state(api, namespace, name)
     eligible = print_check(state, out)
-    if not eligible and plan.stopped_vm(state.vm, state.vmi):
+    if not eligible and state.stopped:
         print("  (it is stopped: add-nic and remove-nic edit its spec instead, nothing to hot-plug)", file=out)
     unavailable = await admission_probe(api, state.vm)
     if unavailable is not None:

@@ -173,12 +173,9 @@ async def gather_fleet(api: ApiClient, scope: FleetScope) -> FleetReport:
     return FleetReport(rows, duplicate_macs(vms, nads), warnings)
 
 
-def single_vm_report(vm_obj: dict[str, Any], vmi_obj: dict[str, Any] | None) -> FleetReport:
+def single_vm_report(vm: VmView, vmi: VmiView | None) -> FleetReport:
     """The report of one VM already read (``check VM -o ...``)."""
-    vm = _read_vm(vm_obj)
-    if isinstance(vm, VmReadiness):
-        return FleetReport([vm], [])
-    return FleetReport([classify_vm(vm, _read_vmi(vmi_obj) if vmi_obj is not None else None)], [])
+    return FleetReport([classify_vm(vm, vmi)], [])
 
 
 # -- rendering ------------------------------------------------------------------------------------------

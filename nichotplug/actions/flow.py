@@ -1,8 +1,10 @@
 """The fetch-plan-write-migrate flow of the hot-plug actions, shared by the action API and the plugin.
 
 1. Fresh reads with the caller's client (never a cache: the UI acts on what it just showed, and the
-   caller's RBAC must decide what they may read): the VM, its VMI, and every NAD the decision needs.
-2. The pure planner in :mod:`nichotplug.rules.actions` decides: a JSON Patch or a refusal.
+   caller's RBAC must decide what they may read): the VM, its VMI, and every NAD the decision needs,
+   read once into a :class:`~nichotplug.rules.nic_plans.VmState`.
+2. The pure planner in :mod:`nichotplug.rules.nic_plans` decides: a ``NicPlan`` (the JSON Patch, and
+   the interface, MAC and network it adds or unplugs) or a refusal.
 3. One JSON Patch write, starting with a ``test`` on ``metadata.resourceVersion``: a concurrent
    change makes it fail (409 for our caller) instead of being overwritten. It goes through the
    admission webhooks like any write; a denial is passed through with its code and message.
@@ -12,6 +14,7 @@
    fails the spec change stays (it is valid, and KubeVirt applies it at the next restart or
    migration) and an Event on the VM says why. A stopped VM gets no migration: its next start boots
    with the edited spec.
+5. The report: the plan's interface, MAC and network, and the migration (or why none).
 
 Every failure leaves as :class:`ActionFailed` carrying an :class:`ActionRefusal`, so the HTTP layer
 and the plugin render the same statuses, codes and messages.
@@ -39,12 +42,14 @@ from nichotplug.kube.patch import (
     get_custom_object,
     json_patch,
     list_custom_objects,
+    merge_patch,
 )
-from nichotplug.rules import actions as plan
-from nichotplug.rules.actions import ActionRefusal
+from nichotplug.rules import nic_plans as plan
 from nichotplug.rules.cluster import ClusterState, MacOwner, StaticCluster
 from nichotplug.rules.mac import mac_text
+from nichotplug.rules.nic_plans import ActionRefusal, NicPlan, VmState
 from nichotplug.rules.views import InvalidObject, NadView, VmiView, VmView
+from nichotplug.rules.vm_object import OBSERVED_MACS_ANNOTATION
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -131,15 +136,6 @@ class FreshCluster:
         return any(self.owners_of_mac(mac_text(number)) for number in numbers)
 
 
-@dataclass(frozen=True, slots=True)
-class VmState:
-    """Fresh reads of everything a plan needs: the VM and its VMI as dicts, and a cluster of them."""
-
-    vm: dict[str, Any]
-    vmi: dict[str, Any] | None
-    cluster: FreshCluster
-
-
 # "https://<service>.<namespace>.svc..." in the API server's message names where nichotplug runs.
 _SERVICE_URL = re.compile(r"https://([a-z0-9-]+)\.([a-z0-9-]+)\.svc")
 
@@ -207,13 +203,15 @@ async def _get_optional(api: ApiClient, api_group: tuple[str, str], plural: str,
     return obj
 
 
-def _referenced_nads(vm: Mapping[str, Any]) -> set[tuple[str, str]]:
-    try:
-        view = VmView.from_dict(vm)
-    except ValueError:
-        return set()
+def _referenced_nads(view: VmView) -> set[tuple[str, str]]:
     return {(network.nad_namespace, network.nad_name) for network in view.networks
             if network.kind == "multus" and network.nad_namespace and network.nad_name}
+
+
+def _unreadable(namespace: str, name: str, error: InvalidObject) -> ActionFailed:
+    # a stored object we cannot read: refuse rather than guess
+    return ActionFailed(ActionRefusal(
+        409, plan.NOT_ELIGIBLE, f"VM {namespace}/{name} or an object it uses cannot be read: {error}"))
 
 
 async def read_vm_state(
@@ -225,54 +223,57 @@ async def read_vm_state(
     ``known_macs``: a cache of the rest of the cluster, asked only about other VMs' MACs.
     """
     vm: dict[str, Any] = await _guard(vm_what(namespace, name), get_custom_object(api, *KUBEVIRT, VMS, namespace, name))
-    wanted = sorted(_referenced_nads(vm) | set(extra_nads))
+    try:
+        view = VmView.from_dict(vm, namespace=namespace)
+    except InvalidObject as error:
+        raise _unreadable(namespace, name, error) from error
+    wanted = sorted(_referenced_nads(view) | set(extra_nads))
     vmi, *nads = await asyncio.gather(
         _get_optional(api, KUBEVIRT, VMIS, namespace, name, f"VMI {namespace}/{name}"),
         *(_get_optional(api, NAD_API, NADS, nad_ns, nad_name, f"network {nad_ns}/{nad_name}")
           for nad_ns, nad_name in wanted),
     )
     try:
-        cluster = StaticCluster(
-            vms=[vm],
-            vmis=[VmiView.from_dict(vmi)] if vmi is not None else [],
-            nads=[NadView.from_dict(nad) for nad in nads if nad is not None],
-        )
-    except InvalidObject as error:  # a stored object we cannot read: refuse rather than guess
-        raise ActionFailed(ActionRefusal(
-            409, plan.NOT_ELIGIBLE, f"VM {namespace}/{name} or an object it uses cannot be read: {error}",
-        )) from error
-    return VmState(vm=vm, vmi=vmi, cluster=FreshCluster(cluster, (namespace, name), frozenset(wanted), known_macs))
+        vmi_view = VmiView.from_dict(vmi) if vmi is not None else None
+        cluster = StaticCluster(vms=[view], vmis=[vmi_view] if vmi_view is not None else [],
+                                nads=[NadView.from_dict(nad) for nad in nads if nad is not None])
+    except InvalidObject as error:
+        raise _unreadable(namespace, name, error) from error
+    return VmState(vm, view, vmi_view, FreshCluster(cluster, (namespace, name), frozenset(wanted), known_macs))
 
 
-def _spec_mac_and_network(vm: Mapping[str, Any], interface: str) -> tuple[str, str]:
-    """The ``macAddress`` and the multus NAD (``ns/name``) the VM has for ``interface`` ("" if none)."""
-    try:
-        view = VmView.from_dict(vm)
-    except ValueError:
-        return "", ""
-    found, network = view.interface(interface), view.network(interface)
-    nad = network.nad if network is not None else None
-    return (found.mac if found is not None else ""), (f"{nad[0]}/{nad[1]}" if nad is not None else "")
-
-
-def _planned(result: list[plan.JsonPatchOp] | ActionRefusal) -> list[plan.JsonPatchOp]:
+def _planned(result: NicPlan | ActionRefusal) -> NicPlan:
     if isinstance(result, ActionRefusal):
         raise ActionFailed(result)
     return result
 
 
+def known_action(action: str) -> str:
+    """``action`` when it is one of the actions, else :class:`ActionFailed` 400 naming them."""
+    if action not in plan.ACTIONS:
+        raise ActionFailed(ActionRefusal(
+            400, plan.INVALID_ACTION, f"unknown action {action!r}: use one of {', '.join(plan.ACTIONS)}",
+        ))
+    return action
+
+
 async def admission_probe(api: ApiClient, vm: Mapping[str, Any]) -> ActionRefusal | None:
     """Whether a write to ``vm`` would be refused because our webhook is not answering.
 
-    A dry run (``dryRun=All``) of a patch that changes nothing but goes through admission like any
-    write. None when it passes, and also when it fails for any other reason (RBAC, a concurrent
-    change): this only tells about the webhook.
+    A dry run (``dryRun=All``) of a write our validating webhook must judge: kube-apiserver sends it
+    only writes that change a field it judges (its match conditions), so the probe rewrites the
+    observed-MAC annotation (the same content and a trailing space, or ``{}``); nothing is stored.
+    None when it passes, and also when it fails for any other reason (RBAC, a concurrent change, a
+    refusal by the rules): this only tells whether the webhook answers.
     """
     metadata = vm.get("metadata") or {}
-    test = [{"op": "test", "path": "/metadata/resourceVersion", "value": metadata.get("resourceVersion", "")}]
+    current = (metadata.get("annotations") or {}).get(OBSERVED_MACS_ANNOTATION)
+    probe = f"{current} " if isinstance(current, str) and current else "{}"
+    patch = {"metadata": {"resourceVersion": metadata.get("resourceVersion", ""),
+                          "annotations": {OBSERVED_MACS_ANNOTATION: probe}}}
     try:
-        await json_patch(api, *KUBEVIRT, VMS, metadata.get("namespace", ""), metadata.get("name", ""), test,
-                         dry_run=True)
+        await merge_patch(api, *KUBEVIRT, VMS, metadata.get("namespace", ""), metadata.get("name", ""), patch,
+                          dry_run=True)
     except WebhookUnreachable as error:
         return webhook_unavailable(error) if error.webhook.endswith(OUR_WEBHOOK_SUFFIX) else None
     except (KubeError, ValueError, TimeoutError, aiohttp.ClientError):
@@ -323,58 +324,45 @@ class HotplugFlow:
             raise ActionFailed(request)  # a bad body is refused before anything is read
         state = await read_vm_state(self._api, namespace, name, ((request.nad_namespace, request.nad_name),),
                                     known_macs=self._known_macs)
-        ops = _planned(plan.plan_add_nic(state.vm, state.vmi, body, state.cluster, name_optional=name_optional))
-        return await self._write_and_migrate(state, ops, "", ADDED_REASON)
+        return await self._write_and_report(state, _planned(plan.plan_add_nic(request, state)), ADDED_REASON)
 
     async def remove_nic(self, namespace: str, name: str, body: Mapping[str, Any]) -> ActionResult:
         """Hot-unplug the named interface (``state: absent``); on a stopped VM, delete it from the spec."""
         state = await read_vm_state(self._api, namespace, name, known_macs=self._known_macs)
-        ops = _planned(plan.plan_remove_nic(state.vm, state.vmi, body))
-        return await self._write_and_migrate(state, ops, str(body.get("interfaceName", "")), UNPLUGGED_REASON)
+        interface = plan.parse_remove_nic(body)
+        if isinstance(interface, ActionRefusal):
+            raise ActionFailed(interface)
+        return await self._write_and_report(state, _planned(plan.plan_remove_nic(interface, state)), UNPLUGGED_REASON)
 
     async def find_hotunpluggable_nics(self, namespace: str, name: str) -> ActionResult:
         """The interfaces that may be unplugged now ([] when the VM is not eligible)."""
         state = await read_vm_state(self._api, namespace, name)
-        return ActionResult(interfaces=tuple(plan.find_hotunpluggable(state.vm, state.vmi)))
+        return ActionResult(interfaces=tuple(plan.find_hotunpluggable(state)))
 
     async def check_hotplug(self, namespace: str, name: str) -> plan.HotplugCheck:
         """Whether the VM is eligible now, every reason it is not, and its hot-plug port room."""
-        state = await read_vm_state(self._api, namespace, name)
-        checked = plan.hotplug_check(state.vm, state.vmi)
-        if isinstance(checked, ActionRefusal):
-            raise ActionFailed(checked)
-        return checked
+        return plan.hotplug_check(await read_vm_state(self._api, namespace, name))
 
     async def run(self, action: str, namespace: str, name: str, body: Mapping[str, Any]) -> ActionResult:
         """Dispatch by action name; an unknown action is a 400."""
+        action = known_action(action)
         if action == plan.ADD_NIC:
             return await self.add_nic(namespace, name, body)
         if action == plan.REMOVE_NIC:
             return await self.remove_nic(namespace, name, body)
-        if action == plan.FIND_HOTUNPLUGGABLE_NICS:
-            return await self.find_hotunpluggable_nics(namespace, name)
-        raise ActionFailed(ActionRefusal(
-            400, plan.INVALID_ACTION, f"unknown action {action!r}: use one of {', '.join(plan.ACTIONS)}",
-        ))
+        return await self.find_hotunpluggable_nics(namespace, name)
 
-    async def _write_and_migrate(
-        self, state: VmState, ops: list[plan.JsonPatchOp], interface: str, done_reason: str,
-    ) -> ActionResult:
-        vm = state.vm
-        namespace, name = vm["metadata"]["namespace"], vm["metadata"]["name"]
+    async def _write_and_report(self, state: VmState, nic: NicPlan, done_reason: str) -> ActionResult:
+        """Write the plan, then apply it (a migration unless the VM is stopped) and say what was done."""
+        namespace, name = state.view.namespace, state.view.name
         patched: dict[str, Any] = await _guard(
-            f"VM {namespace}/{name}", json_patch(self._api, *KUBEVIRT, VMS, namespace, name, ops))
-        if not interface:  # addNic: the one interface name the patched VM has and the read one had not
-            interface = next(iter(sorted(plan.used_names(patched) - plan.used_names(vm))), "")
-        # A cold removeNic deletes the interface from the spec: then the read VM still says what it was.
-        mac, network = _spec_mac_and_network(patched, interface)
-        if not mac:
-            mac, network = _spec_mac_and_network(vm, interface)
-        written = ActionResult(interface=interface, mac=mac, network=network)
-        if plan.stopped_vm(vm, state.vmi):  # nothing runs: the next start boots with the edited spec
+            vm_what(namespace, name), json_patch(self._api, *KUBEVIRT, VMS, namespace, name, list(nic.ops)))
+        written = ActionResult(interface=nic.interface, mac=nic.mac, network=nic.network)
+        if state.stopped:  # nothing runs: the next start boots with the edited spec
             result = replace(written, stopped=True)
         elif self._migrate:
-            result = replace(await self._migration_for(patched), interface=interface, mac=mac, network=network)
+            result = replace(await self._migration_for(patched), interface=nic.interface, mac=nic.mac,
+                             network=nic.network)
         else:
             result = written
         if self._requested_by is not None:

@@ -20,12 +20,12 @@ from aiohttp import web
 from kubernetes_asyncio.client import ApiClient
 
 from nichotplug.actions import metrics
-from nichotplug.actions.flow import ActionFailed, ActionResult, EventSink, HotplugFlow
-from nichotplug.kube.client import api_client_with_token
+from nichotplug.actions.flow import ActionFailed, ActionResult, EventSink, HotplugFlow, known_action
+from nichotplug.kube.client import api_client_with_token, bearer_credential
 from nichotplug.kube.events import EventRecorder
-from nichotplug.rules import actions as plan
-from nichotplug.rules.actions import ActionRefusal
+from nichotplug.rules import nic_plans as plan
 from nichotplug.rules.cluster import ClusterState
+from nichotplug.rules.nic_plans import ActionRefusal
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,8 @@ def error_response(refusal: ActionRefusal) -> web.Response:
 
 def bearer_token(request: web.Request) -> str:
     """The caller's bearer token, or :class:`ActionFailed` 401 when there is none."""
-    scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    token = bearer_credential(request.headers.get("Authorization", ""))
+    if not token:
         raise ActionFailed(ActionRefusal(
             401, UNAUTHORIZED, "send the caller's Kubernetes credentials as 'Authorization: Bearer <token>'",
         ))
@@ -108,10 +107,7 @@ class ActionHandler:
 
     async def _answer(self, request: web.Request, action: str) -> web.Response:
         token = bearer_token(request)
-        if action not in plan.ACTIONS:
-            raise ActionFailed(ActionRefusal(
-                400, plan.INVALID_ACTION, f"unknown action {action!r}: use one of {', '.join(plan.ACTIONS)}",
-            ))
+        known_action(action)
         # findHotunpluggableNics takes no body; the UI may send none, or anything.
         body = {} if action == plan.FIND_HOTUNPLUGGABLE_NICS else await _json_object_body(request)
         namespace, name = request.match_info["namespace"], request.match_info["name"]

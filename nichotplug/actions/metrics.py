@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-from nichotplug.rules.actions import ACTIONS
+from nichotplug.rules.nic_plans import ACTIONS
 
 UNKNOWN_ACTION = "unknown"
 

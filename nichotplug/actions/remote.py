@@ -18,7 +18,7 @@ from nichotplug.actions.apidocs import ADD_NIC, GROUP_VERSION, HOTPLUG_CHECK, HO
 from nichotplug.actions.flow import CLUSTER_UNAVAILABLE, ActionFailed, ActionResult
 from nichotplug.actions.report import print_written
 from nichotplug.kube.patch import RawAnswer, request_json
-from nichotplug.rules.actions import ActionRefusal
+from nichotplug.rules.nic_plans import ActionRefusal
 
 
 async def availability(api: ApiClient) -> str | None:

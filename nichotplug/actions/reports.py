@@ -22,10 +22,9 @@ from nichotplug.actions.fleet import (
 )
 from nichotplug.actions.flow import CLUSTER_UNAVAILABLE, ActionFailed, read_vm_state, refusal_from_kube_error
 from nichotplug.kube.patch import KubeError
-from nichotplug.rules.actions import ActionRefusal
 from nichotplug.rules.fleet import fleet_exit_ok
 from nichotplug.rules.guestconfig import guest_nics, netplan_config
-from nichotplug.rules.views import InvalidObject, VmiView, VmView
+from nichotplug.rules.nic_plans import ActionRefusal
 
 __all__ = ["report_usage_problem", "report_wanted", "run_report_command"]
 
@@ -50,7 +49,7 @@ def report_wanted(args: argparse.Namespace) -> bool:
 async def _gather(api: ApiClient, args: argparse.Namespace, namespace: str) -> FleetReport:
     if args.vm:
         state = await read_vm_state(api, namespace, args.vm)
-        return single_vm_report(state.vm, state.vmi)
+        return single_vm_report(state.view, state.vmi)
     scope = FleetScope(all_namespaces=args.all_namespaces, namespace=namespace, selector=args.selector)
     what = "the VMs of every namespace" if args.all_namespaces else f"the VMs of namespace {namespace}"
     try:
@@ -77,13 +76,7 @@ def _print_report(report: FleetReport, output: str | None, out: TextIO, err: Tex
 
 async def _guest_config(api: ApiClient, namespace: str, name: str, out: TextIO, err: TextIO) -> int:
     state = await read_vm_state(api, namespace, name)
-    try:
-        vm = VmView.from_dict(state.vm)
-        vmi = VmiView.from_dict(state.vmi) if state.vmi is not None else None
-    except InvalidObject as error:
-        refusal = ActionRefusal(409, "InvalidObject", f"cannot read VM {namespace}/{name}: {error}")
-        raise ActionFailed(refusal) from error
-    nics = guest_nics(vm, vmi)
+    nics = guest_nics(state.view, state.vmi)
     rows = [("INTERFACE", "MAC", "NETWORK", "GUEST-NAME")]
     rows += [(nic.interface, nic.mac or "(unknown)", nic.network, nic.guest_name) for nic in nics]
     widths = [max(len(row[column]) for row in rows) for column in range(3)]

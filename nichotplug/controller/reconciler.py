@@ -40,7 +40,6 @@ from nichotplug.controller.scope import EVERYWHERE, ControllerScope
 from nichotplug.kube.events import EventRecorder, ObjectRef
 from nichotplug.kube.patch import Conflict, Denied, KubeError, NotFound, get_custom_object, json_patch
 from nichotplug.rules.backfill import (
-    MAC_ANNOTATION,
     BackfillPlan,
     WithheldMac,
     annotation_patch,
@@ -50,6 +49,7 @@ from nichotplug.rules.backfill import (
 from nichotplug.rules.cluster import other_holder_of, owner_scope
 from nichotplug.rules.macindex import MacOwner
 from nichotplug.rules.views import NadView, VmiView, VmView
+from nichotplug.rules.vm_object import OBSERVED_MACS_ANNOTATION
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class MacReconciler:
         ops = annotation_patch(vm, observed)
         if not ops:
             return Outcome.SUCCESS
-        if MAC_ANNOTATION not in vm.annotations:
+        if OBSERVED_MACS_ANNOTATION not in vm.annotations:
             # The cached view keeps only our annotation, so it cannot say whether the VM has any
             # others: plan the first recording from the full object (one GET per VM, once).
             try:
@@ -274,7 +274,8 @@ class MacReconciler:
         if plan.annotation_error:
             metrics.ANNOTATION_ERRORS.inc()
             reports.append((here, "Warning", "InvalidMacAnnotation",
-                            f"{plan.annotation_error}; MACs are not backfilled until it is fixed or the VM runs again"))
+                            f"{plan.annotation_error}; only its valid entries are backfilled until it is fixed "
+                            "or the VM runs again"))
         for mismatch in plan.kept_mismatches:
             reports.append((here, "Warning", "MacMismatch",
                             f"interface {mismatch.interface} keeps its spec MAC {mismatch.spec_mac}; the guest "

@@ -57,13 +57,13 @@ from nichotplug.kube.reflector import (
 )
 from nichotplug.rules.macindex import MacOwner
 from nichotplug.rules.views import (
-    OBSERVED_MACS_ANNOTATION,
     InterfaceView,
     InvalidObject,
     NadView,
     VmiView,
     VmView,
 )
+from nichotplug.rules.vm_object import OBSERVED_MACS_ANNOTATION
 
 __all__ = [  # WatchSettings and the event types stay importable from here, where the view's users find them
     "ADDED",

@@ -208,7 +208,9 @@ _seed_rotation_kinds()
 
 
 @dataclass(frozen=True)
-class Verdict:
+class Assessment:
+    """What :func:`assess` found: the renewal the material needs, and why (for the log and the Event)."""
+
     renewal: Renewal
     reason: str = ""
 
@@ -232,35 +234,35 @@ def _public_key_der(key_or_cert: Any) -> bytes:
     return der
 
 
-def assess(material: TlsMaterial, settings: CertificateSettings, now: datetime.datetime) -> Verdict:
+def assess(material: TlsMaterial, settings: CertificateSettings, now: datetime.datetime) -> Assessment:
     """Whether the material can stay, needs a new serving certificate, or needs a new CA (pure)."""
     try:
         ca_cert = x509.load_pem_x509_certificates(material.ca_bundle_pem)[0]
         ca_key = serialization.load_pem_private_key(material.ca_key_pem, password=None)
     except ValueError as exc:
-        return Verdict(Renewal.CA, f"the CA in the Secret is unreadable: {exc}")
+        return Assessment(Renewal.CA, f"the CA in the Secret is unreadable: {exc}")
     if _public_key_der(ca_key) != _public_key_der(ca_cert):
-        return Verdict(Renewal.CA, "ca.key does not belong to the CA certificate")
+        return Assessment(Renewal.CA, "ca.key does not belong to the CA certificate")
     if _nearly_expired(ca_cert, now, settings.rotate_fraction):
-        return Verdict(Renewal.CA, f"the CA expires at {ca_cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}")
+        return Assessment(Renewal.CA, f"the CA expires at {ca_cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}")
     try:
         cert = x509.load_pem_x509_certificate(material.cert_pem)
         key = serialization.load_pem_private_key(material.key_pem, password=None)
         cert.verify_directly_issued_by(ca_cert)
     except (ValueError, TypeError) as exc:
-        return Verdict(Renewal.SERVING, f"the serving certificate is unreadable or not from the CA: {exc}")
+        return Assessment(Renewal.SERVING, f"the serving certificate is unreadable or not from the CA: {exc}")
     except Exception as exc:  # cryptography's InvalidSignature is not a ValueError
-        return Verdict(Renewal.SERVING, f"the serving certificate is not signed by the CA: {exc!r}")
+        return Assessment(Renewal.SERVING, f"the serving certificate is not signed by the CA: {exc!r}")
     if _public_key_der(key) != _public_key_der(cert):
-        return Verdict(Renewal.SERVING, "tls.key does not belong to tls.crt")
+        return Assessment(Renewal.SERVING, "tls.key does not belong to tls.crt")
     missing = set(settings.dns_names) | set(settings.ip_addresses)
     missing -= _san_names(cert)
     if missing:
-        return Verdict(Renewal.SERVING, f"the serving certificate does not cover {sorted(missing)}")
+        return Assessment(Renewal.SERVING, f"the serving certificate does not cover {sorted(missing)}")
     if _nearly_expired(cert, now, settings.rotate_fraction):
-        return Verdict(Renewal.SERVING,
+        return Assessment(Renewal.SERVING,
                        f"the serving certificate expires at {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}")
-    return Verdict(Renewal.KEEP)
+    return Assessment(Renewal.KEEP)
 
 
 def _still_valid_cas(bundle_pem: bytes, now: datetime.datetime) -> list[bytes]:
@@ -356,27 +358,27 @@ class CertificateManager:
                 if created is not None:
                     return created
                 continue  # another replica won the race: use its Secret
-            material, verdict = self._assess_secret(secret)
-            if verdict.renewal is Renewal.KEEP and material is not None:
+            material, assessment = self._assess_secret(secret)
+            if assessment.renewal is Renewal.KEEP and material is not None:
                 return material
             log.info("renewing certificate in Secret %s/%s: %s", self.settings.namespace,
-                     self.settings.secret_name, verdict.reason)
-            renewed = renew(material, verdict.renewal, self.settings, _now())
-            if verdict.renewal is Renewal.CA:
+                     self.settings.secret_name, assessment.reason)
+            renewed = renew(material, assessment.renewal, self.settings, _now())
+            if assessment.renewal is Renewal.CA:
                 # Trust the new CA before any replica can serve a certificate signed by it.
                 await self._sync_ca_bundles(renewed.ca_bundle_b64())
             updated = await self._update_secret(secret, renewed)
             if updated is not None:
-                CERT_ROTATIONS.labels(kind=verdict.renewal.value).inc()
+                CERT_ROTATIONS.labels(kind=assessment.renewal.value).inc()
                 return updated
         raise CertificateError(f"Secret {self.settings.namespace}/{self.settings.secret_name} kept changing "
                                "under us; giving up this pass")
 
-    def _assess_secret(self, secret: Mapping[str, Any]) -> tuple[TlsMaterial | None, Verdict]:
+    def _assess_secret(self, secret: Mapping[str, Any]) -> tuple[TlsMaterial | None, Assessment]:
         try:
             material = TlsMaterial.from_secret_data(secret.get("data"))
         except ValueError as exc:
-            return None, Verdict(Renewal.CA, str(exc))
+            return None, Assessment(Renewal.CA, str(exc))
         return material, assess(material, self.settings, _now())
 
     async def _read_secret(self) -> dict[str, Any] | None:

@@ -31,13 +31,27 @@ def running_in_cluster() -> bool:
     return bool(os.environ.get(SERVICE_HOST_ENV)) and (SERVICE_ACCOUNT_DIR / "token").is_file()
 
 
-def _kubeconfig_candidates(explicit: str | os.PathLike[str] | None) -> list[Path]:
-    """The kubeconfig files to consider, in order: the explicit one, else those of ``$KUBECONFIG``."""
-    if explicit is not None:
+def kubeconfig_candidates(explicit: str | os.PathLike[str] | None, *, home: bool = True) -> list[Path]:
+    """The kubeconfig files to consider, in kubectl's order: the explicit one, else those of
+    ``$KUBECONFIG``, then (with ``home``) ``~/.kube/config``. The first that exists is the one read."""
+    if explicit:
         return [Path(explicit)]
     from_env = os.environ.get("KUBECONFIG", "")
     # $KUBECONFIG may list several files; the first existing one holds the context we use.
-    return [Path(p) for p in from_env.split(os.pathsep) if p]
+    candidates = [Path(p) for p in from_env.split(os.pathsep) if p]
+    return [*candidates, Path.home() / ".kube" / "config"] if home else candidates
+
+
+def find_kubeconfig(explicit: str | os.PathLike[str] | None, *, home: bool = True) -> Path | None:
+    """The first existing file of :func:`kubeconfig_candidates`, or None."""
+    return next((path for path in kubeconfig_candidates(explicit, home=home) if path.is_file()), None)
+
+
+def bearer_credential(value: str) -> str | None:
+    """The token of an ``Authorization`` value ``Bearer <token>`` (scheme in any case; "" when the token
+    is missing), or None when the value names another scheme or none."""
+    scheme, _, token = value.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
 
 
 async def load_api_client(
@@ -50,27 +64,25 @@ async def load_api_client(
     :class:`KubeConfigError` naming the places tried when none works. The caller owns the client and
     must ``await client.close()``.
     """
-    candidates = _kubeconfig_candidates(kubeconfig)
-    existing = [path for path in candidates if path.is_file()]
+    found = find_kubeconfig(kubeconfig, home=False)
     configuration = Configuration()
-    if not existing and kubeconfig is None and running_in_cluster():
+    if found is None and kubeconfig is None and running_in_cluster():
         kube_config.load_incluster_config(  # type: ignore[no-untyped-call]
             client_configuration=configuration, token_filename=str(SERVICE_ACCOUNT_DIR / "token"),
             cert_filename=str(SERVICE_ACCOUNT_DIR / "ca.crt"))
         return ApiClient(configuration=configuration)
-    if not existing and kubeconfig is None:
-        candidates.append(Path.home() / ".kube" / "config")
-        existing = [path for path in candidates if path.is_file()]
-    if not existing:
-        tried = ", ".join(str(path) for path in candidates)
+    if found is None and kubeconfig is None:
+        found = find_kubeconfig(None)
+    if found is None:
+        tried = ", ".join(str(path) for path in kubeconfig_candidates(kubeconfig))
         raise KubeConfigError(f"no Kubernetes credentials: not in a pod and no kubeconfig at {tried}")
     try:
         await kube_config.load_kube_config(
-            config_file=str(existing[0]), context=context,
+            config_file=str(found), context=context,
             client_configuration=configuration, persist_config=False,
         )
     except kube_config.ConfigException as exc:
-        raise KubeConfigError(f"kubeconfig {existing[0]}: {exc}") from exc
+        raise KubeConfigError(f"kubeconfig {found}: {exc}") from exc
     return ApiClient(configuration=configuration)
 
 
@@ -80,8 +92,8 @@ def api_client_with_token(base: ApiClient, token: str) -> ApiClient:
     Client certificates, basic auth and token-refresh hooks of ``base`` are dropped: the request
     must carry the caller's identity and nothing of ours. The caller must close the returned client.
     """
-    scheme, _, rest = token.strip().partition(" ")
-    token = rest.strip() if scheme.lower() == "bearer" else token.strip()
+    credential = bearer_credential(token)  # a bare token is accepted too
+    token = token.strip() if credential is None else credential
     if not token:
         raise ValueError("an empty bearer token cannot authenticate anyone")
     configuration: Configuration = copy.deepcopy(base.configuration)

@@ -21,6 +21,8 @@ import jsonpatch
 from kubernetes_asyncio.client import ApiClient, CustomObjectsApi
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from nichotplug.rules.jsonpatch import resource_version_test as rules_resource_version_test
+
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 PATCH_OPS = frozenset({"add", "remove", "replace", "move", "copy", "test"})
@@ -141,7 +143,7 @@ def resource_version_test(resource_version: str) -> dict[str, Any]:
     """The JSON Patch op that makes a patch fail if the object changed since ``resource_version``."""
     if not resource_version:
         raise ValueError("a resourceVersion test needs the resourceVersion the change was based on")
-    return {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version}
+    return rules_resource_version_test(resource_version)
 
 
 def _options(dry_run: bool, request_timeout: float, content_type: str | None = None) -> dict[str, Any]:

@@ -20,8 +20,9 @@ from types import MappingProxyType
 from typing import Any, NamedTuple, TypeAlias, TypeVar
 
 from nichotplug.rules.mac import InvalidMac, mac_number, normalize_mac
-from nichotplug.rules.macindex import MacOwner
-from nichotplug.rules.views import OBSERVED_MACS_ANNOTATION, InterfaceView, NetworkView, VmiView, VmView
+from nichotplug.rules.macindex import MacOwner, claimed_mac
+from nichotplug.rules.views import InterfaceView, NetworkView, VmiView, VmView
+from nichotplug.rules.vm_object import OBSERVED_MACS_ANNOTATION
 
 # (namespace, name): how every cached object is found; a VM and its VMI share one tuple.
 Key: TypeAlias = tuple[str, str]
@@ -140,15 +141,16 @@ class VmShape:
     """
 
     namespace: str
-    labels: Mapping[str, str]
     deleting: bool
-    running: bool
-    run_strategy: str
-    printable_status: str
+    # the spec: interfaces, their networks and NADs, the names the observed-MAC map has
     interfaces: tuple[InterfaceView, ...]
     networks: tuple[NetworkView, ...]
     nads: tuple[tuple[str, str] | None, ...]
     observed_names: tuple[str, ...]
+    labels: Mapping[str, str]
+    run_strategy: str
+    running: bool
+    printable_status: str
     node_selector: Mapping[str, str]
     has_host_devices: bool
     guest_memory_bytes: int | None
@@ -212,16 +214,9 @@ class VmRecord:
         observed = self.observed_parts()[1]
         claims: list[tuple[int, int]] = []
         for index, (template, text) in enumerate(zip(self.shape.interfaces, spec, strict=True)):
-            if text:
-                try:
-                    mac = normalize_mac(text)
-                except InvalidMac:
-                    continue  # validation refuses it on the next write; nothing can collide with it
-            else:
-                mac = observed.get(template.name, "")
-                if not mac:
-                    continue
-            claims.append((mac_number(mac), index))
+            mac = claimed_mac(text, observed, template.name)
+            if mac:
+                claims.append((mac_number(mac), index))
         return claims
 
     def interfaces_using(self, number: int) -> list[int]:
@@ -267,12 +262,12 @@ class VmiShape:
 
     namespace: str
     deleting: bool
+    mac_names: tuple[str, ...]  # the interfaces of ``interface_macs``, in order
     phase: str
     ready: bool
     live_migratable: bool | None
     live_migratable_reason: str
     migration_in_flight: bool
-    mac_names: tuple[str, ...]  # the interfaces of ``interface_macs``, in order
 
 
 class VmiRecord:

@@ -7,7 +7,7 @@ The names below are the public API the adapters use.
 
 from nichotplug.rules.admission import AdmissionInput, hotplug_port_budget, mutate_vm, validate_vm
 from nichotplug.rules.cluster import ClusterState, MacOwner, StaticCluster, owner_scope
-from nichotplug.rules.decision import REASONS, Decision, JsonPatchOp
+from nichotplug.rules.decision import REASONS, Decision
 from nichotplug.rules.diff import InterfaceDiff, diff_interfaces
 from nichotplug.rules.eligibility import (
     eligibility_findings,
@@ -18,6 +18,7 @@ from nichotplug.rules.eligibility import (
     unplug_network_note,
     unplug_problem,
 )
+from nichotplug.rules.jsonpatch import JsonPatchOp
 from nichotplug.rules.mac import InvalidMac, check_unicast_mac, generate_mac, normalize_mac
 from nichotplug.rules.macindex import MacIndex
 from nichotplug.rules.nad import NadVerdict, nad_verdict

@@ -14,8 +14,10 @@ that in two steps, both planned here as JSON Patch ops (data, never text):
    its annotation: a clash that predates nichotplug, or a copied annotation). Such an interface is
    *withheld*: it stays empty, so the mutating webhook gives it a fresh MAC at the next start, and
    the other interfaces are still written. A MAC already in the spec is never overwritten; a
-   different recorded MAC is reported as a mismatch, a name with no recorded MAC as "not observed",
-   an annotation that does not parse as an error — all data for the caller to log and turn into Events.
+   different recorded MAC is reported as a mismatch, a name with no recorded MAC as "not observed".
+   An annotation that is partly bad is read as ``rules.observed_macs`` reads it everywhere: its valid
+   entries are backfilled and the rest is reported as an error — all data for the caller to log and
+   turn into Events.
 
 Every write starts with a ``test`` of ``/metadata/resourceVersion`` (so a concurrent edit makes the
 write fail instead of being overwritten), and backfill ops also ``test`` the interface name at the
@@ -28,36 +30,33 @@ The functions take a VM as a plain Kubernetes dict or as any view with the attri
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from nichotplug.rules.jsonpatch import JsonPatchOp, resource_version_test
 from nichotplug.rules.mac import InvalidMac, normalize_mac
 from nichotplug.rules.macindex import MacOwner
+from nichotplug.rules.observed_macs import encode_observed_macs, parse_observed_macs
+from nichotplug.rules.vm_object import INTERFACES_POINTER, OBSERVED_MACS_ANNOTATION, OBSERVED_MACS_POINTER
 
 __all__ = [
     "MAC_ANNOTATION",
+    "BackfillFacts",
     "BackfillPlan",
     "MacHolder",
     "MacMismatch",
-    "VmFacts",
     "WithheldMac",
     "annotation_patch",
-    "encode_observed_macs",
+    "backfill_facts",
     "is_halted",
     "observed_macs",
-    "parse_observed_macs",
     "plan_backfill",
-    "vm_facts",
 ]
 
-MAC_ANNOTATION = "harvesterhci.io/mac-address"
-# JSON Pointer escaping (RFC 6901): '~' -> '~0', '/' -> '~1'.
-_ANNOTATION_POINTER = "/metadata/annotations/" + MAC_ANNOTATION.replace("~", "~0").replace("/", "~1")
-_INTERFACES_POINTER = "/spec/template/spec/domain/devices/interfaces"
-
-JsonPatchOp = dict[str, Any]
+# The same constant under the name benchmarks/backfill.py imports (kept out of the benchmarks while
+# they are being reworked; new code uses vm_object.OBSERVED_MACS_ANNOTATION).
+MAC_ANNOTATION = OBSERVED_MACS_ANNOTATION
 
 
 class InterfaceLike(Protocol):
@@ -83,7 +82,7 @@ class VmLike(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class VmFacts:
+class BackfillFacts:
     """The few facts about a VM that MAC planning reads, in spec order."""
 
     resource_version: str
@@ -130,7 +129,7 @@ class BackfillPlan:
     backfilled: tuple[tuple[str, str], ...]      # (interface, MAC) the ops write
     kept_mismatches: tuple[MacMismatch, ...]     # spec MACs kept although the annotation differs
     not_observed: tuple[str, ...]                # interfaces lacking a MAC that the annotation lacks
-    annotation_error: str | None                 # why the annotation does not parse, if it does not
+    annotation_error: str | None                 # what of the annotation is not valid (those entries are unused)
     withheld: tuple[WithheldMac, ...] = ()       # recorded MACs another VM holds: left out of the ops
 
 
@@ -138,7 +137,7 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def _facts_from_dict(vm: Mapping[str, Any]) -> VmFacts:
+def _facts_from_dict(vm: Mapping[str, Any]) -> BackfillFacts:
     metadata = _mapping(vm.get("metadata"))
     annotations = _mapping(metadata.get("annotations"))
     spec = _mapping(vm.get("spec"))
@@ -149,8 +148,8 @@ def _facts_from_dict(vm: Mapping[str, Any]) -> VmFacts:
         entry = _mapping(raw)
         name, mac = entry.get("name"), entry.get("macAddress")
         interfaces.append((name if isinstance(name, str) else "", mac if isinstance(mac, str) and mac else None))
-    annotation = annotations.get(MAC_ANNOTATION)
-    return VmFacts(
+    annotation = annotations.get(OBSERVED_MACS_ANNOTATION)
+    return BackfillFacts(
         resource_version=str(metadata.get("resourceVersion") or ""),
         annotation=annotation if isinstance(annotation, str) else None,
         has_annotations=bool(annotations),
@@ -159,10 +158,10 @@ def _facts_from_dict(vm: Mapping[str, Any]) -> VmFacts:
     )
 
 
-def _facts_from_view(vm: VmLike) -> VmFacts:
+def _facts_from_view(vm: VmLike) -> BackfillFacts:
     annotations = vm.annotations or {}
-    annotation = annotations.get(MAC_ANNOTATION)
-    return VmFacts(
+    annotation = annotations.get(OBSERVED_MACS_ANNOTATION)
+    return BackfillFacts(
         resource_version=vm.resource_version or "",
         annotation=annotation if isinstance(annotation, str) else None,
         has_annotations=True if annotation is not None else None,
@@ -171,18 +170,18 @@ def _facts_from_view(vm: VmLike) -> VmFacts:
     )
 
 
-def vm_facts(vm: Mapping[str, Any] | VmLike | VmFacts) -> VmFacts:
+def backfill_facts(vm: Mapping[str, Any] | VmLike | BackfillFacts) -> BackfillFacts:
     """The planning facts of a VM dict or view."""
-    if isinstance(vm, VmFacts):
+    if isinstance(vm, BackfillFacts):
         return vm
     if isinstance(vm, Mapping):
         return _facts_from_dict(vm)
     return _facts_from_view(vm)
 
 
-def is_halted(vm: Mapping[str, Any] | VmLike | VmFacts) -> bool:
+def is_halted(vm: Mapping[str, Any] | VmLike | BackfillFacts) -> bool:
     """Whether the VM is asked to stay stopped: ``runStrategy: Halted`` or ``running: false``."""
-    return vm_facts(vm).halted
+    return backfill_facts(vm).halted
 
 
 def _same_mac(left: str, right: str) -> bool:
@@ -190,33 +189,6 @@ def _same_mac(left: str, right: str) -> bool:
         return normalize_mac(left) == normalize_mac(right)
     except InvalidMac:
         return left == right
-
-
-def parse_observed_macs(text: str | None) -> dict[str, str]:
-    """The annotation as name -> normalised MAC; ``{}`` when absent; ValueError saying what is wrong."""
-    if text is None:
-        return {}
-    try:
-        decoded = json.loads(text)
-    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than Python's stack
-        raise ValueError(f"annotation {MAC_ANNOTATION} is not JSON ({exc}): {text[:200]!r}") from None
-    if not isinstance(decoded, dict):
-        raise ValueError(f"annotation {MAC_ANNOTATION} must be a JSON object of interface name to MAC, "
-                         f"not {type(decoded).__name__}: {text[:200]!r}")
-    macs: dict[str, str] = {}
-    for name, mac in decoded.items():
-        if not isinstance(mac, str):
-            raise ValueError(f"annotation {MAC_ANNOTATION}: the MAC of interface {name!r} is not a string")
-        try:
-            macs[name] = normalize_mac(mac)
-        except InvalidMac as exc:
-            raise ValueError(f"annotation {MAC_ANNOTATION}, interface {name!r}: {exc}") from None
-    return macs
-
-
-def encode_observed_macs(macs: Mapping[str, str]) -> str:
-    """The annotation text: compact JSON, keys sorted so equal maps give equal text."""
-    return json.dumps(dict(macs), separators=(",", ":"), sort_keys=True)
 
 
 def _pairs_from_vmi(vmi: Any) -> Iterable[tuple[Any, Any]]:
@@ -246,65 +218,55 @@ def observed_macs(vmi: Any) -> dict[str, str]:
     return macs
 
 
-def _resource_version_test(resource_version: str) -> JsonPatchOp:
-    return {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version}
-
-
 def annotation_patch(
-    vm: Mapping[str, Any] | VmLike | VmFacts, observed: Mapping[str, str],
+    vm: Mapping[str, Any] | VmLike | BackfillFacts, observed: Mapping[str, str],
 ) -> list[JsonPatchOp] | None:
     """The ops that make the VM's annotation record ``observed``, or None when nothing would change.
 
-    Recorded names absent from ``observed`` are kept while the VM spec still has that interface; an
-    annotation that does not parse is replaced. ``observed`` empty never writes (nothing learnt).
+    Recorded names absent from ``observed`` are kept while the VM spec still has that interface;
+    entries that are not valid MACs are dropped. ``observed`` empty never writes (nothing learnt).
     When it is unknown whether the VM has any annotations (a slim view without ours), the op adds
     our key under an ``/metadata/annotations`` assumed to exist: if it does not, the API server
     refuses the patch (422) and nothing is lost; plan from the full object then.
     """
-    facts = vm_facts(vm)
+    facts = backfill_facts(vm)
     if not observed or not facts.resource_version:
         return None
-    try:
-        current: dict[str, str] | None = parse_observed_macs(facts.annotation)
-    except ValueError:
-        current = None
+    current, error = parse_observed_macs(facts.annotation)
     spec_names = {name for name, _ in facts.interfaces}
-    wanted = {name: mac for name, mac in (current or {}).items() if name in spec_names}
+    wanted = {name: mac for name, mac in current.items() if name in spec_names}
     for name, mac in observed.items():
         try:
             wanted[name] = normalize_mac(mac)
         except InvalidMac:
             continue
-    if not wanted or (current is not None and facts.annotation is not None and wanted == current):
+    if not wanted or (not error and wanted == current):
         return None
     text = encode_observed_macs(wanted)
     if facts.has_annotations is not False:
-        write: JsonPatchOp = {"op": "add", "path": _ANNOTATION_POINTER, "value": text}
+        write: JsonPatchOp = {"op": "add", "path": OBSERVED_MACS_POINTER, "value": text}
     else:
-        write = {"op": "add", "path": "/metadata/annotations", "value": {MAC_ANNOTATION: text}}
-    return [_resource_version_test(facts.resource_version), write]
+        write = {"op": "add", "path": "/metadata/annotations", "value": {OBSERVED_MACS_ANNOTATION: text}}
+    return [resource_version_test(facts.resource_version), write]
 
 
-def _empty_plan(annotation_error: str | None = None) -> BackfillPlan:
-    return BackfillPlan(ops=(), backfilled=(), kept_mismatches=(), not_observed=(),
-                        annotation_error=annotation_error)
+def _empty_plan() -> BackfillPlan:
+    return BackfillPlan(ops=(), backfilled=(), kept_mismatches=(), not_observed=(), annotation_error=None)
 
 
-def plan_backfill(vm: Mapping[str, Any] | VmLike | VmFacts, holder: MacHolder = _nobody) -> BackfillPlan:
+def plan_backfill(vm: Mapping[str, Any] | VmLike | BackfillFacts, holder: MacHolder = _nobody) -> BackfillPlan:
     """The backfill of a halted VM; an empty plan for a VM that is not halted.
 
     Only interfaces without a spec MAC are written, each with its recorded MAC unless ``holder``
-    names another VM holding that MAC on the interface's cluster network (then it is withheld). The
+    names another VM holding that MAC on the interface's cluster network (then it is withheld). An
+    annotation entry that is not a valid MAC is unused and named in ``annotation_error``. The
     ops are ``test`` resourceVersion, then per written interface a ``test`` of its name and an
     ``add`` of its ``macAddress``.
     """
-    facts = vm_facts(vm)
+    facts = backfill_facts(vm)
     if not facts.halted:
         return _empty_plan()
-    try:
-        recorded = parse_observed_macs(facts.annotation)
-    except ValueError as exc:
-        return _empty_plan(annotation_error=str(exc))
+    recorded, annotation_error = parse_observed_macs(facts.annotation)
     ops: list[JsonPatchOp] = []
     backfilled: list[tuple[str, str]] = []
     mismatches: list[MacMismatch] = []
@@ -325,13 +287,14 @@ def plan_backfill(vm: Mapping[str, Any] | VmLike | VmFacts, holder: MacHolder = 
         if other is not None:
             withheld.append(WithheldMac(name, observed, other))
             continue
-        pointer = f"{_INTERFACES_POINTER}/{index}"
+        pointer = f"{INTERFACES_POINTER}/{index}"
         ops.append({"op": "test", "path": f"{pointer}/name", "value": name})
         ops.append({"op": "add", "path": f"{pointer}/macAddress", "value": observed})
         backfilled.append((name, observed))
     if ops and facts.resource_version:
-        ops.insert(0, _resource_version_test(facts.resource_version))
+        ops.insert(0, resource_version_test(facts.resource_version))
     else:
         ops, backfilled = [], []  # no resourceVersion to guard the write with: write nothing
     return BackfillPlan(ops=tuple(ops), backfilled=tuple(backfilled), kept_mismatches=tuple(mismatches),
-                        not_observed=tuple(not_observed), annotation_error=None, withheld=tuple(withheld))
+                        not_observed=tuple(not_observed), annotation_error=annotation_error or None,
+                        withheld=tuple(withheld))

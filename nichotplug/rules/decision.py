@@ -10,30 +10,45 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
 
 from nichotplug.rules.eligibility import ELIGIBILITY_REASONS, UNPLUG_REASONS
+from nichotplug.rules.jsonpatch import JsonPatchOp
 
-__all__ = ["ALLOW_REASONS", "DENY_REASONS", "HOTPLUG_REASONS", "REASONS", "Decision", "JsonPatchOp", "status_reason"]
+__all__ = ["ALLOW_REASONS", "DENY_REASONS", "HOTPLUG_REASONS", "REASONS", "Decision", "Reason", "status_reason"]
 
-JsonPatchOp = dict[str, Any]
 
-ALLOW_REASONS = (
-    "allowed",  # a VM write that passed every rule, no hot-plug involved
-    "hotplug-allowed",  # a hot-plug / hot-unplug edit of a running VM that passed every rule
-    "macs-assigned",  # mutation: MACs were added to interfaces that had none
-    "no-change",  # mutation: nothing to add
-    "deleting",  # the object is being deleted: nothing to judge
-    "not-judged",  # not a CREATE or UPDATE
-    "unreadable-object",  # mutation of an object the API server's schema will reject anyway
+class Reason(StrEnum):
+    """The reason slugs of admission decisions (the webhook engine's included); the hot-plug and
+    eligibility slugs are the ``Finding`` reasons of ``rules.eligibility`` and the hot-plug rules."""
+
+    ALLOWED = "allowed"  # a VM write that passed every rule, no hot-plug involved
+    HOTPLUG_ALLOWED = "hotplug-allowed"  # a hot-plug / hot-unplug edit of a running VM that passed every rule
+    MACS_ASSIGNED = "macs-assigned"  # mutation: MACs were added to interfaces that had none
+    NO_CHANGE = "no-change"  # mutation: nothing to add
+    DELETING = "deleting"  # the object is being deleted: nothing to judge
+    NOT_JUDGED = "not-judged"  # not a VirtualMachine CREATE or UPDATE: allowed untouched
+    UNREADABLE_OBJECT = "unreadable-object"  # mutation of an object the API server's schema will reject anyway
+    INVALID_OBJECT = "invalid-object"  # validation: the object cannot be read as a VirtualMachine
+    INVALID_MAC = "invalid-mac"
+    DUPLICATE_MAC = "duplicate-mac"
+    MAC_COLLISION = "mac-collision"
+    INTERNAL_ERROR = "internal-error"  # a rule raised, or no MAC could be generated
+    NOT_SYNCED = "not-synced"  # the webhook's: the cluster view has not finished its first list
+    OTHER = "other"  # the metric's: a slug nobody declared (keeps the label bounded)
+
+
+ALLOW_REASONS: tuple[str, ...] = (
+    Reason.ALLOWED, Reason.HOTPLUG_ALLOWED, Reason.MACS_ASSIGNED, Reason.NO_CHANGE, Reason.DELETING,
+    Reason.NOT_JUDGED, Reason.UNREADABLE_OBJECT,
 )
 HOTPLUG_REASONS = (
     "hotplug-not-virtio", "hotplug-not-bridge", "hotplug-missing-network", "hotplug-pod-network",
     "hotplug-nad-missing", "hotplug-network-not-hotpluggable",
 )
-DENY_REASONS = (
-    "invalid-object", "invalid-mac", "duplicate-mac", "mac-collision",
-    *ELIGIBILITY_REASONS, *HOTPLUG_REASONS, *UNPLUG_REASONS, "internal-error",
+DENY_REASONS: tuple[str, ...] = (
+    Reason.INVALID_OBJECT, Reason.INVALID_MAC, Reason.DUPLICATE_MAC, Reason.MAC_COLLISION,
+    *ELIGIBILITY_REASONS, *HOTPLUG_REASONS, *UNPLUG_REASONS, Reason.INTERNAL_ERROR,
 )
 REASONS = ALLOW_REASONS + DENY_REASONS
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from nichotplug.rules.cluster import ClusterState
 from nichotplug.rules.nad import nad_verdict
-from nichotplug.rules.views import GUEST_CLUSTER_CREATOR, GUEST_CLUSTER_LABEL, InterfaceView, VmiView, VmView
+from nichotplug.rules.views import InterfaceView, VmiView, VmView
+from nichotplug.rules.vm_object import GUEST_CLUSTER_CREATOR, GUEST_CLUSTER_LABEL
 
 __all__ = [
     "ELIGIBILITY_REASONS",

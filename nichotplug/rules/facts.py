@@ -11,17 +11,18 @@ the wrong type with a message, and the fast path must never allow what the gener
 So it checks the JSON type of every field ``VmView.from_dict`` checks, and gives up (returns None)
 on anything it cannot vouch for: a wrong type, an interface or network without a name, a
 non-``dict`` mapping, an object being deleted. The caller then takes the general path, which
-decides as before and words any refusal. Hence the rule: **None means "ask the general path",
+decides and words any refusal. Hence the rule: **None means "ask the general path",
 never "invalid"**. ``tests/rules/test_fast_path.py`` checks on generated VMs that both paths decide
 alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
-from nichotplug.rules.views import OBSERVED_MACS_ANNOTATION, RUNNING_STRATEGIES, observed_macs_error
+from nichotplug.rules.observed_macs import observed_macs_error
+from nichotplug.rules.vm_object import OBSERVED_MACS_ANNOTATION, RUNNING_STRATEGIES
 
 __all__ = ["InterfaceFacts", "VmFacts", "read_vm_facts"]
 
@@ -91,14 +92,20 @@ def _check_strings(value: object) -> None:
         raise _Unsure
 
 
-def _interfaces(devices: dict[str, Any]) -> tuple[InterfaceFacts, ...]:
-    facts = []
-    for item in _array(devices.get("interfaces")):
+def _named_items(value: object) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, item) of an array of objects that each have a name; anything else is for the general path."""
+    for item in _array(value):
         if type(item) is not dict:
             raise _Unsure
         name = item.get("name")
         if type(name) is not str or not name:
             raise _Unsure
+        yield name, item
+
+
+def _interfaces(devices: dict[str, Any]) -> tuple[InterfaceFacts, ...]:
+    facts = []
+    for name, item in _named_items(devices.get("interfaces")):
         _text(item.get("model"))
         facts.append(InterfaceFacts(name, _text(item.get("macAddress")), _text(item.get("state"))))
     return tuple(facts)
@@ -107,12 +114,7 @@ def _interfaces(devices: dict[str, Any]) -> tuple[InterfaceFacts, ...]:
 def _nads(template_spec: dict[str, Any], vm_namespace: str) -> dict[str, NadRef]:
     """Network name -> NAD; like ``NetworkView``, a ``networkName`` without namespace is the VM's."""
     nads: dict[str, NadRef] = {}
-    for item in _array(template_spec.get("networks")):
-        if type(item) is not dict:
-            raise _Unsure
-        name = item.get("name")
-        if type(name) is not str or not name:
-            raise _Unsure
+    for name, item in _named_items(template_spec.get("networks")):
         if "multus" in item:
             multus = _obj(item["multus"]) or {}
             namespace, slash, nad_name = _text(multus.get("networkName")).partition("/")

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from nichotplug.rules.mac import InvalidMac, mac_number, normalize_mac
 from nichotplug.rules.views import VmView
 
-__all__ = ["MacIndex", "MacOwner", "vm_mac_claims"]
+__all__ = ["MacIndex", "MacOwner", "claimed_mac", "vm_mac_claims"]
 
 
 class MacOwner(NamedTuple):
@@ -33,6 +33,20 @@ class MacOwner(NamedTuple):
     nad: tuple[str, str] | None
 
 
+def claimed_mac(spec_mac: str, recorded: Mapping[str, str], interface: str) -> str:
+    """The normalised MAC an interface uses: its spec MAC, else the one recorded for it; "" for none.
+
+    An unreadable spec MAC claims nothing: validation refuses it on the next write, so nothing can
+    collide with it.
+    """
+    if not spec_mac:
+        return recorded.get(interface, "")
+    try:
+        return normalize_mac(spec_mac)
+    except InvalidMac:
+        return ""
+
+
 def vm_mac_claims(vm: VmView) -> Iterator[tuple[str, MacOwner]]:
     """(normalised MAC, owner) for every MAC the VM uses; unreadable spec MACs are skipped.
 
@@ -42,16 +56,9 @@ def vm_mac_claims(vm: VmView) -> Iterator[tuple[str, MacOwner]]:
     namespace = sys.intern(vm.namespace)
     name = vm.name
     for interface in vm.interfaces:
-        mac = interface.mac
-        if mac:
-            try:
-                mac = normalize_mac(mac)
-            except InvalidMac:
-                continue  # validation refuses it on the next write; nothing can collide with it
-        else:
-            mac = vm.observed_macs.get(interface.name, "")
-            if not mac:
-                continue
+        mac = claimed_mac(interface.mac, vm.observed_macs, interface.name)
+        if not mac:
+            continue
         network = vm.network(interface.name)
         nad = _shared_nad(network.nad) if network is not None and network.nad is not None else None
         yield mac, MacOwner(namespace, name, sys.intern(interface.name), nad)

@@ -15,24 +15,25 @@ interface is wrong); the observed-MAC annotation and VMI status MACs are normali
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, TypeVar
 
-import orjson
-
-from nichotplug.rules.mac import CANONICAL_MAC_PATTERN, InvalidMac, are_macs, normalize_mac
+from nichotplug.rules.mac import InvalidMac, normalize_mac
+from nichotplug.rules.observed_macs import observed_macs_error, parse_observed_macs
+from nichotplug.rules.vm_object import (
+    BINDING_KEYS,
+    CLUSTER_NETWORK_LABEL,
+    INTERFACES_FIELD,
+    NETWORKS_FIELD,
+    OBSERVED_MACS_ANNOTATION,
+    RUNNING_STRATEGIES,
+)
 
 __all__ = [
-    "BINDING_KEYS",
-    "CLUSTER_NETWORK_LABEL",
-    "GUEST_CLUSTER_CREATOR",
-    "GUEST_CLUSTER_LABEL",
-    "OBSERVED_MACS_ANNOTATION",
-    "RUNNING_STRATEGIES",
+    "OBSERVED_MACS_ANNOTATION",  # also here for the webhook's fast decoder
     "InterfaceView",
     "InvalidObject",
     "NadView",
@@ -40,34 +41,13 @@ __all__ = [
     "VmMetadata",
     "VmView",
     "VmiView",
-    "observed_macs_error",
-    "parse_observed_macs",
     "parse_quantity",
     "read_vm_metadata",
 ]
 
-OBSERVED_MACS_ANNOTATION = "harvesterhci.io/mac-address"
-CLUSTER_NETWORK_LABEL = "network.harvesterhci.io/clusternetwork"
-GUEST_CLUSTER_LABEL = "harvesterhci.io/creator"
-GUEST_CLUSTER_CREATOR = "docker-machine-driver-harvester"
-
-# KubeVirt's interface binding methods; an interface names exactly one of them as a key.
-BINDING_KEYS = ("bridge", "masquerade", "sriov", "slirp", "passt", "macvtap", "binding")
-
-# Run strategies under which the VM controller keeps (or starts) a VMI.
-RUNNING_STRATEGIES = frozenset({"Always", "RerunOnFailure", "Once"})
-
 _EMPTY: Mapping[str, Any] = {}
 
 
-def _compact_mac_map_pattern() -> re.Pattern[str]:
-    """The observed-MAC annotation exactly as our controller writes it: a compact JSON object of plain
-    names to MACs in the normal form. Matching it proves the annotation parses, in one regex call."""
-    entry = rf'"[^"\\\x00-\x1f]*":"{CANONICAL_MAC_PATTERN}"'
-    return re.compile(rf"\{{(?:{entry}(?:,{entry})*)?\}}")
-
-
-_COMPACT_MAC_MAP = _compact_mac_map_pattern()
 _Item = TypeVar("_Item")
 
 
@@ -150,6 +130,13 @@ def _metadata(obj: object, kind: str) -> Mapping[str, Any]:
     return _mapping(obj.get("metadata"), "metadata")
 
 
+def _identity(metadata: Mapping[str, Any], namespace: str) -> tuple[str, str, bool]:
+    """(namespace, name, being deleted) of an object; ``namespace`` when its metadata names none."""
+    return (_str(metadata.get("namespace"), "metadata.namespace") or namespace,
+            _str(metadata.get("name"), "metadata.name"),
+            metadata.get("deletionTimestamp") is not None)
+
+
 # -- quantities and annotations -------------------------------------------------------------------
 
 _QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:([eE][-+]?[0-9]+)|(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?)")
@@ -179,50 +166,6 @@ def _parse_quantity_text(text: str) -> int | None:
     if exponent is not None:
         return int(float(number + exponent))
     return int(float(number) * _SUFFIX_FACTORS[suffix])
-
-
-def parse_observed_macs(text: str) -> tuple[Mapping[str, str], str]:
-    """Parse the observed-MAC annotation into (interface name -> normalised MAC, error text).
-
-    Entries that are not valid MACs are dropped and named in the error; a value that is not a JSON
-    object of strings gives no MACs and an error. An empty annotation is no MACs and no error.
-    """
-    if not text:
-        return _EMPTY, ""
-    try:
-        decoded = orjson.loads(text)  # ~5x faster than json; every VM write reads this annotation
-    except orjson.JSONDecodeError:
-        # What orjson refuses, the standard module may still read (NaN, lone surrogates, huge
-        # integers); it decides, so both parsers give the same verdict and the same message.
-        try:
-            decoded = json.loads(text)
-        except (ValueError, RecursionError) as error:  # RecursionError: nested deeper than Python's stack
-            return _EMPTY, f"annotation {OBSERVED_MACS_ANNOTATION} is not valid JSON ({error})"
-    if not isinstance(decoded, dict):
-        return _EMPTY, f"annotation {OBSERVED_MACS_ANNOTATION} must be a JSON object of interface name to MAC"
-    macs: dict[str, str] = {}
-    bad: list[str] = []
-    for name, mac in decoded.items():
-        try:
-            macs[name] = normalize_mac(mac)
-        except InvalidMac:
-            bad.append(name)
-    if bad:
-        return macs, f"annotation {OBSERVED_MACS_ANNOTATION} has no valid MAC for interface(s) {', '.join(bad)}"
-    return macs, ""
-
-
-def observed_macs_error(text: str) -> str:
-    """``parse_observed_macs(text)[1]`` alone, for validation: it needs the error, not the MACs."""
-    if not text or _COMPACT_MAC_MAP.fullmatch(text):
-        return ""  # checked on every VM write: the usual spelling needs no parse
-    try:
-        decoded = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return parse_observed_macs(text)[1]
-    if type(decoded) is dict and are_macs(decoded.values()):
-        return ""
-    return parse_observed_macs(text)[1]  # something is wrong: let the parser word it
 
 
 # -- views --------------------------------------------------------------------------------------
@@ -310,17 +253,15 @@ def _items(items: list[Any], read: Callable[[object], _Item], path: str) -> tupl
         raise  # pragma: no cover - a read that fails must fail again on the same item
 
 
-_INTERFACES_PATH = "spec.template.spec.domain.devices.interfaces"
-_NETWORKS_PATH = "spec.template.spec.networks"
 
 
 def _interfaces(devices: Mapping[str, Any]) -> tuple[InterfaceView, ...]:
-    return _items(_list(devices.get("interfaces"), _INTERFACES_PATH), InterfaceView.from_dict, _INTERFACES_PATH)
+    return _items(_list(devices.get("interfaces"), INTERFACES_FIELD), InterfaceView.from_dict, INTERFACES_FIELD)
 
 
 def _networks(template_spec: Mapping[str, Any], namespace: str) -> tuple[NetworkView, ...]:
-    return _items(_list(template_spec.get("networks"), _NETWORKS_PATH),
-                  lambda item: NetworkView.from_dict(item, namespace), _NETWORKS_PATH)
+    return _items(_list(template_spec.get("networks"), NETWORKS_FIELD),
+                  lambda item: NetworkView.from_dict(item, namespace), NETWORKS_FIELD)
 
 
 def _guest_memory(domain: Mapping[str, Any]) -> int | None:
@@ -391,7 +332,7 @@ class VmView:
         """Read a VirtualMachine; ``namespace`` is used when the object's metadata has none."""
         metadata = _metadata(obj, "VirtualMachine")
         assert isinstance(obj, Mapping)  # checked by _metadata; tells the type checker
-        vm_namespace = _str(metadata.get("namespace"), "metadata.namespace") or namespace
+        vm_namespace, name, deleting = _identity(metadata, namespace)
         annotations = _str_map(metadata.get("annotations"), "metadata.annotations")
         spec = _mapping(obj.get("spec"), "spec")
         template_spec = _mapping(_mapping(spec.get("template"), "spec.template").get("spec"), "spec.template.spec")
@@ -402,12 +343,12 @@ class VmView:
         status = _mapping(obj.get("status"), "status")
         return cls(
             namespace=vm_namespace,
-            name=_str(metadata.get("name"), "metadata.name"),
+            name=name,
             uid=_str(metadata.get("uid"), "metadata.uid"),
             resource_version=_str(metadata.get("resourceVersion"), "metadata.resourceVersion"),
             labels=_str_map(metadata.get("labels"), "metadata.labels"),
             annotations=annotations,
-            deleting=metadata.get("deletionTimestamp") is not None,
+            deleting=deleting,
             running=run_strategy in RUNNING_STRATEGIES,
             run_strategy=run_strategy,
             printable_status=_str(status.get("printableStatus"), "status.printableStatus"),
@@ -440,13 +381,8 @@ def read_vm_metadata(obj: object, *, namespace: str = "") -> VmMetadata:
     """Read only a VirtualMachine's metadata (cheap: for writes that leave the spec as it was)."""
     metadata = _metadata(obj, "VirtualMachine")
     annotations = _str_map(metadata.get("annotations"), "metadata.annotations")
-    _observed, observed_error = parse_observed_macs(annotations.get(OBSERVED_MACS_ANNOTATION, ""))
-    return VmMetadata(
-        namespace=_str(metadata.get("namespace"), "metadata.namespace") or namespace,
-        name=_str(metadata.get("name"), "metadata.name"),
-        deleting=metadata.get("deletionTimestamp") is not None,
-        observed_macs_error=observed_error,
-    )
+    return VmMetadata(*_identity(metadata, namespace),
+                      observed_macs_error=observed_macs_error(annotations.get(OBSERVED_MACS_ANNOTATION, "")))
 
 
 def _condition(conditions: list[Any], kind: str) -> Mapping[str, Any] | None:
@@ -533,10 +469,11 @@ class VmiView:
             reason = ": ".join(part for part in parts if part)
         migration = status.get("migrationState")
         migration_state = _mapping(migration, "status.migrationState")
+        vmi_namespace, name, deleting = _identity(metadata, namespace)
         return cls(
-            namespace=_str(metadata.get("namespace"), "metadata.namespace") or namespace,
-            name=_str(metadata.get("name"), "metadata.name"),
-            deleting=metadata.get("deletionTimestamp") is not None,
+            namespace=vmi_namespace,
+            name=name,
+            deleting=deleting,
             phase=_str(status.get("phase"), "status.phase"),
             ready=ready is not None and ready.get("status") == "True",
             live_migratable=_condition_truth(migratable),
@@ -570,12 +507,6 @@ class NadView:
         metadata = _metadata(obj, "NetworkAttachmentDefinition")
         assert isinstance(obj, Mapping)
         labels = _str_map(metadata.get("labels"), "metadata.labels")
-        spec = _mapping(obj.get("spec"), "spec")
-        return cls(
-            namespace=_str(metadata.get("namespace"), "metadata.namespace") or namespace,
-            name=_str(metadata.get("name"), "metadata.name"),
-            labels=labels,
-            deleting=metadata.get("deletionTimestamp") is not None,
-            config=_str(spec.get("config"), "spec.config"),
-            cluster_network=labels.get(CLUSTER_NETWORK_LABEL, ""),
-        )
+        nad_namespace, name, deleting = _identity(metadata, namespace)
+        config = _str(_mapping(obj.get("spec"), "spec").get("config"), "spec.config")
+        return cls(nad_namespace, name, labels, deleting, config, labels.get(CLUSTER_NETWORK_LABEL, ""))

@@ -1,11 +1,17 @@
 """Decode an AdmissionReview body, encode the answer.
 
-Two kinds of failure exist for a webhook (as in controller-runtime and kopf):
-the *call itself* is bad (not JSON, wrong kind, no uid...), answered here with
-an HTTP 4xx carrying a ``metav1.Status`` the API server can show; and the
-*user's operation* is refused, which is a normal review with
-``allowed: false`` (built by :mod:`nichotplug.webhook.engine`). This module
-only knows the first kind.
+Two kinds of failure exist for a webhook:
+
+- the *call itself* is bad (not JSON, wrong kind, no uid...). controller-runtime
+  answers such a call with an errored AdmissionReview (HTTP 200, ``allowed:
+  false`` and a ``status`` with code 400); kopf answers it with an HTTP 4xx.
+  This module does as kopf does: an HTTP 4xx whose body is a ``metav1.Status``
+  the API server shows (:func:`encode_error`), because a call without a usable
+  uid cannot be answered with a review the API server would accept.
+- the *user's operation* is refused: both answer a normal review with
+  ``allowed: false``, as :mod:`nichotplug.webhook.engine` builds it.
+
+This module only knows the first kind.
 
 orjson does the parsing and the encoding: on the validating path it is most of
 the cost of a request.

@@ -15,9 +15,10 @@ from typing import Any
 
 import orjson
 
-from nichotplug.rules.admission import AdmissionInput, mutate_vm, validate_vm
+from nichotplug.rules.admission import AdmissionInput, mutate_judged_vm, validate_judged_vm
+from nichotplug.rules.admission import is_judged as is_judged_vm_write
 from nichotplug.rules.cluster import ClusterState
-from nichotplug.rules.decision import Decision, status_reason
+from nichotplug.rules.decision import Decision, Reason, status_reason
 from nichotplug.rules.mac import InvalidMac
 from nichotplug.rules.views import InvalidObject
 from nichotplug.webhook import metrics
@@ -25,9 +26,6 @@ from nichotplug.webhook.review import AdmissionRequest, AdmissionResponse, Respo
 
 log = logging.getLogger(__name__)
 
-VM_GROUP = "kubevirt.io"
-VM_RESOURCE = "virtualmachines"
-JUDGED_OPERATIONS = frozenset({"CREATE", "UPDATE"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,18 +38,10 @@ class Verdict:
 
 
 def is_judged(request: AdmissionRequest) -> bool:
-    """Only VirtualMachine CREATE/UPDATE on the main resource are ours to judge.
-
-    Status-subresource writes, VMIs and DELETEs may still reach us (a wide
-    webhook registration, a recorder's rules): they are allowed untouched.
-    """
+    """``rules.admission.is_judged`` of a request: a VirtualMachine CREATE/UPDATE on the main resource."""
     resource = request["resource"]
-    return (
-        request["operation"] in JUDGED_OPERATIONS
-        and resource["resource"] == VM_RESOURCE
-        and resource["group"] == VM_GROUP
-        and not request.get("subResource")
-    )
+    return is_judged_vm_write(request["operation"], resource["group"], resource["resource"],
+                              request.get("subResource") or "")
 
 
 def admission_input(request: AdmissionRequest) -> AdmissionInput:
@@ -71,10 +61,10 @@ def review(webhook: WebhookName, request: AdmissionRequest, cluster: ClusterStat
     """Judge one request with the rules of ``webhook``; never raises for what a rule does."""
     uid = request["uid"]
     if not is_judged(request):
-        return Verdict({"uid": uid, "allowed": True}, metrics.RESULT_ALLOWED, metrics.REASON_NOT_JUDGED)
+        return Verdict({"uid": uid, "allowed": True}, metrics.RESULT_ALLOWED, Reason.NOT_JUDGED)
     if request.get("object") is None:
         # The API server always sends the object for CREATE/UPDATE; without it there is nothing to judge.
-        return _refused(webhook, uid, 400, "the request has no object to judge", metrics.REASON_INVALID_OBJECT)
+        return _refused(webhook, uid, 400, "the request has no object to judge", Reason.INVALID_OBJECT)
     if webhook == "mutation":
         return _mutate(request, cluster)
     return _validate(request, cluster)
@@ -90,28 +80,28 @@ def not_synced(webhook: WebhookName, request: AdmissionRequest) -> Verdict:
     """
     uid = request["uid"]
     if webhook == "mutation":
-        return Verdict({"uid": uid, "allowed": True}, metrics.RESULT_ALLOWED, metrics.REASON_NOT_SYNCED)
+        return Verdict({"uid": uid, "allowed": True}, metrics.RESULT_ALLOWED, Reason.NOT_SYNCED)
     message = ("nichotplug is starting and has not finished reading the cluster's VMs, VMIs and networks, "
                "so it cannot check this write for MAC collisions and hot-plug safety yet; try again in a few seconds")
     return Verdict({"uid": uid, "allowed": False, "status": _status(503, message)}, metrics.RESULT_DENIED,
-                   metrics.REASON_NOT_SYNCED)
+                   Reason.NOT_SYNCED)
 
 
 def _validate(request: AdmissionRequest, cluster: ClusterState) -> Verdict:
     """The validating webhook: MAC uniqueness and the hot-plug rules; fails closed."""
     uid = request["uid"]
     try:
-        decision = validate_vm(admission_input(request), cluster)
+        decision = validate_judged_vm(admission_input(request), cluster)
     except (InvalidObject, InvalidMac) as error:
         # The user's object is malformed: refuse it with the rules' own message (403, as the rules
         # refuse an object they cannot read), it is not our bug.
-        return _refused("validation", uid, 403, str(error), metrics.REASON_INVALID_OBJECT)
+        return _refused("validation", uid, 403, str(error), Reason.INVALID_OBJECT)
     except Exception as error:
         # A bug in a rule must never turn into an allow: deny, and say so loudly.
         metrics.RULE_ERRORS.labels("validation").inc()
         log.exception("validation rule crashed; request %s denied", uid)
         message = f"nichotplug could not check this request (internal error: {type(error).__name__}); try again"
-        return _refused("validation", uid, 500, message, metrics.REASON_RULE_ERROR, result=metrics.RESULT_ERROR)
+        return _refused("validation", uid, 500, message, Reason.INTERNAL_ERROR, result=metrics.RESULT_ERROR)
     return Verdict(to_response(uid, decision, with_patch=False), _result_of(decision, False), decision.reason)
 
 
@@ -119,17 +109,17 @@ def _mutate(request: AdmissionRequest, cluster: ClusterState) -> Verdict:
     """The mutating webhook: MACs for the interfaces that need one."""
     uid = request["uid"]
     try:
-        decision = mutate_vm(admission_input(request), cluster)
+        decision = mutate_judged_vm(admission_input(request), cluster)
     except (InvalidObject, InvalidMac):
         # The validating webhook refuses the object with a clear message; mutating it is pointless.
-        return Verdict({"uid": uid, "allowed": True}, metrics.RESULT_ALLOWED, metrics.REASON_UNREADABLE_OBJECT)
+        return Verdict({"uid": uid, "allowed": True}, metrics.RESULT_ALLOWED, Reason.UNREADABLE_OBJECT)
     except Exception:
         # The mutation is best-effort: an interface left without a MAC still gets one from KubeVirt, and
         # the validating webhook (which fails closed) holds the line on everything that matters. Failing
         # closed here would block every VM write on a bug in MAC assignment.
         metrics.RULE_ERRORS.labels("mutation").inc()
         log.exception("mutation rule crashed; request %s allowed without a patch", uid)
-        return Verdict({"uid": uid, "allowed": True}, metrics.RESULT_ERROR, metrics.REASON_RULE_ERROR)
+        return Verdict({"uid": uid, "allowed": True}, metrics.RESULT_ERROR, Reason.INTERNAL_ERROR)
     return Verdict(to_response(uid, decision, with_patch=True), _result_of(decision, True), decision.reason)
 
 
@@ -146,7 +136,7 @@ def _refused(
 ) -> Verdict:
     if webhook == "mutation":
         # The mutating webhook never refuses: what it cannot read, validation refuses with a message.
-        return Verdict({"uid": uid, "allowed": True}, metrics.RESULT_ALLOWED, metrics.REASON_UNREADABLE_OBJECT)
+        return Verdict({"uid": uid, "allowed": True}, metrics.RESULT_ALLOWED, Reason.UNREADABLE_OBJECT)
     return Verdict({"uid": uid, "allowed": False, "status": _status(code, message)}, result, reason)
 
 

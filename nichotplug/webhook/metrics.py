@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from nichotplug.rules.decision import DENY_REASONS, REASONS
+from nichotplug.rules.decision import DENY_REASONS, REASONS, Reason
 from nichotplug.webhook.review import WEBHOOKS
 
 # Results of one admission decision (the ``result`` label).
@@ -30,12 +30,12 @@ RESULT_ERROR = "error"  # a rule raised: denied (validation) or allowed unpatche
 RESULTS = (RESULT_ALLOWED, RESULT_PATCHED, RESULT_DENIED, RESULT_ERROR)
 
 # Reasons the webhook layer itself gives; all but "other" are also rules.REASONS slugs.
-REASON_NOT_JUDGED = "not-judged"  # not a VirtualMachine CREATE/UPDATE: allowed untouched
-REASON_INVALID_OBJECT = "invalid-object"  # validation: the object cannot be read as a VirtualMachine
-REASON_UNREADABLE_OBJECT = "unreadable-object"  # mutation: same, left for validation to refuse
-REASON_RULE_ERROR = "internal-error"  # a rule raised an unexpected exception
-REASON_OTHER = "other"  # a reason slug the rules did not declare (keeps the label bounded)
-REASON_NOT_SYNCED = "not-synced"  # the cluster view has not finished its first list: nothing to judge against
+REASON_NOT_JUDGED = Reason.NOT_JUDGED
+REASON_INVALID_OBJECT = Reason.INVALID_OBJECT
+REASON_UNREADABLE_OBJECT = Reason.UNREADABLE_OBJECT
+REASON_RULE_ERROR = Reason.INTERNAL_ERROR
+REASON_OTHER = Reason.OTHER
+REASON_NOT_SYNCED = Reason.NOT_SYNCED
 WEBHOOK_REASONS = (REASON_NOT_JUDGED, REASON_INVALID_OBJECT, REASON_UNREADABLE_OBJECT, REASON_RULE_ERROR,
                    REASON_NOT_SYNCED, REASON_OTHER)
 

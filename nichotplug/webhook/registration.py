@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal
 
-from nichotplug.rules.views import OBSERVED_MACS_ANNOTATION
+from nichotplug.rules.vm_object import INTERFACES_PATH, OBSERVED_MACS_ANNOTATION
 
 MUTATION_PATH = "/v1/webhook/mutation"
 VALIDATION_PATH = "/v1/webhook/validation"
@@ -125,13 +125,12 @@ def _cel_string(text: str) -> str:
     return f"'{text}'"
 
 
-_INTERFACES_PATH = ("spec", "template", "spec", "domain", "devices", "interfaces")
 
 # What the validating rules read on an UPDATE, and nothing else: ARCHITECTURE.md ("What each validating
 # rule reads") lists every rule with its fields; tests/webhook/test_match_conditions.py generates UPDATEs
 # that change only fields outside this list and checks that the rules allow every one of them.
 JUDGED_FIELDS: tuple[JudgedField, ...] = (
-    JudgedField(_INTERFACES_PATH, None, "[]",
+    JudgedField(INTERFACES_PATH, None, "[]",
                 "MAC format, duplicate and collision rules; whether an UPDATE plugs or unplugs (hot-plug rules)"),
     JudgedField(("spec", "template", "spec", "networks"), None, "[]",
                 "the collision rule's scope (the NAD behind an interface); the hot-plug rules' network checks"),
@@ -146,7 +145,7 @@ def _judged_change_expression() -> str:
 
 
 def _interface_without_mac_expression() -> str:
-    interfaces = JudgedField(_INTERFACES_PATH, None, "[]", "").cel_value("object")
+    interfaces = JudgedField(INTERFACES_PATH, None, "[]", "").cel_value("object")
     return f"{interfaces}.exists(i, !has(i.macAddress) || i.macAddress == '')"
 
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import ssl
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,7 +14,7 @@ from aiohttp import web
 from kubernetes_asyncio.client import ApiClient
 
 from nichotplug.actions.http import setup_actions
-from nichotplug.certs import CertBundle, make_bundle
+from nichotplug.certs import CertBundle, make_bundle, server_ssl_context
 from nichotplug.kube.client import api_client_with_token
 
 
@@ -29,16 +27,6 @@ class Answer:
 @pytest.fixture(scope="session")
 def serving_bundle() -> CertBundle:
     return make_bundle(dns_names=["localhost"], ip_addresses=["127.0.0.1"])
-
-
-def server_context(bundle: CertBundle) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    with tempfile.TemporaryDirectory() as folder:
-        cert, key = Path(folder, "tls.crt"), Path(folder, "tls.key")
-        cert.write_bytes(bundle.cert_pem)
-        key.write_bytes(bundle.key_pem)
-        context.load_cert_chain(cert, key)
-    return context
 
 
 def client_context(bundle: CertBundle) -> ssl.SSLContext:
@@ -80,7 +68,7 @@ async def start_actions(aiohttp_server: Any, api_client: ApiClient, cluster_serv
         app = web.Application()
         setup_actions(app, api_client_factory=lambda token: api_client_with_token(api_client, token),
                       migrate=migrate)
-        server = await aiohttp_server(app, ssl=server_context(serving_bundle))
+        server = await aiohttp_server(app, ssl=server_ssl_context(serving_bundle))
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context(serving_bundle)))
         sessions.append(session)
         return ActionClient(str(server.make_url("")).rstrip("/"), session, cluster_server.admin_token)

@@ -1,6 +1,6 @@
 """Putting VMs, VMIs and NADs into the in-process API server the way KubeVirt and Harvester leave them.
 
-The object shapes come from the rule tests' builders (``tests/rules/rules_factory.py``); this module
+The object shapes come from the rule tests' builders (``tests/rules/rules_support.py``); this module
 only writes them through the API: a VM's status goes through its ``/status`` subresource (the main
 resource ignores it, as the real API server does), a VMI's status is part of the object (its CRD has
 no status subresource).
@@ -13,7 +13,7 @@ from typing import Any
 
 from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi, RbacAuthorizationV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
-from rules.rules_factory import KUBE_OVN_CONFIG, iface, multus_net, nad, pod_net, vm, vmi
+from rules.rules_support import KUBE_OVN_CONFIG, iface, multus_net, nad, pod_net, vm, vmi
 
 __all__ = [
     "KUBE_OVN_CONFIG", "NETWORK_GONE", "create_nad", "create_running_vm", "events_about", "grant", "iface",

@@ -13,10 +13,10 @@ from aiohttp import web
 from kubernetes_asyncio.client import AdmissionregistrationV1Api, ApiClient, CustomObjectsApi
 from prometheus_client import REGISTRY
 
-from nichotplug.certs import CertBundle
-from nichotplug.rules import actions as codes
+from nichotplug.certs import CertBundle, server_ssl_context
+from nichotplug.rules import nic_plans as codes
 
-from .conftest import ActionClient, StartActions, server_context
+from .conftest import ActionClient, StartActions
 from .objects import (
     KUBE_OVN_CONFIG,
     NETWORK_GONE,
@@ -365,7 +365,7 @@ async def denying_webhook(aiohttp_server: Any, api_client: ApiClient, serving_bu
 
     app = web.Application()
     app.router.add_post("/deny", review)
-    server = await aiohttp_server(app, ssl=server_context(serving_bundle))
+    server = await aiohttp_server(app, ssl=server_ssl_context(serving_bundle))
     await AdmissionregistrationV1Api(api_client).create_validating_webhook_configuration({
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": "freeze"},

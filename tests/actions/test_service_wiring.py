@@ -16,13 +16,13 @@ from aiohttp import web
 from kubernetes_asyncio.client import AdmissionregistrationV1Api, ApiClient
 
 from nichotplug.actions.http import setup_actions
-from nichotplug.certs import CertBundle
+from nichotplug.certs import CertBundle, server_ssl_context
 from nichotplug.kube.cache import ClusterView, WatchSettings
-from nichotplug.rules import actions as codes
+from nichotplug.rules import nic_plans as codes
 from nichotplug.service import build_webhook_app, setup_action_routes
 from nichotplug.webhook.registration import webhook_configurations
 
-from .conftest import ActionClient, client_context, server_context
+from .conftest import ActionClient, client_context
 from .objects import (
     create_nad,
     create_running_vm,
@@ -65,7 +65,7 @@ async def service(aiohttp_server: Any, api_client: ApiClient, apiserver: Any, vi
     setup_action_routes(app, api_client, argparse.Namespace(no_migrate=False), view)
     mounted = {route.resource.canonical for route in app.router.routes() if route.resource is not None}
     assert "/v1/harvester/vm/{namespace}/{name}" in mounted
-    served = await aiohttp_server(app, ssl=server_context(serving_bundle))
+    served = await aiohttp_server(app, ssl=server_ssl_context(serving_bundle))
     base_url = str(served.make_url("")).rstrip("/")
     mutating, validating = webhook_configurations("nichotplug", url=base_url, ca_bundle=serving_bundle.ca_cert_pem)
     admission = AdmissionregistrationV1Api(api_client)
@@ -73,7 +73,7 @@ async def service(aiohttp_server: Any, api_client: ApiClient, apiserver: Any, vi
     await admission.create_validating_webhook_configuration(validating)
     bare = web.Application()
     setup_actions(bare, api_client=api_client)  # no cluster view: only our webhook sees other VMs
-    bare_served = await aiohttp_server(bare, ssl=server_context(serving_bundle))
+    bare_served = await aiohttp_server(bare, ssl=server_ssl_context(serving_bundle))
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context(serving_bundle)))
     yield (ActionClient(base_url, session, apiserver.admin_token),
            ActionClient(str(bare_served.make_url("")).rstrip("/"), session, apiserver.admin_token))

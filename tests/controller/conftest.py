@@ -16,7 +16,7 @@ from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi
 
 from nichotplug.controller import MacController
 from nichotplug.kube.cache import ClusterView, WatchSettings
-from nichotplug.rules.backfill import MAC_ANNOTATION
+from nichotplug.rules.vm_object import OBSERVED_MACS_ANNOTATION
 
 T = TypeVar("T")
 GROUP, VERSION = "kubevirt.io", "v1"
@@ -46,7 +46,7 @@ def vm_body(name: str, *, macs: dict[str, str | None], run_strategy: str = "Halt
     metadata: dict[str, Any] = {"name": name, "namespace": NS, "labels": labels or {"app": "test"}}
     if annotation is not None:
         text = annotation if isinstance(annotation, str) else json.dumps(annotation, separators=(",", ":"))
-        metadata["annotations"] = {MAC_ANNOTATION: text, "keep": "me"}
+        metadata["annotations"] = {OBSERVED_MACS_ANNOTATION: text, "keep": "me"}
     return {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine", "metadata": metadata,
         "spec": {
@@ -117,7 +117,7 @@ class Cluster:
 
     async def annotation(self, name: str) -> str | None:
         vm = await self.get_vm(name)
-        value = (vm["metadata"].get("annotations") or {}).get(MAC_ANNOTATION)
+        value = (vm["metadata"].get("annotations") or {}).get(OBSERVED_MACS_ANNOTATION)
         return value if isinstance(value, str) else None
 
     async def events(self, name: str) -> list[tuple[str, str, str, int]]:

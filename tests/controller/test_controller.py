@@ -130,6 +130,20 @@ async def test_an_unparsable_annotation_is_an_event_and_a_metric_not_a_crash_loo
     assert await cluster.spec_macs("bad") == {"default": None}
 
 
+async def test_a_partly_bad_annotation_backfills_its_valid_entries_and_names_the_rest_in_an_event(
+    api_client: ApiClient, cluster: Cluster,
+) -> None:
+    await cluster.create_vm(vm_body("vm1", macs={"default": None, "nic2": None},
+                                    annotation={"default": MAC_A, "nic2": "zz:zz"}))
+    async with running_controller(api_client):
+        async def default_backfilled() -> bool:
+            return await cluster.spec_macs("vm1") == {"default": MAC_A, "nic2": None}
+        await wait_for(default_backfilled)
+        events = await wait_for(lambda: _reasons_of(cluster, "vm1", "InvalidMacAnnotation"))
+    assert "no valid MAC for interface(s) nic2" in events[0]
+    assert "only its valid entries are backfilled" in events[0]
+
+
 async def test_a_user_edit_racing_the_backfill_is_not_lost(
     api_client: ApiClient, apiserver: Any, cluster: Cluster, kubeconfig: Path,
 ) -> None:

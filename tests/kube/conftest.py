@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest_asyncio
-from kube_support import FAST
 from kubernetes_asyncio.client import ApiClient
 
 from nichotplug.kube.cache import ClusterView
 from nichotplug.testing.server import ApiServer
+
+from .kube_support import FAST
 
 
 @pytest_asyncio.fixture

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ssl
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,7 @@ from typing import Any
 from aiohttp import web
 from kubernetes_asyncio.client import ApiClient, CustomObjectsApi
 
-from nichotplug.certs import make_bundle
+from nichotplug.certs import make_bundle, server_ssl_context
 from nichotplug.kube.cache import WatchSettings
 from nichotplug.kube.client import load_api_client
 from nichotplug.testing.server import ApiServer
@@ -126,12 +124,7 @@ class DenyingWebhook:
         self.url = ""
 
     async def start(self) -> None:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        with tempfile.TemporaryDirectory() as directory:
-            cert, key = Path(directory) / "tls.crt", Path(directory) / "tls.key"
-            cert.write_bytes(self.bundle.cert_pem)
-            key.write_bytes(self.bundle.key_pem)
-            context.load_cert_chain(cert, key)
+        context = server_ssl_context(self.bundle)
         app = web.Application()
         app.router.add_post("/validate", self._handle)
         self._runner = web.AppRunner(app, shutdown_timeout=0.2)

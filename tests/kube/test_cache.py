@@ -11,18 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kube_support import (
-    FAST,
-    OBSERVED_MACS,
-    client_for,
-    create,
-    delete,
-    eventually,
-    merge,
-    nad,
-    vm,
-    vmi,
-)
 from kubernetes_asyncio.client import ApiClient
 from prometheus_client import REGISTRY
 
@@ -39,6 +27,19 @@ from nichotplug.rules.mac import mac_number
 from nichotplug.rules.macindex import MacIndex, MacOwner
 from nichotplug.rules.views import NadView, VmiView, VmView
 from nichotplug.testing.server import ApiServer
+
+from .kube_support import (
+    FAST,
+    OBSERVED_MACS,
+    client_for,
+    create,
+    delete,
+    eventually,
+    merge,
+    nad,
+    vm,
+    vmi,
+)
 
 MAC_A = "02:00:00:00:00:0a"
 MAC_B = "02:00:00:00:00:0b"

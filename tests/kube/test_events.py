@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from kube_support import create, vm
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 
 from nichotplug.kube.events import EventRecorder, ObjectRef
 from nichotplug.testing.server import ApiServer
+
+from .kube_support import create, vm
 
 
 async def events_in(api: ApiClient, namespace: str = "default") -> list[dict[str, Any]]:

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from kube_support import client_for, eventually
 from kubernetes_asyncio.client import ApiClient, CoordinationV1Api
 
 from nichotplug.kube.leader import LeaderElector
 from nichotplug.testing.server import ApiServer
+
+from .kube_support import client_for, eventually
 
 # Short terms so take-overs happen within a test: a lease of 2 s, renewed every 0.2 s.
 TERMS = {"lease_duration": 2.0, "renew_deadline": 1.5, "retry_period": 0.2}
@@ -76,13 +77,19 @@ def leader_logs(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
             if record.name == "nichotplug.kube.leader" and "stopped leading" in record.getMessage()]
 
 
+async def leader_then_follower(leader_api: ApiClient, follower_api: ApiClient) -> tuple[Candidate, Candidate]:
+    """replica-a started and leading, then replica-b started (both with the short test terms)."""
+    leader = Candidate(LeaderElector(leader_api, "nichotplug", "default", "replica-a", **TERMS))
+    follower = Candidate(LeaderElector(follower_api, "nichotplug", "default", "replica-b", **TERMS))
+    leader.start()
+    await eventually(lambda: leader.elector.is_leader, "replica-a leads")
+    follower.start()
+    return leader, follower
+
+
 async def test_two_candidates_one_leader_then_a_clean_hand_over(api_client: ApiClient, second_client: ApiClient,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
-    first = Candidate(LeaderElector(api_client, "nichotplug", "default", "replica-a", **TERMS))
-    second = Candidate(LeaderElector(second_client, "nichotplug", "default", "replica-b", **TERMS))
-    first.start()
-    await eventually(lambda: first.elector.is_leader, "replica-a leads")
-    second.start()
+    first, second = await leader_then_follower(api_client, second_client)
     try:
         await eventually(lambda: second.task is not None and second.elector._observed is not None,
                          "replica-b has looked at the lease")
@@ -108,11 +115,7 @@ async def test_two_candidates_one_leader_then_a_clean_hand_over(api_client: ApiC
 async def test_a_leader_that_dies_is_replaced_once_its_lease_expires(apiserver: ApiServer, tmp_path: Path,
                                                                      second_client: ApiClient) -> None:
     doomed_api = await client_for(apiserver, tmp_path / "doomed")
-    doomed = Candidate(LeaderElector(doomed_api, "nichotplug", "default", "replica-a", **TERMS))
-    survivor = Candidate(LeaderElector(second_client, "nichotplug", "default", "replica-b", **TERMS))
-    doomed.start()
-    await eventually(lambda: doomed.elector.is_leader, "replica-a leads")
-    survivor.start()
+    doomed, survivor = await leader_then_follower(doomed_api, second_client)
     try:
         await doomed_api.close()  # replica-a can no longer reach the API server: it cannot renew
         await eventually(lambda: not doomed.elector.is_leader, "replica-a gives up after its renew deadline")

@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import pytest
-from kube_support import DenyingWebhook, create, vm
 from kubernetes_asyncio.client import AdmissionregistrationV1Api, ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -29,6 +28,8 @@ from nichotplug.kube.patch import (
 )
 from nichotplug.testing.auth import VIEWER_TOKEN
 from nichotplug.testing.fixtures import SHARED_FIXTURES
+
+from .kube_support import DenyingWebhook, create, vm
 
 VM = ("kubevirt.io", "v1", "virtualmachines", "default")
 MAC = "02:00:00:00:00:0a"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from rules_factory import iface, multus_net, nad, pod_net, vm, vmi
-
 from nichotplug.rules.cluster import StaticCluster, owner_scope
 from nichotplug.rules.mac import mac_number
 from nichotplug.rules.macindex import MacIndex, MacOwner
+
+from .rules_support import iface, multus_net, nad, pod_net, vm, vmi
 
 
 def test_spec_macs_are_indexed_normalised() -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from rules_factory import iface, vm
-
 from nichotplug.rules.diff import diff_interfaces
 from nichotplug.rules.views import VmView
+
+from .rules_support import iface, vm
 
 A = iface("a", mac="02:00:00:00:00:0a")
 B = iface("b", mac="02:00:00:00:00:0b")

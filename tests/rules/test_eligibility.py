@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from rules_factory import KUBE_OVN_CONFIG, iface, multus_net, nad, pod_net, vm, vmi
 
 from nichotplug.rules.cluster import StaticCluster
 from nichotplug.rules.eligibility import (
@@ -17,6 +16,8 @@ from nichotplug.rules.eligibility import (
     unplug_problem,
 )
 from nichotplug.rules.views import VmiView, VmView
+
+from .rules_support import KUBE_OVN_CONFIG, iface, multus_net, nad, pod_net, vm, vmi
 
 
 def problems(vm_kwargs: dict[str, Any] | None = None, vmi_kwargs: dict[str, Any] | None = None,

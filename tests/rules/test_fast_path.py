@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
-from rules_factory import BRIDGE_CONFIG, iface, multus_net, nad, pod_net, vm, vmi
 
 from nichotplug.rules.admission import (
     AdmissionInput,
@@ -28,6 +27,8 @@ from nichotplug.rules.admission import (
 from nichotplug.rules.cluster import StaticCluster
 from nichotplug.rules.facts import read_vm_facts
 from nichotplug.webhook.fastdecode import allowed_create
+
+from .rules_support import BRIDGE_CONFIG, iface, multus_net, nad, pod_net, vm, vmi
 
 NAMES = ["default", "nic-1", "nic-2", "nic-3"]
 # Valid MACs (some owned by other VMs, some spelled differently) and, less often, unusable ones.

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from rules_factory import iface, multus_net, nad, pod_net, vm, vmi
 
 from nichotplug.rules.cluster import StaticCluster
 from nichotplug.rules.eligibility import ELIGIBILITY_REASONS
 from nichotplug.rules.fleet import classify_vm, duplicate_macs, fleet_exit_ok, unreadable_vm
 from nichotplug.rules.guestconfig import guest_nics, netplan_config
 from nichotplug.rules.views import VmiView, VmView
+
+from .rules_support import iface, multus_net, nad, pod_net, vm, vmi
 
 GUEST = {"harvesterhci.io/creator": "docker-machine-driver-harvester"}
 NO_MAC = [iface("default", binding="masquerade"), iface("nic-1", mac="02:00:00:00:00:02")]

@@ -20,12 +20,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from rules_factory import iface, multus_net, nad, pod_net, vm, vmi
 
 from nichotplug.rules.admission import AdmissionInput, mutate_vm, validate_vm
 from nichotplug.rules.cluster import StaticCluster
 from nichotplug.testing.admission import evaluate_condition
 from nichotplug.webhook.registration import JUDGED_FIELDS, MUTATING_WEBHOOK, VALIDATING_WEBHOOK
+
+from .rules_support import iface, multus_net, nad, pod_net, vm, vmi
 
 NAME = "vm-a"
 NAMES = ["default", "nic-1", "nic-2"]

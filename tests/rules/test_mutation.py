@@ -8,11 +8,12 @@ from typing import Any
 
 import jsonpatch
 import pytest
-from rules_factory import iface, multus_net, nad, pod_net, vm, vmi
 
 from nichotplug.rules.admission import AdmissionInput, mutate_vm, validate_vm
 from nichotplug.rules.cluster import StaticCluster
 from nichotplug.rules.decision import Decision
+
+from .rules_support import iface, multus_net, nad, pod_net, vm, vmi
 
 MAC_PATH = "/spec/template/spec/domain/devices/interfaces/{}/macAddress"
 NO_MACS = [iface("default", binding="masquerade"), iface("nic-1")]

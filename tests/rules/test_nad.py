@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from rules_factory import BRIDGE_CONFIG, KUBE_OVN_CONFIG, nad
 
 from nichotplug.rules.nad import cni_type, nad_verdict
 from nichotplug.rules.views import NadView
+
+from .rules_support import BRIDGE_CONFIG, KUBE_OVN_CONFIG, nad
 
 UNTAGGED = json.dumps({"cniVersion": "0.3.1", "name": "untagged", "type": "bridge", "bridge": "mgmt-br",
                        "promiscMode": True, "ipam": {}})

@@ -6,11 +6,12 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rules_factory import nad, vm, vmi
 
 from nichotplug.rules.admission import AdmissionInput, mutate_vm, validate_vm
 from nichotplug.rules.cluster import StaticCluster
 from nichotplug.rules.decision import REASONS
+
+from .rules_support import nad, vm, vmi
 
 CLUSTER = StaticCluster(vms=[vm("other")], vmis=[vmi()], nads=[nad()])
 

@@ -11,12 +11,13 @@ from typing import Any
 
 import jsonpatch
 import pytest
-from rules_factory import nad, vmi
 
 from nichotplug.rules.admission import AdmissionInput, mutate_vm, validate_vm
 from nichotplug.rules.cluster import StaticCluster
 from nichotplug.rules.decision import REASONS
 from nichotplug.testing.fixtures import SHARED_FIXTURES
+
+from .rules_support import nad, vmi
 
 FIXTURES = SHARED_FIXTURES / "admission"
 pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason="recorded admission fixtures are not on this machine")

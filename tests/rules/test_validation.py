@@ -6,11 +6,12 @@ import copy
 from typing import Any
 
 import pytest
-from rules_factory import KUBE_OVN_CONFIG, iface, multus_net, nad, pod_net, vm, vmi
 
 from nichotplug.rules.admission import AdmissionInput, hotplug_port_budget, validate_vm
 from nichotplug.rules.cluster import StaticCluster
 from nichotplug.rules.decision import Decision
+
+from .rules_support import KUBE_OVN_CONFIG, iface, multus_net, nad, pod_net, vm, vmi
 
 NADS = [nad("vlan1", cluster_network="mgmt"), nad("vlan2", cluster_network="data"),
         nad("plain", cluster_network=None, network_type=None),

@@ -9,8 +9,8 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from rules_factory import iface, multus_net, nad, pod_net, vm, vmi
 
+from nichotplug.rules.observed_macs import observed_macs_error, parse_observed_macs
 from nichotplug.rules.views import (
     InterfaceView,
     InvalidObject,
@@ -18,10 +18,10 @@ from nichotplug.rules.views import (
     NetworkView,
     VmiView,
     VmView,
-    observed_macs_error,
-    parse_observed_macs,
     parse_quantity,
 )
+
+from .rules_support import iface, multus_net, nad, pod_net, vm, vmi
 
 
 def test_vm_interfaces_are_read_in_order() -> None:

@@ -1,13 +1,14 @@
-"""Fixtures for the in-process API server's own tests (helpers live in ``api_helpers``)."""
+"""Fixtures for the in-process API server's own tests (helpers live in ``api_support``)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
 import pytest_asyncio
-from api_helpers import RawClient
 
 from nichotplug.testing import ApiServer
+
+from .api_support import RawClient
 
 
 @pytest_asyncio.fixture

@@ -8,13 +8,14 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
-from admission_webhooks import ScriptedWebhook, configuration, tls_bundle, webhook
 
 from nichotplug.certs import CertBundle
 from nichotplug.testing.admission import AdmissionAttributes, AdmissionError, UserInfo, admit
 from nichotplug.testing.errors import StatusError
 from nichotplug.testing.fixtures import SHARED_FIXTURES
 from nichotplug.testing.resources import BUILTIN_RESOURCES, ResourceInfo
+
+from .admission_support import ScriptedWebhook, configuration, tls_bundle, webhook
 
 ADMISSION_FIXTURES = SHARED_FIXTURES / "admission"
 APISERVER_FIXTURES = SHARED_FIXTURES / "apiserver"

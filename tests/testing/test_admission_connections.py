@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from admission_webhooks import configuration, tls_bundle, webhook
 from aiohttp import web
-from api_helpers import VMS, RawClient, vm
 
 from nichotplug.certs import CertBundle
+
+from .admission_support import configuration, tls_bundle, webhook
+from .api_support import VMS, RawClient, vm
 
 
 @dataclass

@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from admission_webhooks import ScriptedWebhook, configuration, tls_bundle, webhook
-from api_helpers import MERGE, VMS, RawClient, vm
 
 from nichotplug.testing import ApiServer
 from nichotplug.testing.fixtures import SHARED_FIXTURES
+
+from .admission_support import ScriptedWebhook, configuration, tls_bundle, webhook
+from .api_support import MERGE, VMS, RawClient, vm
 
 ADMISSIONREGISTRATION = "/apis/admissionregistration.k8s.io/v1"
 RECORDED = SHARED_FIXTURES / "apiserver"

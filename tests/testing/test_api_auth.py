@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from api_helpers import MERGE, VMS, RawClient, vm
-
 from nichotplug.testing import VIEWER_TOKEN, ApiServer, Rule, UserInfo
+
+from .api_support import MERGE, VMS, RawClient, vm
 
 RBAC = "/apis/rbac.authorization.k8s.io/v1"
 

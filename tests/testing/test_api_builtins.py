@@ -7,9 +7,10 @@ import copy
 from typing import Any
 
 import pytest
-from api_helpers import RawClient
 
 from nichotplug.webhook.registration import ServiceRef, webhook_configurations
+
+from .api_support import RawClient
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/default/leases"
 EVENTS = "/api/v1/namespaces/default/events"

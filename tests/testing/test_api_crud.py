@@ -6,11 +6,12 @@ import json
 from typing import Any
 
 import pytest
-from api_helpers import MERGE, VMS, RawClient, vm
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from nichotplug.testing import ApiServer
+
+from .api_support import MERGE, VMS, RawClient, vm
 
 KV = ("kubevirt.io", "v1")
 
@@ -167,11 +168,17 @@ async def test_delete_without_finalizers_removes_the_object(custom: Any) -> None
     assert caught.value.status == 404
 
 
-async def test_delete_with_finalizers_marks_then_removing_the_last_finalizer_deletes(custom: Any) -> None:
+async def _delete_a_vm_with_a_finalizer(custom: Any) -> dict[str, Any]:
+    """Create VM vm1 with one finalizer and delete it: the answer is the VM, marked for deletion."""
     body = vm("vm1")
     body["metadata"]["finalizers"] = ["example.com/keep"]
     await custom.create_namespaced_custom_object(*KV, "default", "virtualmachines", body)
-    kept = await custom.delete_namespaced_custom_object(*KV, "default", "virtualmachines", "vm1")
+    marked: dict[str, Any] = await custom.delete_namespaced_custom_object(*KV, "default", "virtualmachines", "vm1")
+    return marked
+
+
+async def test_delete_with_finalizers_marks_then_removing_the_last_finalizer_deletes(custom: Any) -> None:
+    kept = await _delete_a_vm_with_a_finalizer(custom)
     assert kept["metadata"]["deletionTimestamp"]
     assert kept["metadata"]["finalizers"] == ["example.com/keep"]
     fetched = await custom.get_namespaced_custom_object(*KV, "default", "virtualmachines", "vm1")
@@ -184,10 +191,7 @@ async def test_delete_with_finalizers_marks_then_removing_the_last_finalizer_del
 
 
 async def test_object_being_deleted_cannot_gain_finalizers(custom: Any) -> None:
-    body = vm("vm1")
-    body["metadata"]["finalizers"] = ["example.com/keep"]
-    await custom.create_namespaced_custom_object(*KV, "default", "virtualmachines", body)
-    await custom.delete_namespaced_custom_object(*KV, "default", "virtualmachines", "vm1")
+    await _delete_a_vm_with_a_finalizer(custom)
     with pytest.raises(ApiException) as caught:
         await custom.patch_namespaced_custom_object(
             *KV, "default", "virtualmachines", "vm1",

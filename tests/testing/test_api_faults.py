@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_helpers import MERGE, VMS, RawClient, vm
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from nichotplug.testing import ApiServer
+
+from .api_support import MERGE, VMS, RawClient, vm
 
 
 async def test_fault_fails_matching_requests_the_given_number_of_times(raw: RawClient, apiserver: ApiServer) -> None:

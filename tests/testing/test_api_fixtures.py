@@ -14,10 +14,11 @@ import re
 from typing import Any
 
 import pytest
-from api_helpers import VMS, RawClient
 
 from nichotplug.testing import ApiServer
 from nichotplug.testing.fixtures import SHARED_FIXTURES
+
+from .api_support import VMS, RawClient
 
 FIXTURES = SHARED_FIXTURES / "apiserver"
 pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason="recorded fixtures not on this machine")

@@ -6,11 +6,12 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from api_helpers import RawClient, vm
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from nichotplug.testing import ApiServer
+
+from .api_support import RawClient, vm
 
 KV = ("kubevirt.io", "v1")
 

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from api_helpers import JSON_PATCH, MERGE, VMS, RawClient, vm
 from kubernetes_asyncio import client
+
+from .api_support import JSON_PATCH, MERGE, VMS, RawClient, vm
 
 STRATEGIC = "application/strategic-merge-patch+json"
 APPLY = "application/apply-patch+yaml"

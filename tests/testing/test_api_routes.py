@@ -7,10 +7,11 @@ import ssl
 
 import aiohttp
 import pytest
-from api_helpers import VMS, RawClient, vm
 
 from nichotplug.testing import ApiServer
 from nichotplug.testing.fixtures import SHARED_FIXTURES
+
+from .api_support import VMS, RawClient, vm
 
 RECORDED = SHARED_FIXTURES / "apiserver"
 AGGREGATED = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 import yaml
-from api_helpers import RawClient
 
 from nichotplug.testing import ApiServer
 from nichotplug.testing.patching import COMMON_MERGE_LISTS, MERGE_LISTS, strategic_merge
+
+from .api_support import RawClient
 
 SMP = "application/strategic-merge-patch+json"
 WEBHOOK_LISTS = {**COMMON_MERGE_LISTS, **MERGE_LISTS["MutatingWebhookConfiguration"]}

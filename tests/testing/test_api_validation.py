@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from api_helpers import MERGE, VMS, RawClient, vm
 
 from nichotplug.testing import ApiServer
 from nichotplug.testing.validation import SchemaValidator, to_json_schema
+
+from .api_support import MERGE, VMS, RawClient, vm
 
 WIDGET_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -7,10 +7,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from api_helpers import MERGE, VMS, RawClient, vm
 from kubernetes_asyncio import client, watch
 
 from nichotplug.testing import ApiServer
+
+from .api_support import MERGE, VMS, RawClient, vm
 
 KV = ("kubevirt.io", "v1")
 ALL_VMS = "/apis/kubevirt.io/v1/virtualmachines"

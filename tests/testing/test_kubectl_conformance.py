@@ -21,10 +21,12 @@ from typing import Any
 
 import pytest
 import yaml
-from admission_webhooks import ScriptedWebhook, configuration, tls_bundle, webhook
 
 from nichotplug.testing.fixtures import SHARED_FIXTURES
 from nichotplug.testing.server import ApiServer
+
+from .admission_support import ScriptedWebhook, configuration, tls_bundle, webhook
+from .api_support import vm
 
 pytestmark = [pytest.mark.kubectl,
               pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")]
@@ -36,20 +38,7 @@ VM_NAME = "kv-vm"
 
 def vm_manifest(name: str = VM_NAME, run_strategy: str = "Halted", labels: dict[str, str] | None = None,
                 namespace: str = "default") -> str:
-    vm: dict[str, Any] = {
-        "apiVersion": "kubevirt.io/v1",
-        "kind": "VirtualMachine",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels or {"app": "demo"}},
-        "spec": {
-            "runStrategy": run_strategy,
-            "template": {"spec": {
-                "domain": {"devices": {"interfaces": [{"name": "default", "masquerade": {}}]},
-                           "memory": {"guest": "1Gi"}},
-                "networks": [{"name": "default", "pod": {}}],
-            }},
-        },
-    }
-    return yaml.safe_dump(vm)
+    return yaml.safe_dump(vm(name, namespace, labels=labels or {"app": "demo"}, run_strategy=run_strategy))
 
 
 @dataclass
@@ -332,15 +321,20 @@ async def test_webhook_denial_as_kubectl_prints_it(kubectl: Kubectl, scripted_we
     assert (await kubectl("get", "vm", VM_NAME)).returncode == 1
 
 
-async def test_webhook_denial_of_an_edit(kubectl: Kubectl, scripted_webhook: ScriptedWebhook,
-                                         tmp_path: Path) -> None:
-    hook = scripted_webhook
+async def _edit_denied(kubectl: Kubectl, hook: ScriptedWebhook, tmp_path: Path, code: int, message: str,
+                       name: str = "deny") -> Result:
+    """``kubectl edit`` of a Halted VM into Always, with a webhook that denies UPDATEs with ``code``."""
     await kubectl.ok("apply", "-f", str(kubectl.write("vm.yaml", vm_manifest())))
-    await _register(kubectl, configuration("ValidatingWebhookConfiguration", "deny-updates", webhook(
-        "deny.nichotplug.test", hook.url("deny", code=409, message="mac%20already%20used"), hook.ca_bundle,
+    await _register(kubectl, configuration("ValidatingWebhookConfiguration", f"{name}-updates", webhook(
+        f"{name}.nichotplug.test", hook.url("deny", code=code, message=message), hook.ca_bundle,
         operations=("UPDATE",))))
     editor = _editor_script(tmp_path, "s/runStrategy: Halted/runStrategy: Always/")
-    result = await kubectl("edit", "vm", VM_NAME, env={"EDITOR": str(editor)})
+    return await kubectl("edit", "vm", VM_NAME, env={"EDITOR": str(editor)})
+
+
+async def test_webhook_denial_of_an_edit(kubectl: Kubectl, scripted_webhook: ScriptedWebhook,
+                                         tmp_path: Path) -> None:
+    result = await _edit_denied(kubectl, scripted_webhook, tmp_path, 409, "mac%20already%20used")
     assert result.returncode == 1
     assert 'admission webhook "deny.nichotplug.test" denied the request: mac already used' in result.stderr
     assert (await kubectl.get_vm())["spec"]["runStrategy"] == "Halted"
@@ -420,13 +414,7 @@ async def test_a_webhook_with_side_effects_cannot_be_registered(kubectl: Kubectl
 async def test_edit_denied_with_422_shows_only_that_the_object_is_invalid(
         kubectl: Kubectl, scripted_webhook: ScriptedWebhook, tmp_path: Path) -> None:
     # Why nichotplug never denies with 422 (SPEC): kubectl edit drops the webhook's message then.
-    hook = scripted_webhook
-    await kubectl.ok("apply", "-f", str(kubectl.write("vm.yaml", vm_manifest())))
-    await _register(kubectl, configuration("ValidatingWebhookConfiguration", "invalid", webhook(
-        "invalid.nichotplug.test", hook.url("deny", code=422, message="the%20real%20reason"), hook.ca_bundle,
-        operations=("UPDATE",))))
-    editor = _editor_script(tmp_path, "s/runStrategy: Halted/runStrategy: Always/")
-    result = await kubectl("edit", "vm", VM_NAME, env={"EDITOR": str(editor)})
+    result = await _edit_denied(kubectl, scripted_webhook, tmp_path, 422, "the%20real%20reason", name="invalid")
     assert result.returncode == 1
     assert 'error: virtualmachines.kubevirt.io "kv-vm" is invalid' in result.stderr
     assert "the real reason" not in result.stderr

@@ -9,11 +9,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from webhook_support import Served, ServeFn
 
 from nichotplug.certs import CertBundle, make_bundle, write_bundle
 from nichotplug.serving import start_tls_runner
 from nichotplug.webhook.tls import CertReloader
+
+from .webhook_support import Served, ServeFn
 
 
 @pytest.fixture

@@ -11,11 +11,12 @@ from typing import Any
 import aiohttp
 import pytest
 from prometheus_client import REGISTRY
-from webhook_support import ExplodingCluster, ServeFn, admission_review, check_review, vm
 
 from nichotplug.rules.cluster import StaticCluster
 from nichotplug.webhook.codec import MAX_BODY_BYTES
 from nichotplug.webhook.http import MUTATION_PATH, VALIDATION_PATH
+
+from .webhook_support import ExplodingCluster, ServeFn, admission_review, check_review, vm
 
 PATHS = {"mutation": MUTATION_PATH, "validation": VALIDATION_PATH}
 

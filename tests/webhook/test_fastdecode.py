@@ -14,7 +14,6 @@ import json
 import aiohttp
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from webhook_support import FIXTURES, ServeFn, admission_review, vm
 
 from nichotplug.rules.cluster import StaticCluster
 from nichotplug.service import build_webhook_app
@@ -22,6 +21,8 @@ from nichotplug.webhook.codec import BadReview, decode_review
 from nichotplug.webhook.engine import review
 from nichotplug.webhook.fastdecode import allowed_create
 from nichotplug.webhook.registration import VALIDATION_PATH
+
+from .webhook_support import FIXTURES, ServeFn, admission_review, vm
 
 # Real CREATE reviews recorded from kube-apiserver.
 BODIES = [path.read_bytes() for path in sorted(FIXTURES.glob("*-validate-CREATE-virtualmachines-*.json"))]

@@ -13,7 +13,6 @@ import pytest
 from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
-from webhook_support import HalfSentBody, Served, ServeFn, admission_review, check_review, vm
 from yarl import URL
 
 from nichotplug.rules.cluster import StaticCluster
@@ -21,6 +20,8 @@ from nichotplug.service import build_webhook_app
 from nichotplug.serving import open_front_door
 from nichotplug.webhook.codec import encode_allowed, encode_review
 from nichotplug.webhook.registration import MUTATION_PATH, VALIDATION_PATH
+
+from .webhook_support import HalfSentBody, Served, ServeFn, admission_review, check_review, vm
 
 JSON = {"Content-Type": "application/json"}
 

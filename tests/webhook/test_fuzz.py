@@ -23,13 +23,14 @@ import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from webhook_support import admission_review, check_review, decode_patch
 
 from nichotplug.certs import make_bundle, write_bundle
 from nichotplug.rules.cluster import StaticCluster
 from nichotplug.service import build_webhook_app
 from nichotplug.webhook.http import MUTATION_PATH, VALIDATION_PATH
 from nichotplug.webhook.tls import CertReloader
+
+from .webhook_support import admission_review, check_review, decode_patch
 
 # The VM-shaped objects are where the rules are exercised; garbage bodies stop at the codec.
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

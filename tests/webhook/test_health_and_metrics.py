@@ -9,13 +9,14 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from webhook_support import ServeFn, admission_review, vm
 
 from nichotplug.rules.cluster import StaticCluster
 from nichotplug.rules.decision import REASONS
 from nichotplug.service import build_webhook_app
 from nichotplug.serving import Readiness, metrics_app
 from nichotplug.webhook.tls import CertReloader
+
+from .webhook_support import ServeFn, admission_review, vm
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:

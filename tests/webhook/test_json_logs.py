@@ -12,11 +12,12 @@ from collections.abc import Iterator
 
 import aiohttp
 import pytest
-from webhook_support import ServeFn, admission_review, vm
 
 from nichotplug.logs import JsonFormatter
 from nichotplug.rules.cluster import StaticCluster
 from nichotplug.webhook.http import VALIDATION_PATH
+
+from .webhook_support import ServeFn, admission_review, vm
 
 
 @pytest.fixture

@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from webhook_support import admission_review, vm
 
 from nichotplug.rules.cluster import StaticCluster
 from nichotplug.webhook.http import add_webhook_routes, go_duration_seconds
 from nichotplug.webhook.registration import MUTATION_PATH, VALIDATION_PATH
+
+from .webhook_support import admission_review, vm
 
 TAKEN = "02:00:00:00:00:01"
 

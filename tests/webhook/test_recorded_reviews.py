@@ -15,11 +15,12 @@ from typing import Any
 import aiohttp
 import jsonpatch
 import pytest
-from webhook_support import FIXTURES, ServeFn, check_review, decode_patch
 
 from nichotplug.rules.cluster import StaticCluster
 from nichotplug.rules.mac import check_unicast_mac
 from nichotplug.service import build_webhook_app
+
+from .webhook_support import FIXTURES, ServeFn, check_review, decode_patch
 
 pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason="recorded admission fixtures not present")
 

@@ -27,13 +27,14 @@ from typing import Any
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from webhook_support import HalfSentBody, admission_review, check_review, vm
 
 from nichotplug.certs import CertBundle, make_bundle, write_bundle
 from nichotplug.cli import main
 from nichotplug.controller.scope import ControllerScope
 from nichotplug.testing.server import ApiServer
 from nichotplug.webhook.registration import VALIDATION_PATH, webhook_configurations
+
+from .webhook_support import HalfSentBody, admission_review, check_review, vm
 
 pytestmark = [pytest.mark.kubectl, pytest.mark.slow,
               pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")]

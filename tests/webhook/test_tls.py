@@ -15,10 +15,11 @@ from aiohttp.test_utils import TestServer
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from prometheus_client import REGISTRY
-from webhook_support import ServeFn
 
 from nichotplug.certs import CertBundle, make_serving_cert, write_bundle
 from nichotplug.webhook.tls import CertReloader
+
+from .webhook_support import ServeFn
 
 
 def _hello_app() -> web.Application:

@@ -12,10 +12,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from webhook_support import ServeFn, admission_review
 
 from nichotplug.rules.cluster import StaticCluster
 from nichotplug.service import build_webhook_app
+
+from .webhook_support import ServeFn, admission_review
 
 BRIDGE = json.dumps({"cniVersion": "0.3.1", "name": "vlan1", "type": "bridge", "bridge": "mgmt-br"})
 NAD = {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",

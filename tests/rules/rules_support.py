@@ -14,14 +14,8 @@ KUBE_OVN_CONFIG = json.dumps({"cniVersion": "0.3.1", "name": "ovn1", "type": "ku
 
 def iface(name: str, *, binding: str = "bridge", model: str | None = "virtio", mac: str | None = None,
           state: str | None = None) -> dict[str, Any]:
-    item: dict[str, Any] = {"name": name, binding: {}}
-    if model is not None:
-        item["model"] = model
-    if mac is not None:
-        item["macAddress"] = mac
-    if state is not None:
-        item["state"] = state
-    return item
+    optional = {"model": model, "macAddress": mac, "state": state}
+    return {"name": name, binding: {}, **{key: value for key, value in optional.items() if value is not None}}
 
 
 def pod_net(name: str = "default") -> dict[str, Any]:

@@ -11,15 +11,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import ssl
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from nichotplug.certs import CertBundle, make_bundle
+from nichotplug.certs import CertBundle, make_bundle, server_ssl_context
 
 
 def tls_bundle(*, dns_names: tuple[str, ...] = (), ip_addresses: tuple[str, ...] = ("127.0.0.1",)) -> CertBundle:
@@ -60,12 +57,7 @@ class ScriptedWebhook:
         return [path for path, _ in self.calls]
 
     async def start(self) -> None:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        with tempfile.TemporaryDirectory() as directory:
-            cert, key = Path(directory) / "tls.crt", Path(directory) / "tls.key"
-            cert.write_bytes(self.bundle.cert_pem)
-            key.write_bytes(self.bundle.key_pem)
-            context.load_cert_chain(cert, key)
+        context = server_ssl_context(self.bundle)
         app = web.Application()
         app.router.add_post("/{behaviour}", self._handle)
         app.router.add_post("/{behaviour}/{label:.*}", self._handle)

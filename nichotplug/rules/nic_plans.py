@@ -1,10 +1,11 @@
 """Planning of the hot-plug actions (addNic, removeNic, findHotunpluggableNics): pure, no I/O.
 
 The action API and the ``kubectl nichotplug`` plugin both fetch the VM, its VMI and the NADs it
-needs, then ask this module what to write. The answer is either the JSON Patch to send (always
-starting with a ``test`` on ``metadata.resourceVersion``, so a concurrent edit fails the write
-instead of being overwritten) or an :class:`ActionRefusal` carrying the HTTP status, a stable
-machine-readable code and a message a person can act on.
+needs into a :class:`VmState` (the views built once), then ask this module what to write. The
+answer is either a :class:`NicPlan` — the JSON Patch to send (always starting with a ``test`` on
+``metadata.resourceVersion``, so a concurrent edit fails the write instead of being overwritten)
+and the interface it adds or unplugs, with its MAC and network — or an :class:`ActionRefusal`
+carrying the HTTP status, a stable machine-readable code and a message a person can act on.
 
 Status codes (SPEC "Action API"): 422 the request body is wrong (the caller must fix the request);
 404 the VM, the NAD or the named interface does not exist; 409 the request is well formed but the
@@ -23,11 +24,11 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from nichotplug.rules.admission import hotplug_port_budget
-from nichotplug.rules.cluster import ClusterState, owner_scope
+from nichotplug.rules.cluster import ClusterState, StaticCluster, owner_scope
 from nichotplug.rules.eligibility import (
     Finding,
     active_interface_count,
@@ -36,11 +37,11 @@ from nichotplug.rules.eligibility import (
     hotunpluggable_interfaces,
     unplug_problem,
 )
+from nichotplug.rules.jsonpatch import JsonPatchOp, append_op, pointer, resource_version_test
 from nichotplug.rules.mac import InvalidMac, check_unicast_mac, generate_mac
 from nichotplug.rules.nad import nad_verdict
 from nichotplug.rules.views import InvalidObject, VmiView, VmView
-
-JsonPatchOp = dict[str, Any]
+from nichotplug.rules.vm_object import INTERFACES_PATH, NETWORKS_PATH
 
 ADD_NIC: Final = "addNic"
 REMOVE_NIC: Final = "removeNic"
@@ -60,11 +61,6 @@ NETWORK_NOT_HOTPLUGGABLE: Final = "NetworkNotHotpluggable"  # 409
 NOT_HOTUNPLUGGABLE: Final = "InterfaceNotHotunpluggable"  # 409
 CONCURRENT_CHANGE: Final = "ConcurrentChange"  # 409: the VM changed between our read and our write
 
-_INTERFACES_PATH: Final = ("spec", "template", "spec", "domain", "devices", "interfaces")
-_NETWORKS_PATH: Final = ("spec", "template", "spec", "networks")
-_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-
 
 @dataclass(frozen=True, slots=True)
 class ActionRefusal:
@@ -73,6 +69,11 @@ class ActionRefusal:
     status: int
     code: str
     message: str
+
+
+_LABEL_PATTERN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"  # Kubernetes' DNS-1123 label
+_DNS1123_LABEL = re.compile(_LABEL_PATTERN)
+_DNS1123_SUBDOMAIN = re.compile(rf"{_LABEL_PATTERN}(\.{_LABEL_PATTERN})*")
 
 
 def is_dns1123_label(text: str) -> bool:
@@ -104,7 +105,7 @@ def _names(items: list[Any]) -> set[str]:
 
 def used_names(vm: Mapping[str, Any]) -> set[str]:
     """Every name used by an interface or a network of the VM (a new interface may use none of them)."""
-    return _names(_raw_list(vm, _INTERFACES_PATH)) | _names(_raw_list(vm, _NETWORKS_PATH))
+    return _names(_raw_list(vm, INTERFACES_PATH)) | _names(_raw_list(vm, NETWORKS_PATH))
 
 
 def next_interface_name(vm: Mapping[str, Any]) -> str:
@@ -116,39 +117,8 @@ def next_interface_name(vm: Mapping[str, Any]) -> str:
     return f"nic-{number}"
 
 
-def _test_resource_version(vm: VmView) -> JsonPatchOp:
-    return {"op": "test", "path": "/metadata/resourceVersion", "value": vm.resource_version}
-
-
-def _append_ops(obj: Mapping[str, Any], path: Sequence[str], value: Any) -> JsonPatchOp:
-    """One ``add`` op appending ``value`` to the list at ``path``, creating missing parents.
-
-    JSON Patch ``add`` cannot create intermediate objects, so the op targets the deepest existing
-    ancestor and carries the missing structure as its value.
-    """
-    node: Any = obj
-    for depth, key in enumerate(path):
-        child = node.get(key) if isinstance(node, Mapping) else None
-        if child is None:
-            nested: Any = [value]
-            for missing_key in reversed(path[depth + 1:]):
-                nested = {missing_key: nested}
-            return {"op": "add", "path": "/" + "/".join(path[: depth + 1]), "value": nested}
-        node = child
-    return {"op": "add", "path": "/" + "/".join(path) + "/-", "value": value}
-
-
 def _vm_label(vm: VmView) -> str:
     return f"VM {vm.namespace}/{vm.name}"
-
-
-def _views(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None) -> tuple[VmView, VmiView | None] | ActionRefusal:
-    try:
-        vm_view = VmView.from_dict(vm)
-        vmi_view = VmiView.from_dict(vmi) if vmi is not None else None
-    except InvalidObject as error:
-        return ActionRefusal(409, NOT_ELIGIBLE, f"cannot read the VM or its VMI: {error}")
-    return vm_view, vmi_view
 
 
 def is_stopped(vm: VmView, vmi: VmiView | None) -> bool:
@@ -157,10 +127,50 @@ def is_stopped(vm: VmView, vmi: VmiView | None) -> bool:
     return vmi.finished if vmi is not None else not vm.running
 
 
-def stopped_vm(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None) -> bool:
-    """:func:`is_stopped` of the objects as read (False when they cannot be read: the planner refuses)."""
-    views = _views(vm, vmi)
-    return not isinstance(views, ActionRefusal) and is_stopped(*views)
+@dataclass(frozen=True, slots=True)
+class VmState:
+    """A VM as just read, for planning: the object (the ops' indexes point into it), its view, its
+    VMI's view (None: no VMI) and the cluster around it (NADs, other VMs' MACs)."""
+
+    vm: Mapping[str, Any]
+    view: VmView
+    vmi: VmiView | None
+    cluster: ClusterState = field(default_factory=StaticCluster)
+
+    @property
+    def stopped(self) -> bool:
+        return is_stopped(self.view, self.vmi)
+
+
+def vm_state(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None,
+             cluster: ClusterState | None = None) -> VmState | ActionRefusal:
+    """The :class:`VmState` of the objects as read, or a 409 when they cannot be read."""
+    try:
+        vm_view = VmView.from_dict(vm)
+        vmi_view = VmiView.from_dict(vmi) if vmi is not None else None
+    except InvalidObject as error:
+        return ActionRefusal(409, NOT_ELIGIBLE, f"cannot read the VM or its VMI: {error}")
+    return VmState(vm, vm_view, vmi_view, cluster if cluster is not None else StaticCluster())
+
+
+@dataclass(frozen=True, slots=True)
+class NicPlan:
+    """What an addNic or removeNic writes, and the interface it adds or unplugs.
+
+    ``mac`` is the interface's MAC ("" when its spec has none); ``network`` is its multus NAD as
+    ``ns/name`` ("" for another kind of network).
+    """
+
+    ops: tuple[JsonPatchOp, ...]
+    interface: str
+    mac: str
+    network: str
+
+
+def _network_of(vm: VmView, interface: str) -> str:
+    network = vm.network(interface)
+    nad = network.nad if network is not None else None
+    return f"{nad[0]}/{nad[1]}" if nad is not None else ""
 
 
 def _eligibility_refusal(vm: VmView, vmi: VmiView | None) -> ActionRefusal | None:
@@ -290,30 +300,18 @@ def _choose_mac(
 
 
 def plan_add_nic(
-    vm: Mapping[str, Any],
-    vmi: Mapping[str, Any] | None,
-    body: Mapping[str, Any],
-    cluster: ClusterState,
-    *,
-    name_optional: bool = False,
-    random_bytes: Callable[[int], bytes] = secrets.token_bytes,
-) -> list[JsonPatchOp] | ActionRefusal:
-    """The JSON Patch that hot-plugs the interface ``body`` asks for, or why it is refused.
+    request: AddNicRequest, state: VmState, *, random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+) -> NicPlan | ActionRefusal:
+    """The plan that hot-plugs the interface ``request`` (see :func:`parse_add_nic`) asks for, or why not.
 
-    Checks, in order: the body (422), the VM's eligibility (409, every reason; not for a stopped VM),
-    the name (409), the NAD (404 missing, 409 not hot-pluggable), the MAC (409 if used in the same scope).
-    ``name_optional``: a missing ``interfaceName`` gets the first free ``nic-<n>``.
+    Checks, in order: the VM's eligibility (409, every reason; not for a stopped VM), the name (409),
+    the NAD (404 missing, 409 not hot-pluggable), the MAC (409 if used in the same scope). A request
+    without ``interface_name`` gets the first free ``nic-<n>``.
     """
-    views = _views(vm, vmi)
-    if isinstance(views, ActionRefusal):
-        return views
-    vm_view, vmi_view = views
-    request = parse_add_nic(body, vm_view.namespace, name_optional=name_optional)
-    if isinstance(request, ActionRefusal):
-        return request
+    vm, vm_view, cluster = state.vm, state.view, state.cluster
     if not request.interface_name:
         request = replace(request, interface_name=next_interface_name(vm))
-    refusal = None if is_stopped(vm_view, vmi_view) else _eligibility_refusal(vm_view, vmi_view)
+    refusal = None if state.stopped else _eligibility_refusal(vm_view, state.vmi)
     if refusal is None and request.interface_name in used_names(vm):
         refusal = ActionRefusal(
             409, NAME_IN_USE,
@@ -326,17 +324,17 @@ def plan_add_nic(
     mac = _choose_mac(request, vm_view, cluster, random_bytes)
     if isinstance(mac, ActionRefusal):
         return mac
+    nad = f"{request.nad_namespace}/{request.nad_name}"
     interface = {"name": request.interface_name, "model": "virtio", "bridge": {}, "macAddress": mac}
-    network = {"name": request.interface_name, "multus": {"networkName": f"{request.nad_namespace}/{request.nad_name}"}}
-    return [
-        _test_resource_version(vm_view),
-        _append_ops(vm, _INTERFACES_PATH, interface),
-        _append_ops(vm, _NETWORKS_PATH, network),
-    ]
+    network = {"name": request.interface_name, "multus": {"networkName": nad}}
+    ops = (resource_version_test(vm_view.resource_version),
+           append_op(vm, INTERFACES_PATH, interface),
+           append_op(vm, NETWORKS_PATH, network))
+    return NicPlan(ops, request.interface_name, mac, nad)
 
 
 def _interface_index(vm: Mapping[str, Any], name: str) -> int | None:
-    for index, item in enumerate(_raw_list(vm, _INTERFACES_PATH)):
+    for index, item in enumerate(_raw_list(vm, INTERFACES_PATH)):
         if isinstance(item, Mapping) and item.get("name") == name:
             return index
     return None
@@ -351,42 +349,41 @@ def interface_unplug_problem(vm: VmView, name: str) -> str | None:
     return unplug_problem(vm, name)
 
 
-def plan_remove_nic(
-    vm: Mapping[str, Any],
-    vmi: Mapping[str, Any] | None,
-    body: Mapping[str, Any],
-) -> list[JsonPatchOp] | ActionRefusal:
-    """The JSON Patch that sets the named interface ``state: absent``, or why it is refused.
+def parse_remove_nic(body: Mapping[str, Any]) -> str | ActionRefusal:
+    """The ``interfaceName`` of a removeNic body (unknown fields are ignored), or a 422."""
+    return _interface_name(body)
 
-    Checks, in order: the body (422), the VM's eligibility (409), the interface exists (404, naming
-    those the VM has), it is not the VM's last interface and it is hot-unpluggable (409). A stopped
-    VM skips eligibility and hot-unpluggability: see :func:`_plan_cold_remove`.
+
+def plan_remove_nic(name: str, state: VmState) -> NicPlan | ActionRefusal:
+    """The plan that sets interface ``name`` to ``state: absent``, or why it is refused.
+
+    Checks, in order: the VM's eligibility (409), the interface exists (404, naming those the VM
+    has), it is not the VM's last interface and it is hot-unpluggable (409). A stopped VM skips
+    eligibility and hot-unpluggability: see :func:`_cold_remove_ops`.
     """
-    views = _views(vm, vmi)
-    if isinstance(views, ActionRefusal):
-        return views
-    vm_view, vmi_view = views
-    name = _interface_name(body)
-    if isinstance(name, ActionRefusal):
-        return name
-    stopped = is_stopped(vm_view, vmi_view)
-    refusal = None if stopped else _eligibility_refusal(vm_view, vmi_view)
+    vm, vm_view = state.vm, state.view
+    refusal = None if state.stopped else _eligibility_refusal(vm_view, state.vmi)
     if refusal is not None:
         return refusal
     index = _interface_index(vm, name)
     if index is None:
         return _unknown_interface(vm_view, name)
-    if stopped:
-        return _plan_cold_remove(vm, vm_view, name, index)
+    ops = _cold_remove_ops(vm, vm_view, name, index) if state.stopped else _unplug_ops(vm, vm_view, name, index)
+    if isinstance(ops, ActionRefusal):
+        return ops
+    found = vm_view.interface(name)
+    return NicPlan(ops, name, found.mac if found is not None else "", _network_of(vm_view, name))
+
+
+def _unplug_ops(vm: Mapping[str, Any], vm_view: VmView, name: str,
+                index: int) -> tuple[JsonPatchOp, ...] | ActionRefusal:
     problem = interface_unplug_problem(vm_view, name)
     if problem is not None:
         return ActionRefusal(409, NOT_HOTUNPLUGGABLE, problem)
-    state_path = "/" + "/".join((*_INTERFACES_PATH, str(index), "state"))
-    has_state = "state" in _raw_list(vm, _INTERFACES_PATH)[index]
-    return [
-        _test_resource_version(vm_view),
-        {"op": "replace" if has_state else "add", "path": state_path, "value": "absent"},
-    ]
+    state_path = pointer((*INTERFACES_PATH, index, "state"))
+    has_state = "state" in _raw_list(vm, INTERFACES_PATH)[index]
+    return (resource_version_test(vm_view.resource_version),
+            {"op": "replace" if has_state else "add", "path": state_path, "value": "absent"})
 
 
 def _unknown_interface(vm: VmView, name: str) -> ActionRefusal:
@@ -395,40 +392,36 @@ def _unknown_interface(vm: VmView, name: str) -> ActionRefusal:
 
 
 def _network_index(vm: Mapping[str, Any], name: str) -> int | None:
-    for index, item in enumerate(_raw_list(vm, _NETWORKS_PATH)):
+    for index, item in enumerate(_raw_list(vm, NETWORKS_PATH)):
         if isinstance(item, Mapping) and item.get("name") == name:
             return index
     return None
 
 
-def _plan_cold_remove(
+def _cold_remove_ops(
     vm: Mapping[str, Any], vm_view: VmView, name: str, index: int,
-) -> list[JsonPatchOp] | ActionRefusal:
+) -> tuple[JsonPatchOp, ...] | ActionRefusal:
     """Delete the interface and its network from a stopped VM's spec (its next start boots without them).
 
     Any interface may go but the last one: a VM left without interfaces gets KubeVirt's default pod
     interface at its next start, which is not what removing a NIC means.
     """
-    if len(_raw_list(vm, _INTERFACES_PATH)) == 1:
+    if len(_raw_list(vm, INTERFACES_PATH)) == 1:
         return ActionRefusal(409, NOT_HOTUNPLUGGABLE,
                              f"{name!r} is the only interface of {_vm_label(vm_view)}; a VM keeps at least one")
-    ops = [_test_resource_version(vm_view),
-           {"op": "remove", "path": "/" + "/".join((*_INTERFACES_PATH, str(index)))}]
+    ops = [resource_version_test(vm_view.resource_version),
+           {"op": "remove", "path": pointer((*INTERFACES_PATH, index))}]
     network_index = _network_index(vm, name)
     if network_index is not None:
-        ops.append({"op": "remove", "path": "/" + "/".join((*_NETWORKS_PATH, str(network_index)))})
-    return ops
+        ops.append({"op": "remove", "path": pointer((*NETWORKS_PATH, network_index))})
+    return tuple(ops)
 
 
-def find_hotunpluggable(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None) -> list[str]:
+def find_hotunpluggable(state: VmState) -> list[str]:
     """Names of the interfaces the UI may offer to unplug: [] when the VM is not eligible."""
-    views = _views(vm, vmi)
-    if isinstance(views, ActionRefusal):
+    if eligibility_problems(state.view, state.vmi):
         return []
-    vm_view, vmi_view = views
-    if eligibility_problems(vm_view, vmi_view):
-        return []
-    return list(hotunpluggable_interfaces(vm_view))
+    return list(hotunpluggable_interfaces(state.view))
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,12 +437,9 @@ class HotplugCheck:
     ports_left: int
 
 
-def hotplug_check(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None) -> HotplugCheck | ActionRefusal:
+def hotplug_check(state: VmState) -> HotplugCheck:
     """The eligibility verdict of SPEC "VM eligibility" for one VM, as data."""
-    views = _views(vm, vmi)
-    if isinstance(views, ActionRefusal):
-        return views
-    vm_view, vmi_view = views
-    findings = eligibility_findings(vm_view, vmi_view)
+    vm_view = state.view
+    findings = eligibility_findings(vm_view, state.vmi)
     ports_left = hotplug_port_budget(active_interface_count(vm_view), vm_view.guest_memory_bytes)
     return HotplugCheck(eligible=not findings, reasons=findings, ports_left=ports_left)
