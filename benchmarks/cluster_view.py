@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import random
@@ -41,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -353,20 +355,31 @@ def serve_round(kubeconfig: str, cert_dir: Path) -> dict[str, float]:
         child.wait(timeout=60)
 
 
+@contextlib.contextmanager
+def api_server_child(script: str, *flags: str) -> Iterator[str]:
+    """``script --serve FLAGS`` in a child process (an in-process API server, preloaded) for the block;
+    yields its kubeconfig. Closing its stdin stops it."""
+    child = subprocess.Popen([sys.executable, script, "--serve", *flags],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        kubeconfig = child.stdout.readline().strip()
+        if not kubeconfig:
+            raise SystemExit("the API server child process failed (see above)")
+        yield kubeconfig
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait()
+
+
 def cold_start(args: argparse.Namespace) -> None:
     from nichotplug.certs import make_bundle, write_bundle
 
     cert_dir = Path(tempfile.mkdtemp(prefix="cluster-view-certs-"))
     write_bundle(make_bundle(dns_names=["localhost"], ip_addresses=["127.0.0.1"]), cert_dir)
     started = time.perf_counter()
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", f"--vms={args.vms}", f"--vmis={args.vmis}", f"--nads={args.nads}"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout is not None
-        kubeconfig = server.stdout.readline().strip()
-        if not kubeconfig:
-            raise SystemExit("the API server child process failed (see above)")
+    with api_server_child(__file__, f"--vms={args.vms}", f"--vmis={args.vmis}", f"--nads={args.nads}") as kubeconfig:
         print(f"in-process API server: {args.vms:,} VMs ({INTERFACES_PER_VM} NICs, observed-MAC annotations), "
               f"{args.vmis:,} VMIs, {args.nads} NADs, preloaded in {time.perf_counter() - started:.0f} s; "
               f"page size {args.page_size}")
@@ -384,10 +397,6 @@ def cold_start(args: argparse.Namespace) -> None:
         print(f"  targets: ready/list {ratio:.2f}x (< 1.5x: {'met' if ratio < 1.5 else 'MISSED'}), "
               f"peak {ours_m['peak'] / 1e6:.0f} MB (< 400 MB: {'met' if ours_m['peak'] < 400e6 else 'MISSED'}), "
               f"synced {ours_m['synced'] / 1e6:.0f} MB (< 300 MB: {'met' if ours_m['synced'] < 300e6 else 'MISSED'})")
-    finally:
-        assert server.stdin is not None
-        server.stdin.close()
-        server.wait()
 
 
 def cold_line(bare: dict[str, float], ours: dict[str, float]) -> str:
@@ -422,19 +431,8 @@ def main() -> None:
     gc.collect()
     baseline = rss_bytes()
     if args.list:
-        child = subprocess.Popen(
-            [sys.executable, __file__, "--serve", f"--vms={args.vms}", f"--vmis={args.vmis}", "--nads=0"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        try:
-            assert child.stdout is not None
-            kubeconfig = child.stdout.readline().strip()
-            if not kubeconfig:
-                raise SystemExit("the API server child process failed (see above)")
+        with api_server_child(__file__, f"--vms={args.vms}", f"--vmis={args.vmis}", "--nads=0") as kubeconfig:
             view, baseline, seconds, wall = asyncio.run(list_from_server(kubeconfig, args.page_size))
-        finally:
-            assert child.stdin is not None
-            child.stdin.close()
-            child.wait()
         gc.collect()
         report(view, args.vms, baseline, seconds, events)
         print(f"  listed in {wall:.1f} s wall (the server shares the machine)")

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cluster_view import NADS, mac_of, nad_object, vm_object, vmi_object
+from cluster_view import NADS, api_server_child, mac_of, nad_object, vm_object, vmi_object
 
 MB = 1_000_000
 TARGET_SECONDS = 10.0
@@ -136,13 +136,7 @@ def main() -> None:
         asyncio.run(bare_list(args.bare_list, args.page_size))
         return
 
-    server = subprocess.Popen([sys.executable, __file__, "--serve", f"--vms={args.vms}"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout is not None
-        kubeconfig = server.stdout.readline().strip()
-        if not kubeconfig:
-            raise SystemExit("the API server child process failed (see above)")
+    with api_server_child(__file__, f"--vms={args.vms}") as kubeconfig:
         print(f"fleet of {args.vms:,} VMs (page size {args.page_size}):")
         wall, cpu, peak, code, _ = measured([sys.executable, __file__, "--bare-list", kubeconfig,
                                              f"--page-size={args.page_size}"])
@@ -154,10 +148,6 @@ def main() -> None:
         print(f"    exit {code}; states {summary['states']}; duplicate MACs {len(summary['duplicateMacs'])}")
         wall, cpu, peak, code, _ = measured(plugin)
         report("check -A (table)", wall, cpu, peak, target=True)
-    finally:
-        assert server.stdin is not None
-        server.stdin.close()
-        server.wait()
 
 
 if __name__ == "__main__":

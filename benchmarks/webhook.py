@@ -444,7 +444,28 @@ def run_apiserver(args: argparse.Namespace) -> None:
     asyncio.run(serve_until_stdin_closes())
 
 
-class ServeProcess:
+class ServerProcess:
+    """A server under load in its own process: its CPU time and RSS from /proc, wrk against its URL."""
+
+    process: subprocess.Popen[Any]
+    url: str
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.process.pid)
+
+    def rss_mib(self) -> float:
+        with open(f"/proc/{self.process.pid}/statm") as statm:
+            return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+
+    def measure(self, body_file: Path, ca_file: Path, args: argparse.Namespace) -> dict[str, Any]:
+        return measure(self.url, body_file, ca_file, args, self.cpu_seconds)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+class ServeProcess(ServerProcess):
     """``nichotplug serve`` itself, pinned to the server CPU with taskset, its view synced from the
     in-process API server (``run_apiserver``); ready once /readyz answers 200."""
 
@@ -462,20 +483,6 @@ class ServeProcess:
         wait_ready(f"https://127.0.0.1:{self.port}/readyz", cert_dir / "ca.crt", self.process)
         self.url = f"https://127.0.0.1:{self.port}/v1/webhook/validation"
         self.facts = {"ready_seconds": time.perf_counter() - started}
-
-    def cpu_seconds(self) -> float:
-        return process_cpu_seconds(self.process.pid)
-
-    def rss_mib(self) -> float:
-        with open(f"/proc/{self.process.pid}/statm") as statm:
-            return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
-
-    def measure(self, body_file: Path, ca_file: Path, args: argparse.Namespace) -> dict[str, Any]:
-        return measure(self.url, body_file, ca_file, args, self.cpu_seconds)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
 
 
 def wait_ready(url: str, ca_file: Path, process: subprocess.Popen[Any]) -> None:
@@ -495,7 +502,7 @@ def wait_ready(url: str, ca_file: Path, process: subprocess.Popen[Any]) -> None:
     raise RuntimeError("nichotplug serve was not ready in 600 s")
 
 
-class Server:
+class Server(ServerProcess):
     """A server role in its own process, listening on its own port until stopped."""
 
     def __init__(self, role: str, cert_dir: Path, args: argparse.Namespace, *, loop: str = "uvloop",
@@ -516,20 +523,6 @@ class Server:
             self.facts = json.loads(line)
         else:
             wait_listening(self.port, cert_dir)
-
-    def cpu_seconds(self) -> float:
-        return process_cpu_seconds(self.process.pid)
-
-    def rss_mib(self) -> float:
-        with open(f"/proc/{self.process.pid}/statm") as statm:
-            return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
-
-    def measure(self, body_file: Path, ca_file: Path, args: argparse.Namespace) -> dict[str, Any]:
-        return measure(self.url, body_file, ca_file, args, self.cpu_seconds)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
 
 
 def wait_listening(port: int, cert_dir: Path) -> None:
