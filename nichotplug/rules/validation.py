@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from nichotplug.rules.admission_input import AdmissionInput, read_old, vm_runs
 from nichotplug.rules.cluster import ClusterState
-from nichotplug.rules.decision import Decision
+from nichotplug.rules.decision import Decision, Reason
 from nichotplug.rules.diff import InterfaceDiff, diff_interfaces
 from nichotplug.rules.eligibility import (
     HOTPLUG_MODELS,
@@ -151,7 +151,7 @@ def validate_vm_fully(req: AdmissionInput, cluster: ClusterState) -> Decision:
             denial = _check_hotplug(vm, old, diff, cluster)
             if denial is not None:
                 return denial
-            reason = "hotplug-allowed"
+            reason = Reason.HOTPLUG_ALLOWED
             warnings += _unplug_warnings(old, diff, cluster)
             budget_warning = _port_budget_warning(vm, old, diff)
             if budget_warning:

@@ -56,7 +56,6 @@ VIEWER_USER = "viewer"
 NOBODY_USER = "nobody"
 # The groups kube-apiserver's bootstrap RBAC policy marks: objects carrying this label are its own.
 BOOTSTRAP_LABEL = "kubernetes.io/bootstrapping"
-SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease", "default"})
 # ConfigMaps kube-apiserver keeps for itself; a reset must leave them.
 KEPT_CONFIGMAPS = frozenset({("kube-system", "extension-apiserver-authentication"),
                              ("kube-system", "kube-apiserver-legacy-service-account-token-tracking")})
@@ -208,14 +207,6 @@ class RealApiServer:
     @property
     def ca_pem(self) -> bytes:
         return self.ca_file.read_bytes()
-
-    @property
-    def front_proxy_ca_file(self) -> Path:
-        return self.workdir / "pki" / "front-proxy-ca.crt"
-
-    @property
-    def front_proxy_ca_key_file(self) -> Path:
-        return self.workdir / "pki" / "front-proxy-ca.key"
 
     @property
     def etcd_url(self) -> str:

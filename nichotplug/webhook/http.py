@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import hdrs, web
 
 from nichotplug.rules.cluster import ClusterState
+from nichotplug.rules.decision import Reason
 from nichotplug.webhook import metrics
 from nichotplug.webhook.codec import (
     JSON_CONTENT_TYPE,
@@ -46,7 +47,6 @@ ADMISSION_HANDLERS = web.AppKey("nichotplug_admission_handlers", dict[str, Handl
 WEBHOOK_PATHS: dict[WebhookName, str] = {"mutation": MUTATION_PATH, "validation": VALIDATION_PATH}
 
 _KNOWN_REASONS = metrics.known_reasons()
-REASON_HOTPLUG_ALLOWED = "hotplug-allowed"  # rules.decision.ALLOW_REASONS: logged at INFO
 
 # Passed as headers rather than content_type=: aiohttp then skips re-assembling the media type.
 _JSON_HEADERS = {hdrs.CONTENT_TYPE: JSON_CONTENT_TYPE}
@@ -176,7 +176,7 @@ class WebhookHandler:
         self._stats.count_decision((admission["operation"], verdict.result, reason))
         # Allowed-unchanged is the hot path: logged at DEBUG so a busy cluster's log is not all webhook.
         # An allowed hot-plug is rare and worth a line: it changes a running VM's NICs.
-        quiet = verdict.result == metrics.RESULT_ALLOWED and verdict.reason != REASON_HOTPLUG_ALLOWED
+        quiet = verdict.result == metrics.RESULT_ALLOWED and verdict.reason != Reason.HOTPLUG_ALLOWED
         level = logging.DEBUG if quiet else logging.INFO
         if log.isEnabledFor(level):
             _log_verdict(level, self.webhook, admission, verdict, seconds)

@@ -194,14 +194,14 @@ def _judged(webhook: str, operation: str) -> Iterator[tuple[str, str]]:
         yield RESULT_PATCHED, "macs-assigned"
         yield RESULT_DENIED, REASON_RULE_ERROR  # no MAC could be generated
         if operation == "UPDATE":
-            yield RESULT_ALLOWED, "deleting"
+            yield RESULT_ALLOWED, Reason.DELETING
         return
-    yield RESULT_ALLOWED, "allowed"
+    yield RESULT_ALLOWED, Reason.ALLOWED
     yield RESULT_DENIED, REASON_NOT_SYNCED
     if operation == "CREATE":
         yield from ((RESULT_DENIED, reason) for reason in CREATE_DENY_REASONS)
         return
-    yield from ((RESULT_ALLOWED, reason) for reason in ("hotplug-allowed", "deleting"))
+    yield from ((RESULT_ALLOWED, reason) for reason in (Reason.HOTPLUG_ALLOWED, Reason.DELETING))
     yield from ((RESULT_DENIED, reason) for reason in DENY_REASONS if reason != REASON_RULE_ERROR)
 
 
