@@ -32,6 +32,7 @@ from typing import Any, Final, Protocol, TypeVar
 import aiohttp
 from kubernetes_asyncio.client import ApiClient
 
+from nichotplug.kube.listing import list_custom_objects
 from nichotplug.kube.patch import (
     Conflict,
     Denied,
@@ -41,7 +42,6 @@ from nichotplug.kube.patch import (
     create_custom_object,
     get_custom_object,
     json_patch,
-    list_custom_objects,
     merge_patch,
 )
 from nichotplug.rules import nic_plans as plan
@@ -70,6 +70,10 @@ WEBHOOK_UNAVAILABLE: Final = "WebhookUnavailable"
 # Every webhook nichotplug registers is named "<what>.nichotplug.harvesterhci.io" (webhook.registration).
 OUR_WEBHOOK_SUFFIX: Final = ".nichotplug.harvesterhci.io"
 _FINISHED_MIGRATION_PHASES: Final = frozenset({"Succeeded", "Failed"})
+
+
+def _as_is(obj: dict[str, Any]) -> dict[str, Any]:
+    return obj
 
 
 class ActionFailed(Exception):
@@ -380,7 +384,8 @@ class HotplugFlow:
         """Name of a migration of VMI ``name`` that has not finished, or None (also when the caller may
         not list migrations: then a new one is requested, and KubeVirt refuses a duplicate itself)."""
         try:
-            migrations = await list_custom_objects(self._api, *KUBEVIRT, MIGRATIONS, namespace)
+            migrations = await list_custom_objects(self._api, *KUBEVIRT, MIGRATIONS, read=_as_is,
+                                                   namespace=namespace)
         except (KubeError, TimeoutError, aiohttp.ClientError) as error:
             log.debug("could not list the migrations in %s: %s", namespace, error)
             return None

@@ -185,20 +185,6 @@ async def get_custom_object(
     return obj
 
 
-async def list_custom_objects(
-    api: ApiClient, group: str, version: str, plural: str, namespace: str,
-    *, request_timeout: float = DEFAULT_TIMEOUT_SECONDS,
-) -> list[dict[str, Any]]:
-    """The items of one namespace's custom objects of a kind (one page: callers list small sets)."""
-    try:
-        listed: dict[str, Any] = await CustomObjectsApi(api).list_namespaced_custom_object(
-            group, version, namespace, plural, _request_timeout=request_timeout)
-    except ApiException as exc:
-        raise as_kube_error(exc) from exc
-    items = listed.get("items")
-    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
-
-
 async def _explain_invalid_patch(
     api: ApiClient, where: tuple[str, str, str, str, str], ops: list[dict[str, Any]], error: Invalid,
 ) -> KubeError:
